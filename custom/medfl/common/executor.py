@@ -1,0 +1,168 @@
+"""Base client executor: receive models, validate them, train locally, send the update and the metrics.
+
+Every method's client derives from :class:`RoundExecutor` and fills in five hooks (``setup``,
+``load_payload``, ``evaluate``, ``train_round``, ``export_params``); the NVFlare plumbing (task names,
+FLModel conversion, TensorBoard streaming, clear errors, abort) lives here once.
+
+Per round the server sends a *payload* (a flat dict of numpy arrays, see :mod:`medfl.common.params`).
+The client first validates what it received on its validation split (so each metric belongs to the model
+the server holds) and then trains. Metrics are ``{model_name: value}``; the server's controller tracks the
+best version of each model with them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from abc import abstractmethod
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+
+from .config import load_train_config
+from .errors import DataError
+from .params import Params
+from .train import TrainingAborted
+
+NUM_TRAIN_SAMPLES = "num_train_samples"
+NUM_VAL_SAMPLES = "num_val_samples"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU; any other value is passed to ``torch.device``."""
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) for repeatable runs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RoundExecutor(Executor):
+    """Template for a client in a round-based workflow (tasks ``train`` and ``validate``).
+
+    Args:
+        config_train_filename: the job's per-site training configuration, in the app's config folder.
+        analytic_sender_id: id of an NVFlare ``TBWriter`` component; metrics are streamed to the server's
+            TensorBoard through it. Empty to disable.
+        train_task / validate_task: task names sent by the server's controller.
+    """
+
+    def __init__(
+        self,
+        config_train_filename: str = "config_train.json",
+        analytic_sender_id: str = "analytic_sender",
+        train_task: str = "train",
+        validate_task: str = "validate",
+    ):
+        super().__init__()
+        self.config_train_filename = config_train_filename
+        self.analytic_sender_id = analytic_sender_id
+        self.train_task = train_task
+        self.validate_task = validate_task
+        self.site: str = ""
+        self.config: Dict[str, Any] = {}
+        self.device = torch.device("cpu")
+        self.app_dir = ""
+        self.writer = None
+        self.current_round = 0
+        self._setup_error: Optional[str] = None
+
+    # ------------------------------------------------------------------ hooks for each method
+    @abstractmethod
+    def setup(self, fl_ctx: FLContext) -> None:
+        """Build data loaders, models and optimizers from ``self.config``. Raise :class:`DataError` on bad input."""
+
+    @abstractmethod
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        """Load the models the server sent this round."""
+
+    @abstractmethod
+    def evaluate(self, split: str) -> Dict[str, float]:
+        """Evaluate the loaded models on ``split``; return ``{model_name: metric}``."""
+
+    @abstractmethod
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        """Local training for one round."""
+
+    @abstractmethod
+    def export_params(self, fl_ctx: FLContext) -> Params:
+        """The update to send back (same keys as the payload unless the method says otherwise)."""
+
+    @abstractmethod
+    def num_samples(self, split: str) -> int:
+        """Number of samples of a split (weights for the server's averages)."""
+
+    # ------------------------------------------------------------------ NVFlare plumbing
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            self._initialize(fl_ctx)
+
+    def _initialize(self, fl_ctx: FLContext) -> None:
+        self.site = fl_ctx.get_identity_name()
+        engine = fl_ctx.get_engine()
+        job_id = fl_ctx.get_job_id()
+        workspace = engine.get_workspace()
+        self.app_dir = workspace.get_app_dir(job_id)
+        config_path = os.path.join(workspace.get_app_config_dir(job_id), self.config_train_filename)
+        try:
+            self.config = load_train_config(config_path, site=self.site)
+            seed_everything(int(self.config.get("seed", 0)))
+            self.device = select_device(self.config.get("device", "auto"))
+            if self.analytic_sender_id:
+                self.writer = engine.get_component(self.analytic_sender_id)
+            self.setup(fl_ctx)
+        except (DataError, ValueError, KeyError) as e:
+            self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"
+            self.log_error(fl_ctx, f"cannot start: {self._setup_error}")
+            return
+        self.log_info(fl_ctx, f"ready on {self.device}: {self.num_samples('training')} training and "
+                              f"{self.num_samples('validation')} validation samples")
+
+    def log_metrics(self, metrics: Dict[str, float], prefix: str, step: int) -> None:
+        """Stream ``{name: value}`` to TensorBoard as ``<prefix>/<name>``."""
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{prefix}/{name}", float(value), global_step=step)
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name not in (self.train_task, self.validate_task):
+            self.log_error(fl_ctx, f"unknown task {task_name!r}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        if self._setup_error:
+            self.log_error(fl_ctx, f"cannot run task {task_name}: {self._setup_error}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        try:
+            received = FLModelUtils.from_shareable(shareable)
+            self.current_round = received.current_round or 0
+            self.load_payload(received.params, fl_ctx)
+            metrics = self.evaluate("validation")
+            self.log_metrics(metrics, "val", self.current_round)
+            self.log_info(fl_ctx, f"round {self.current_round} validation of received models: "
+                                  + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            meta = {NUM_VAL_SAMPLES: self.num_samples("validation")}
+            if task_name == self.validate_task:
+                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta=meta))
+            self.train_round(abort_signal, fl_ctx)
+            meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
+            result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
+                             current_round=self.current_round)
+            return FLModelUtils.to_shareable(result)
+        except TrainingAborted:
+            self.log_info(fl_ctx, "task aborted")
+            return make_reply(ReturnCode.TASK_ABORTED)
+        except (DataError, FloatingPointError) as e:
+            self.log_error(fl_ctx, f"[{self.site}] round {self.current_round}: {e}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)

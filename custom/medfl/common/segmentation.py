@@ -1,0 +1,91 @@
+"""Client for 2D binary segmentation (the prostate jobs): MONAI UNet, Dice loss, Adam, Dice validation.
+
+The executor holds named models (``{"global": UNet}`` for FedAvg); the payload carries them bundled under
+their names (see :mod:`medfl.common.params`). Each model has its own Adam optimizer whose state persists
+across rounds. FedSM extends this class with a personalised model and a selector.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from monai.losses import DiceLoss
+from monai.transforms import Compose, RandFlipd, RandRotate90d
+from torch.utils.data import DataLoader
+
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+
+from .config import config_path
+from .data import SegmentationSliceDataset, datalist_path, load_segmentation_pairs, read_datalist
+from .errors import DataError
+from .executor import RoundExecutor
+from .networks import build_network
+from .params import Params, bundle, load_numpy, to_numpy, unbundle
+from .train import evaluate_dice, train_epoch
+
+TRAIN_AUGMENTATION = Compose([
+    RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
+    RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+    RandRotate90d(keys=("image", "label"), prob=0.5, max_k=3),
+])
+
+
+class SegmentationExecutor(RoundExecutor):
+    """FedAvg client for 2D segmentation: validates the received global model (Dice), trains it locally.
+
+    ``config_train.json`` keys: ``dataset_base_dir``, ``datalist_json_path`` (a file, or a folder holding
+    ``<site>.json``), ``network`` (``{"name", "args"}``), ``learning_rate``, ``local_epochs``,
+    ``batch_size``, ``augment``, ``seed``, ``device``.
+    """
+
+    model_names = ("global",)
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        base_dir = config_path(self.config, "dataset_base_dir", self.site)
+        datalist = datalist_path(config_path(self.config, "datalist_json_path", self.site), self.site)
+        self.datasets = {}
+        for split in ("training", "validation"):
+            pairs = load_segmentation_pairs(read_datalist(datalist, split, self.site), base_dir, self.site)
+            transform = TRAIN_AUGMENTATION if split == "training" and self.config.get("augment", True) else None
+            self.datasets[split] = SegmentationSliceDataset(pairs, transform)
+        batch_size = int(self.config.get("batch_size", 8))
+        self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True)
+        self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
+        self.loss_fn = DiceLoss(sigmoid=True)
+        self.models = {name: self.build_model(name).to(self.device) for name in self.model_names}
+        lr = float(self.config.get("learning_rate", 1e-3))
+        self.optimizers = {name: torch.optim.Adam(model.parameters(), lr=lr) for name, model in self.models.items()}
+
+    def build_model(self, name: str) -> torch.nn.Module:
+        network = self.config.get("network", {"name": "unet"})
+        return build_network(network["name"], **network.get("args", {}))
+
+    def num_samples(self, split: str) -> int:
+        return len(self.datasets[split])
+
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        received = unbundle(params)
+        missing = set(self.models) - set(received)
+        if missing:
+            raise DataError(f"the server sent no parameters for {sorted(missing)}", site=self.site)
+        for name, model in self.models.items():
+            load_numpy(model, received[name])
+
+    def evaluate(self, split: str = "validation") -> Dict[str, float]:
+        loader = self.val_loader if split == "validation" else DataLoader(self.datasets[split])
+        return {name: evaluate_dice(model, loader, self.device) for name, model in self.models.items()}
+
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        epochs = int(self.config.get("local_epochs", 1))
+        for name, model in self.models.items():
+            for epoch in range(epochs):
+                loss = train_epoch(model, self.train_loader, self.loss_fn, self.optimizers[name], self.device,
+                                   abort_signal=abort_signal)
+                step = self.current_round * epochs + epoch
+                self.log_metrics({name: loss}, "train_loss", step)
+                self.log_info(fl_ctx, f"round {self.current_round} {name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}")
+
+    def export_params(self, fl_ctx: FLContext) -> Params:
+        return bundle({name: to_numpy(model.state_dict()) for name, model in self.models.items()})
