@@ -40,9 +40,9 @@ class AcquisitionStyle:
 
 
 SITE_STYLES: Dict[str, AcquisitionStyle] = {
-    "I2CVB": AcquisitionStyle(96, 24, (1.6, 1.6, 3.0), 1200.0, 0.8, 0.45, 0.02, 1.0),
-    "MSD": AcquisitionStyle(80, 16, (1.9, 1.9, 3.6), 500.0, 1.3, 0.15, 0.06, 0.6),
-    "NCI_ISBI_3T": AcquisitionStyle(112, 20, (1.3, 1.3, 3.0), 2600.0, 1.0, 0.30, 0.035, 1.5),
+    "I2CVB": AcquisitionStyle(96, 24, (1.0, 1.0, 3.0), 1200.0, 0.8, 0.45, 0.02, 1.0),
+    "MSD": AcquisitionStyle(80, 16, (1.2, 1.2, 3.6), 500.0, 1.3, 0.15, 0.06, 0.6),
+    "NCI_ISBI_3T": AcquisitionStyle(112, 20, (0.85, 0.85, 3.0), 2600.0, 1.0, 0.30, 0.035, 1.5),
 }
 
 

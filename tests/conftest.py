@@ -8,6 +8,8 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "custom"))
+sys.path.insert(0, str(PROJECT_ROOT / "data_preparation"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHARED_DATA = Path(os.environ.get("MEDFL_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
@@ -18,3 +20,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"sample data folder not found: {SHARED_DATA} (set MEDFL_SHARED_DATA)")
     return SHARED_DATA
+
+
+PROSTATE_CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
+
+
+@pytest.fixture(scope="session")
+def demo_prostate(tmp_path_factory) -> Path:
+    """The synthetic 3-site prostate federation, prepared as the README does (32x32 slices, for speed)."""
+    from make_demo_prostate import make_demo_federation
+    from prepare_prostate_2d import prepare
+
+    root = tmp_path_factory.mktemp("demo_prostate")
+    make_demo_federation(root / "raw", cases_per_site=6, seed=0)
+    prepare(root / "raw", root, source="saml", size=32)
+    return root

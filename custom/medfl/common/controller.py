@@ -99,6 +99,10 @@ class RoundController(ModelController):
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         """Update ``self.models`` from the clients' results (``{client_name: FLModel}``)."""
 
+    def payload_meta(self, client: str) -> dict:
+        """Extra information for ``client`` sent beside the payload (e.g. FedSM's selector label)."""
+        return {}
+
     def model_for_metric(self, client: str, key: str) -> str:
         """Name of the model in ``self.models`` that a client's metric ``key`` measured."""
         return key
@@ -154,7 +158,7 @@ class RoundController(ModelController):
         self._results = {}
         for client in clients:
             payload = FLModel(params=self.payload_for(client), current_round=round_number,
-                              total_rounds=self.num_rounds)
+                              total_rounds=self.num_rounds, meta=self.payload_meta(client))
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.task_timeout,
                             callback=self._collect)
         while self.get_num_standing_tasks():

@@ -78,6 +78,7 @@ class RoundExecutor(Executor):
         self.app_dir = ""
         self.writer = None
         self.current_round = 0
+        self.task_meta: Dict[str, Any] = {}
         self._setup_error: Optional[str] = None
 
     # ------------------------------------------------------------------ hooks for each method
@@ -120,6 +121,8 @@ class RoundExecutor(Executor):
         try:
             self.config = load_train_config(config_path, site=self.site)
             seed_everything(int(self.config.get("seed", 0)))
+            if int(self.config.get("num_threads", 0)) > 0:
+                torch.set_num_threads(int(self.config["num_threads"]))
             self.device = select_device(self.config.get("device", "auto"))
             if self.analytic_sender_id:
                 self.writer = engine.get_component(self.analytic_sender_id)
@@ -147,6 +150,7 @@ class RoundExecutor(Executor):
         try:
             received = FLModelUtils.from_shareable(shareable)
             self.current_round = received.current_round or 0
+            self.task_meta = received.meta or {}
             self.load_payload(received.params, fl_ctx)
             metrics = self.evaluate("validation")
             self.log_metrics(metrics, "val", self.current_round)

@@ -1,0 +1,58 @@
+# Two commands on a fresh machine:  `make demo` (FedSM on the synthetic demo federation)  and  `make test`.
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+# CPU machines: torch==2.13.0 installs the CPU build from a local wheel here; elsewhere use
+# TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu" (CPU) or plain "torch" (CUDA).
+TORCH_SPEC  ?= torch==2.13.0
+DEMO_ROUNDS ?= 10
+DEMO_SIZE   ?= 64
+CLIENTS     := client_I2CVB,client_MSD,client_NCI_ISBI_3T
+DATA        := data_preparation
+WORK        := workspaces
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+.PHONY: venv demo demo-fedavg demo-data sync test test-all clean
+
+venv: $(BIN)/nvflare
+$(BIN)/nvflare: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+demo-data: $(DATA)/datalist_2D/client_All.json
+$(DATA)/datalist_2D/client_All.json: | venv
+	$(BIN)/python $(DATA)/make_demo_prostate.py --output_dir $(DATA)/raw/demo_prostate
+	$(BIN)/python $(DATA)/prepare_prostate_2d.py --source saml --input_dir $(DATA)/raw/demo_prostate \
+		--output_dir $(DATA) --size $(DEMO_SIZE)
+
+# Run a job of jobs/ on the demo federation for DEMO_ROUNDS rounds, then test it and plot its curves.
+define run_demo
+	$(BIN)/python tools/job_variant.py jobs/$(1) $(WORK)/jobs/$(1) --server num_rounds=$(DEMO_ROUNDS) --train num_threads=1
+	rm -rf $(WORK)/$(1)
+	DATASET_ROOT=$(CURDIR)/$(DATA) PATH=$(CURDIR)/$(BIN):$$PATH \
+		nvflare simulator $(WORK)/jobs/$(1) -w $(WORK)/$(1) -c $(CLIENTS) -t 3 2>&1 | tee $(WORK)/$(1).log \
+		| grep --line-buffered -E "round [0-9]+/[0-9]+ (started|finished)|validation of received|new best|ERROR"
+	$(BIN)/python result_stat/prostate_2d_test_only.py --models_dir $(WORK)/$(1)/server/simulate_job/app_server \
+		--dataset_base_dir $(DATA)/dataset_2D --datalist_json_path $(DATA)/datalist_2D
+	$(BIN)/python result_stat/plot_tensorboard_events.py --workspace $(WORK)/$(1) --output results/$(1)_val.png
+endef
+
+demo: demo-data
+	$(call run_demo,fedsm_prostate)
+
+demo-fedavg: demo-data
+	$(call run_demo,fedavg_prostate)
+
+sync: venv
+	$(BIN)/python tools/sync_job_code.py
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(WORK) results $(DATA)/dataset_2D $(DATA)/datalist_2D $(DATA)/raw

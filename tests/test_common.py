@@ -1,0 +1,87 @@
+"""Common layer: configuration placeholder, datalists, in-memory slices, parameter helpers, atomic writes."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medfl.common.config import config_path, load_train_config
+from medfl.common.data import datalist_path, load_segmentation_pairs, read_datalist
+from medfl.common.errors import DataError
+from medfl.common.io import atomic_torch_save, atomic_write_json
+from medfl.common.networks import build_network
+from medfl.common.params import bundle, load_numpy, to_numpy, unbundle, weighted_mean
+
+
+def test_placeholder_unresolved_names_site_and_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("DATASET_ROOT", raising=False)
+    cfg = {"dataset_base_dir": "DATASET_ROOT/dataset_2D"}
+    with pytest.raises(DataError, match=r"\[client_MSD\] DATASET_ROOT/dataset_2D:.*placeholder DATASET_ROOT"):
+        config_path(cfg, "dataset_base_dir", "client_MSD")
+    monkeypatch.setenv("DATASET_ROOT", str(tmp_path))
+    assert config_path(cfg, "dataset_base_dir", "client_MSD") == tmp_path / "dataset_2D"
+    assert config_path({"dataset_base_dir": "/data/x"}, "dataset_base_dir") == tmp_path.__class__("/data/x")
+    with pytest.raises(DataError, match="no 'datalist_json_path' entry"):
+        config_path(cfg, "datalist_json_path", "client_MSD")
+
+
+def test_train_config_errors(tmp_path):
+    with pytest.raises(DataError, match=r"\[site-1\].*config_train.json: training configuration not found"):
+        load_train_config(tmp_path / "config_train.json", site="site-1")
+    (tmp_path / "config_train.json").write_text("{broken")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_train_config(tmp_path / "config_train.json", site="site-1")
+
+
+def test_datalist_errors(tmp_path):
+    assert datalist_path(tmp_path, "client_A") == tmp_path / "client_A.json"
+    with pytest.raises(DataError, match=r"\[client_A\].*client_A.json: datalist not found"):
+        read_datalist(tmp_path / "client_A.json", "training", "client_A")
+    (tmp_path / "client_A.json").write_text(json.dumps({"training": [], "validation": [{"image": "x", "label": "y"}]}))
+    with pytest.raises(DataError, match="the 'training' split is empty"):
+        read_datalist(tmp_path / "client_A.json", "training", "client_A")
+    with pytest.raises(DataError, match="has no 'testing' list"):
+        read_datalist(tmp_path / "client_A.json", "testing", "client_A")
+
+
+def test_slice_pairs_errors(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(tmp_path / "image.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 9), np.float32), np.eye(4)), str(tmp_path / "label.nii.gz"))
+    item = {"image": "image.nii.gz", "label": "label.nii.gz"}
+    with pytest.raises(DataError, match=r"\[s\].*image.nii.gz: image shape \(8, 8\) does not match label shape"):
+        load_segmentation_pairs([item], tmp_path, "s")
+    with pytest.raises(DataError, match=r"missing.nii.gz: image file not found"):
+        load_segmentation_pairs([{"image": "missing.nii.gz", "label": "label.nii.gz"}], tmp_path, "s")
+
+
+def test_params_roundtrip_and_weighted_mean():
+    net = build_network("unet", channels=(4, 8), strides=(2,), num_res_units=0)
+    params = to_numpy(net.state_dict())
+    assert unbundle(bundle({"global": params, "other": {"w": np.ones(2)}}))["global"].keys() == params.keys()
+    zeros = {k: np.zeros_like(v) for k, v in params.items()}
+    load_numpy(net, zeros)
+    assert all(float(t.abs().sum()) == 0 for t in net.state_dict().values())
+    a, b = {"w": np.array([0.0, 2.0]), "n": np.array(2)}, {"w": np.array([4.0, 6.0]), "n": np.array(4)}
+    mean = weighted_mean([a, b], [1, 3])
+    np.testing.assert_allclose(mean["w"], [3.0, 5.0])
+    assert mean["n"] == 4 and mean["n"].dtype == np.array(2).dtype
+    with pytest.raises(KeyError, match="missing"):
+        load_numpy(net, {})
+
+
+def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "model.pt"
+    atomic_torch_save({"a": torch.ones(1)}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"a": Unpicklable()}, target)
+    assert torch.load(target)["a"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file may be left"
+    atomic_write_json({"x": 1}, tmp_path / "d.json")
+    assert json.loads((tmp_path / "d.json").read_text()) == {"x": 1}
