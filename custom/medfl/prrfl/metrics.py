@@ -82,7 +82,9 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(
+    model: nn.Module, loader: DataLoader, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities ``(N, num_classes)`` and labels ``(N,)`` of ``model`` in eval mode over ``loader``.
 
     ``loader`` yields ``(images, labels)`` batches. The model is left in eval mode.
