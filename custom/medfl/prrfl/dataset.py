@@ -1,0 +1,155 @@
+"""Dermoscopy dataset of one PRR-FL client split, read from the CSVs of ``prepare_ham10000_prrfl.py``.
+
+Layout (as the original's ``clientX/{train,valid,test}_clientX.csv``): ``<data_root>/<client>/<split>_<client>.csv``
+with at least the columns ``image`` (PNG path relative to ``data_root``) and ``label`` (integer class).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["SPLITS", "SkinLesionDataset", "eval_transforms", "split_csv_path", "train_transforms"]
+
+SPLITS = ("train", "valid", "test")
+CSV_COLUMNS = ("image", "label")
+PIXEL_MAX = 255.0
+
+
+def split_csv_path(data_root: Path | str, client: str, split: str) -> Path:
+    """``<data_root>/<client>/<split>_<client>.csv``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return Path(data_root) / client / f"{split}_{client}.csv"
+
+
+def _to_unit_range() -> list[Callable]:
+    """Map [0, 1] to [-1, 1] (the original's ``Normalize(0.5, 0.5)``) and drop MONAI metadata."""
+    return [
+        mt.ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0),
+        mt.EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+    ]
+
+
+def eval_transforms() -> mt.Compose:
+    """Validation / test transform: normalisation only. Input: float tensor ``(3, H, W)`` in [0, 1]."""
+    return mt.Compose(_to_unit_range())
+
+
+def train_transforms(
+    image_size: int = 128,
+    flip_prob: float = 0.5,
+    brightness_limit: float = 0.2,
+    brightness_prob: float = 0.75,
+    blur_noise_prob: float = 0.7,
+    median_radius: int = 2,
+    blur_sigma: tuple[float, float] = (0.8, 1.1),
+    noise_std: float = math.sqrt(30.0) / PIXEL_MAX,
+    affine_prob: float = 0.85,
+    shift_limit: float = 0.1,
+    scale_limit: float = 0.1,
+    rotate_degrees: float = 15.0,
+) -> mt.Compose:
+    """MONAI approximation of the original albumentations training pipeline, on ``(3, H, W)`` floats in [0, 1].
+
+    * ``VerticalFlip(.5)``, ``HorizontalFlip(.5)``: `RandFlip` on each spatial axis.
+    * ``RandomBrightness(0.2, p=.75)`` (adds up to +-20 % of the pixel range): `RandShiftIntensity`.
+    * ``OneOf[MedianBlur(5), GaussianBlur(5), GaussNoise(var 5..30)]`` with p=.7: MONAI `OneOf` with an identity
+      branch of weight 0.3; 5x5 median (radius 2); Gaussian sigma in [0.8, 1.1] (OpenCV's sigma for 3x3 and 5x5
+      kernels); Gaussian noise with std drawn from [0, sqrt(30)/255]. Values are then clipped to [0, 1].
+    * ``ShiftScaleRotate(0.1, 0.1, 15 deg, border 0, p=.85)``: `RandAffine` with zero padding; the scale is drawn
+      per axis (albumentations draws one isotropic factor).
+    * ``Normalize(0.5, 0.5)``: [0, 1] -> [-1, 1].
+    """
+    blur_or_noise = mt.OneOf(
+        [
+            mt.Identity(),
+            mt.MedianSmooth(radius=median_radius),
+            mt.RandGaussianSmooth(sigma_x=blur_sigma, sigma_y=blur_sigma, prob=1.0),
+            mt.RandGaussianNoise(prob=1.0, mean=0.0, std=noise_std),
+        ],
+        weights=[1.0 - blur_noise_prob] + [blur_noise_prob / 3] * 3,
+    )
+    shift_pixels = shift_limit * image_size
+    return mt.Compose(
+        [
+            mt.RandFlip(prob=flip_prob, spatial_axis=0),
+            mt.RandFlip(prob=flip_prob, spatial_axis=1),
+            mt.RandShiftIntensity(offsets=brightness_limit, prob=brightness_prob),
+            blur_or_noise,
+            mt.Lambda(partial(torch.clamp, min=0.0, max=1.0)),
+            mt.RandAffine(
+                prob=affine_prob,
+                rotate_range=math.radians(rotate_degrees),
+                translate_range=(shift_pixels, shift_pixels),
+                scale_range=(scale_limit, scale_limit),
+                padding_mode="zeros",
+            ),
+            *_to_unit_range(),
+        ]
+    )
+
+
+class SkinLesionDataset(Dataset):
+    """One client's split: items ``(image, label)`` with image ``(3, H, W)`` float32 in [-1, 1], label an int.
+
+    ``transform`` receives the RGB image as a float tensor in [0, 1] and defaults to `eval_transforms`; use
+    `train_transforms` for training. With several DataLoader workers use ``monai.data.DataLoader`` (or seed the
+    MONAI transforms per worker) so that workers do not repeat the same random augmentations.
+    """
+
+    def __init__(
+        self,
+        data_root: Path | str,
+        client: str,
+        split: str,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        num_classes: int = 3,
+    ) -> None:
+        self.data_root = Path(data_root)
+        self.csv_path = split_csv_path(data_root, client, split)
+        self.transform = transform if transform is not None else eval_transforms()
+        self.samples = self._read_csv(num_classes)
+
+    def _read_csv(self, num_classes: int) -> list[tuple[Path, int]]:
+        if not self.csv_path.is_file():
+            raise FileNotFoundError(f"split CSV not found: {self.csv_path}")
+        with self.csv_path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{self.csv_path}: missing column(s) {missing}; found {reader.fieldnames}")
+            samples = []
+            for line, row in enumerate(reader, start=2):
+                try:
+                    label = int(row["label"])
+                except ValueError:
+                    raise ValueError(
+                        f"{self.csv_path}, line {line}: label {row['label']!r} is not an integer"
+                    ) from None
+                if not 0 <= label < num_classes:
+                    raise ValueError(f"{self.csv_path}, line {line}: label {label} outside [0, {num_classes})")
+                samples.append((self.data_root / row["image"], label))
+        if not samples:
+            raise ValueError(f"{self.csv_path}: no samples")
+        return samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        if not path.is_file():
+            raise FileNotFoundError(f"image listed in {self.csv_path} is missing: {path}")
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / PIXEL_MAX
+        return self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), label

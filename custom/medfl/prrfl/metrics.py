@@ -1,0 +1,100 @@
+"""Classification metrics of PRR-FL (accuracy, macro-F1, one-vs-rest macro-AUC) without scikit-learn.
+
+The original reports sklearn's ``accuracy_score``, ``f1_score(average='macro')`` and
+``roc_auc_score(multi_class='ovr')`` (macro) on softmax probabilities, all x100. These functions return fractions
+in [0, 1]; multiply by 100 for the original's tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["accuracy", "classification_metrics", "macro_auc_ovr", "macro_f1", "predict_probabilities"]
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0:
+        raise ValueError("metrics need at least one sample")
+    return labels
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Fraction of predictions equal to the labels."""
+    labels = _check_labels(labels)
+    return float(np.mean(labels == np.asarray(predictions).reshape(-1)))
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN).
+
+    As sklearn's default, the mean runs over the classes present in ``labels`` or ``predictions``: a class absent
+    from both is skipped, a class that is predicted but never true counts with F1 = 0. Never NaN.
+    """
+    labels = _check_labels(labels)
+    predictions = np.asarray(predictions).reshape(-1)
+    scores = []
+    for cls in np.union1d(labels, predictions):
+        true_pos = np.sum((predictions == cls) & (labels == cls))
+        false_pos = np.sum((predictions == cls) & (labels != cls))
+        false_neg = np.sum((predictions != cls) & (labels == cls))
+        scores.append(2 * true_pos / (2 * true_pos + false_pos + false_neg))
+    return float(np.mean(scores))
+
+
+def macro_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Macro one-vs-rest ROC-AUC from class scores ``(num_samples, num_classes)``.
+
+    Per class c, AUC = (R_c - n_c (n_c + 1) / 2) / (n_c * m_c), the Mann-Whitney rank formula with ``R_c`` the sum
+    of the (tie-averaged) ranks of the positives' scores for c, ``n_c`` positives and ``m_c`` negatives. The mean
+    runs over the classes that have both positives and negatives in ``labels``; classes absent from the labels
+    are skipped (sklearn raises instead). Returns NaN only when no class qualifies (all labels equal).
+    """
+    labels = _check_labels(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[0] != labels.size:
+        raise ValueError(f"probabilities must be (num_samples={labels.size}, num_classes), got {probabilities.shape}")
+    aucs = []
+    for cls in range(probabilities.shape[1]):
+        positive = labels == cls
+        num_pos, num_neg = int(positive.sum()), int((~positive).sum())
+        if num_pos == 0 or num_neg == 0:
+            continue
+        ranks = rankdata(probabilities[:, cls])
+        aucs.append((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """``{"accuracy", "macro_f1", "macro_auc"}`` of arg-max predictions and class probabilities (fractions)."""
+    predictions = np.asarray(probabilities).argmax(axis=1)
+    return {
+        "accuracy": accuracy(labels, predictions),
+        "macro_f1": macro_f1(labels, predictions),
+        "macro_auc": macro_auc_ovr(labels, probabilities),
+    }
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module, loader: DataLoader, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``(N, num_classes)`` and labels ``(N,)`` of ``model`` in eval mode over ``loader``.
+
+    ``loader`` yields ``(images, labels)`` batches. The model is left in eval mode.
+    """
+    model.eval().to(device)
+    probabilities, labels = [], []
+    for images, targets in loader:
+        logits = model(images.to(device).float())
+        probabilities.append(torch.softmax(logits, dim=1).cpu().numpy())
+        labels.append(targets.cpu().numpy().reshape(-1))
+    if not labels:
+        raise ValueError("cannot evaluate on an empty loader")
+    return np.concatenate(probabilities), np.concatenate(labels)
