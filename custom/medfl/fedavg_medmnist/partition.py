@@ -39,7 +39,7 @@ DEFAULT_VAL_RATIO = 0.1
 def partition_sizes(num_samples: int, num_partitions: int) -> List[int]:
     """Equal sizes ``floor(N / P)``, one more for the first ``N mod P`` partitions (Flower's rule)."""
     if num_partitions < 1 or num_partitions > num_samples:
-        raise ValueError(f"num_partitions must be in [1, {num_samples}] (at least one sample each), got {num_partitions}")
+        raise ValueError(f"num_partitions must be in [1, {num_samples}] (one sample each at least): {num_partitions}")
     base, extra = divmod(num_samples, num_partitions)
     return [base + 1 if p < extra else base for p in range(num_partitions)]
 
