@@ -17,6 +17,7 @@ def test_cnn_keeps_the_flower_layer_sizes():
     model = FlowerCNN(in_channels=3, num_classes=10, image_size=32)  # the CIFAR-10 original
     assert model.classifier[0].in_features == 16 * 5 * 5
     assert sum(p.numel() for p in model.parameters()) == 62006  # LeNet-5 of the PyTorch/Flower tutorials
+    assert sum(p.numel() for p in FlowerCNN(3, 9).parameters()) == 44641  # PathMNIST, as docs/medmnist.md says
     with pytest.raises(ValueError, match="at least 16 pixels, got 12"):
         FlowerCNN(image_size=12)
 
