@@ -1,0 +1,201 @@
+"""MedMNIST v2 ``.npz`` files (2D sets): checked reading and a torch ``Dataset`` of normalised images.
+
+An official file (e.g. ``pathmnist.npz`` from Zenodo) holds ``{train,val,test}_images`` as uint8, grey
+``(N, H, W)`` or RGB ``(N, H, W, 3)``, and ``{train,val,test}_labels`` shaped ``(N, 1)`` (re-saved files often
+use ``(N,)``; both are accepted). Every problem is reported as :class:`MedMNISTFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+PathType = Union[str, PathLike]
+
+
+@dataclass(frozen=True)
+class MedMNISTInfo:
+    """What a 2D MedMNIST set holds: number of classes and image channels (1 = grey, 3 = RGB)."""
+
+    num_classes: int
+    channels: int
+
+
+# Single-label 2D sets of MedMNIST v2 (Yang et al., Sci Data 2023, Table 1). ChestMNIST is left out on
+# purpose: it is multi-label (14 binary labels per image) and needs another loss and another label check.
+MEDMNIST_2D: Dict[str, MedMNISTInfo] = {
+    "pathmnist": MedMNISTInfo(num_classes=9, channels=3),
+    "dermamnist": MedMNISTInfo(num_classes=7, channels=3),
+    "octmnist": MedMNISTInfo(num_classes=4, channels=1),
+    "pneumoniamnist": MedMNISTInfo(num_classes=2, channels=1),
+    "retinamnist": MedMNISTInfo(num_classes=5, channels=3),
+    "breastmnist": MedMNISTInfo(num_classes=2, channels=1),
+    "bloodmnist": MedMNISTInfo(num_classes=8, channels=3),
+    "tissuemnist": MedMNISTInfo(num_classes=8, channels=1),
+    "organamnist": MedMNISTInfo(num_classes=11, channels=1),
+    "organcmnist": MedMNISTInfo(num_classes=11, channels=1),
+    "organsmnist": MedMNISTInfo(num_classes=11, channels=1),
+}
+DEFAULT_DATASET = "pathmnist"
+SPLITS = ("train", "val", "test")
+
+# Intensity normalisation after scaling uint8 to [0, 1]: (x - 0.5) / 0.5, i.e. [-1, 1] on every channel.
+# These are the constants of MedMNIST's "getting started" example (``Normalize(mean=[.5], std=[.5])``), which
+# the Flower PathMNIST example took its data code from.
+NORM_MEAN = 0.5
+NORM_STD = 0.5
+UINT8_MAX = 255.0
+
+
+class MedMNISTFormatError(ValueError):
+    """A MedMNIST file that cannot be used; the message reads ``<file>: <what is wrong>``."""
+
+    def __init__(self, path: PathType, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def medmnist_info(dataset: str) -> MedMNISTInfo:
+    """Classes and channels of a 2D MedMNIST set by its file stem (``"pathmnist"``, ``"breastmnist"``, ...)."""
+    try:
+        return MEDMNIST_2D[dataset]
+    except KeyError:
+        raise ValueError(f"unknown MedMNIST 2D set {dataset!r}; known: {', '.join(sorted(MEDMNIST_2D))}") from None
+
+
+def load_medmnist_split(
+    path: PathType, split: str = "train", dataset: str = DEFAULT_DATASET
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and check one split of a MedMNIST ``.npz`` file.
+
+    Returns ``images`` uint8 ``(N, H, W, C)`` (grey files get ``C = 1``) and ``labels`` int64 ``(N,)`` in
+    ``[0, num_classes)`` of ``dataset``. Raises :class:`MedMNISTFormatError` for an unreadable file, missing keys,
+    wrong shapes or dtypes, a channel count other than the set's, an image/label count mismatch or a label out of
+    range.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    info = medmnist_info(dataset)
+    images, labels = _read_arrays(Path(path), f"{split}_images", f"{split}_labels")
+    images = _check_images(path, split, images, info, dataset)
+    labels = _check_labels(path, split, labels, len(images), info.num_classes, dataset)
+    return images, labels
+
+
+def _read_arrays(path: Path, *keys: str) -> Tuple[np.ndarray, ...]:
+    """The arrays under ``keys`` of an ``.npz`` file, loaded without pickle."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MedMNIST file not found")
+    unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except unreadable as exc:
+        raise MedMNISTFormatError(path, f"not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise MedMNISTFormatError(path, "is a single .npy array, not an .npz archive of splits")
+    with archive:
+        missing = [key for key in keys if key not in archive.files]
+        if missing:
+            raise MedMNISTFormatError(path, f"missing key(s) {missing}; the file has {sorted(archive.files)}")
+        try:
+            return tuple(archive[key] for key in keys)
+        except unreadable as exc:
+            raise MedMNISTFormatError(path, f"cannot read an array ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_images(path: PathType, split: str, images: np.ndarray, info: MedMNISTInfo, dataset: str) -> np.ndarray:
+    key = f"{split}_images"
+    if images.dtype != np.uint8:
+        raise MedMNISTFormatError(path, f"{key} has dtype {images.dtype}; MedMNIST images are uint8 (0..255)")
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise MedMNISTFormatError(path, f"{key} has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)")
+    if len(images) == 0:
+        raise MedMNISTFormatError(path, f"{key} holds no images")
+    if images.shape[-1] != info.channels:
+        raise MedMNISTFormatError(
+            path,
+            f"{key} has {images.shape[-1]} channel(s) but {dataset} images have {info.channels}; "
+            "is the dataset name right?",
+        )
+    return images
+
+
+def _check_labels(
+    path: PathType, split: str, labels: np.ndarray, num_images: int, num_classes: int, dataset: str
+) -> np.ndarray:
+    key = f"{split}_labels"
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise MedMNISTFormatError(path, f"{key} has shape {labels.shape}; expected (N,) or (N, 1) class indices")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise MedMNISTFormatError(path, f"{key} has dtype {labels.dtype}; expected integer class indices")
+    if len(labels) != num_images:
+        raise MedMNISTFormatError(path, f"{split} has {num_images} images but {len(labels)} labels")
+    out_of_range = (labels < 0) | (labels >= num_classes)
+    if out_of_range.any():
+        bad = np.unique(labels[out_of_range]).tolist()
+        raise MedMNISTFormatError(
+            path, f"{key} has label(s) {bad} outside [0, {num_classes}) of {dataset} ({num_classes} classes)"
+        )
+    return labels.astype(np.int64)
+
+
+class MedMNISTDataset(Dataset):
+    """MedMNIST samples as MONAI-style dicts ``{"image": float32 (C, H, W), "label": int64 ()}``.
+
+    ``image = (uint8 / 255 - mean) / std`` with the defaults :data:`NORM_MEAN`, :data:`NORM_STD` (range [-1, 1]).
+    ``indices`` (optional) selects the samples of one client, e.g. from its split file.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: Optional[Sequence[int]] = None,
+        mean: float = NORM_MEAN,
+        std: float = NORM_STD,
+    ):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must be shaped ({len(images)},), got {labels.shape}")
+        self.images = images
+        self.labels = labels
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.mean = mean
+        self.std = std
+
+    @classmethod
+    def from_npz(
+        cls,
+        path: PathType,
+        split: str = "train",
+        dataset: str = DEFAULT_DATASET,
+        indices: Optional[Sequence[int]] = None,
+    ) -> "MedMNISTDataset":
+        """One split of a checked MedMNIST file (see :func:`load_medmnist_split`), optionally a subset of it."""
+        images, labels = load_medmnist_split(path, split, dataset)
+        return cls(images, labels, indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> Dict[str, torch.Tensor]:
+        index = self.indices[item]
+        image = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div(UINT8_MAX)
+        return {
+            "image": (image - self.mean) / self.std,
+            "label": torch.tensor(self.labels[index], dtype=torch.int64),
+        }
