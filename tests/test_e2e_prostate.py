@@ -45,7 +45,7 @@ def test_fedsm_prostate_headline(tmp_path, demo_prostate):
         for name in names:
             assert (app_server / f"{kind}_{name}_model.pt").is_file(), f"{kind} {name}"
     assert json.loads((app_server / "site_labels.json").read_text()) == {c: i for i, c in enumerate(PROSTATE_CLIENTS)}
-    assert torch.load(app_server / "server_state.pt", weights_only=False)["extra"]["selector_moments"], \
+    assert torch.load(app_server / "server_state.pt")["extra"]["selector_moments"], \
         "the moment filters are configured, so the server must hold averaged moments"
     log = (workspace / "server" / "simulate_job" / "log.txt").read_text()
     assert "loaded synced Adam moments" in log or any(
@@ -68,7 +68,7 @@ def test_fedsm_without_moment_filters(tmp_path, demo_prostate):
     config["task_data_filters"], config["task_result_filters"] = [], []
     client_config.write_text(json.dumps(config))
     run_simulator(variant, tmp_path / "ws", PROSTATE_CLIENTS, demo_prostate)
-    state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt")
     assert state["extra"]["selector_moments"] == {}
     assert set(state["models"]) == {"global", "selector"} | {f"personal_{c}" for c in PROSTATE_CLIENTS}
 

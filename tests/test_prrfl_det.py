@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medfl.prrfl.det import DetStage, decide_det_stage, det_local_epoch, det_losses, next_det_stage
-from medfl.prrfl.metrics import accuracy, classification_metrics, macro_auc_ovr, macro_f1
+from medfl.common.metrics import accuracy, classification_metrics, macro_auc_ovr, macro_f1
 
 START, RECOVER, EXCHANGE, SUBLIMATE = DetStage.START, DetStage.RECOVER, DetStage.EXCHANGE, DetStage.SUBLIMATE
 
@@ -132,4 +132,4 @@ def test_macro_auc_with_absent_classes():
     assert macro_auc_ovr(np.array([0, 1, 0, 1]), probs) == 1.0
     assert math.isnan(macro_auc_ovr(np.array([1, 1, 1, 1]), probs))  # one class only: AUC undefined
     metrics = classification_metrics(np.array([0, 1, 0, 1]), probs)
-    assert metrics == {"accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0}
+    assert metrics == {"accuracy": 1.0, "balanced_accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0}

@@ -35,6 +35,19 @@ from .params import Params, to_numpy
 STATE_FILE = "server_state.pt"
 
 
+def _as_torch(obj):
+    """Numpy arrays (nested in dicts) as tensors, so that state files load with ``weights_only=True``."""
+    if isinstance(obj, dict):
+        return {k: _as_torch(v) for k, v in obj.items()}
+    return torch.as_tensor(obj) if isinstance(obj, np.ndarray) else obj
+
+
+def _as_numpy(obj):
+    if isinstance(obj, dict):
+        return {k: _as_numpy(v) for k, v in obj.items()}
+    return obj.numpy() if torch.is_tensor(obj) else obj
+
+
 def checkpoint_name(kind: str, model_name: str) -> str:
     """File name of a saved model in the server's app folder, e.g. ``best_global_model.pt``."""
     return f"{kind}_{model_name}_model.pt"
@@ -207,13 +220,13 @@ class RoundController(ModelController):
         """Persist everything needed to continue after ``round_number`` (see ``resume_from``)."""
         state = {"completed_round": round_number, "num_rounds": self.num_rounds, "models": self.models,
                  "best_scores": self.best_scores, "extra": self.extra_state()}
-        atomic_torch_save(state, os.path.join(self.get_app_dir(), STATE_FILE))
+        atomic_torch_save(_as_torch(state), os.path.join(self.get_app_dir(), STATE_FILE))
 
     def _resume(self, path: str) -> None:
         if not os.path.isfile(path):
             self.panic(f"resume_from: state file not found: {path}")
             return
-        state = torch.load(path, weights_only=False)
+        state = _as_numpy(torch.load(path))
         self.models, self.best_scores = state["models"], state["best_scores"]
         self.load_extra_state(state["extra"])
         self.start_round = state["completed_round"] + 1

@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from medfl.prrfl.metrics import macro_f1, predict_probabilities
+from medfl.common.metrics import macro_f1, predict_probabilities
 
 __all__ = ["DetStage", "decide_det_stage", "det_local_epoch", "det_losses", "distillation_kl", "next_det_stage"]
 

@@ -1,6 +1,6 @@
-"""Classification metrics of PRR-FL (accuracy, macro-F1, one-vs-rest macro-AUC) without scikit-learn.
+"""Classification metrics (accuracy, balanced accuracy, macro-F1, one-vs-rest macro-AUC) without scikit-learn.
 
-The original reports sklearn's ``accuracy_score``, ``f1_score(average='macro')`` and
+PRR-FL reports sklearn's ``accuracy_score``, ``f1_score(average='macro')`` and
 ``roc_auc_score(multi_class='ovr')`` (macro) on softmax probabilities, all x100. These functions return fractions
 in [0, 1]; multiply by 100 for the original's tables.
 """
@@ -15,7 +15,8 @@ from scipy.stats import rankdata
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["accuracy", "classification_metrics", "macro_auc_ovr", "macro_f1", "predict_probabilities"]
+__all__ = ["accuracy", "balanced_accuracy", "classification_metrics", "macro_auc_ovr", "macro_f1",
+           "predict_probabilities"]
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -29,6 +30,13 @@ def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Fraction of predictions equal to the labels."""
     labels = _check_labels(labels)
     return float(np.mean(labels == np.asarray(predictions).reshape(-1)))
+
+
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``labels`` (sklearn's ``balanced_accuracy_score``)."""
+    labels = _check_labels(labels)
+    predictions = np.asarray(predictions).reshape(-1)
+    return float(np.mean([np.mean(predictions[labels == cls] == cls) for cls in np.unique(labels)]))
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -72,10 +80,12 @@ def macro_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """``{"accuracy", "macro_f1", "macro_auc"}`` of arg-max predictions and class probabilities (fractions)."""
+    """``{"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}`` of arg-max predictions and class
+    probabilities (fractions)."""
     predictions = np.asarray(probabilities).argmax(axis=1)
     return {
         "accuracy": accuracy(labels, predictions),
+        "balanced_accuracy": balanced_accuracy(labels, predictions),
         "macro_f1": macro_f1(labels, predictions),
         "macro_auc": macro_auc_ovr(labels, probabilities),
     }
@@ -87,11 +97,13 @@ def predict_probabilities(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities ``(N, num_classes)`` and labels ``(N,)`` of ``model`` in eval mode over ``loader``.
 
-    ``loader`` yields ``(images, labels)`` batches. The model is left in eval mode.
+    ``loader`` yields ``{"image", "label"}`` dicts (the project's convention) or ``(images, labels)`` pairs.
+    The model is left in eval mode.
     """
     model.eval().to(device)
     probabilities, labels = [], []
-    for images, targets in loader:
+    for batch in loader:
+        images, targets = (batch["image"], batch["label"]) if isinstance(batch, dict) else batch
         logits = model(images.to(device).float())
         probabilities.append(torch.softmax(logits, dim=1).cpu().numpy())
         labels.append(targets.cpu().numpy().reshape(-1))
