@@ -1,0 +1,1 @@
+"""HarmoFL (Jiang et al., AAAI 2022): amplitude normalisation, weight perturbation, networks and losses."""
