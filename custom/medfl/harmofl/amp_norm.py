@@ -83,21 +83,15 @@ def amplitude_spectrum(images: NdarrayOrTensor, spatial_dims: int = 2) -> torch.
     return torch.fft.fftn(x, dim=_spatial_axes(spatial_dims)).abs()
 
 
-def _low_frequency_blocks(spatial_shape: tuple[int, ...], half_size: int) -> list[tuple[slice, ...]]:
-    """Slices covering the window ``|k_d| <= half_size`` (frequencies modulo each axis size).
+def _window_slices(n: int, half_size: int) -> list[slice]:
+    """The frequencies ``|k| <= half_size`` (modulo ``n``) of an unshifted ``n``-point FFT axis.
 
-    This is the square window ``[c - b, c + b]`` (``c = n // 2``) of the fftshifted spectrum, written in the
-    unshifted layout of ``torch.fft.rfftn``: on every axis but the last it is two blocks, ``0 .. b`` and
-    ``n - b .. n - 1`` (one block when they meet); the last axis holds ``0 .. n // 2`` only.
+    They are the slice ``[c - b, c + b]`` (``c = n // 2``) of the fftshifted axis used by the released
+    ``mutate``; unshifted they are two blocks, ``0 .. b`` and ``n - b .. n - 1``, or one when they meet.
     """
-    per_axis = []
-    for n in spatial_shape[:-1]:
-        if 2 * half_size + 1 >= n:
-            per_axis.append([slice(0, n)])
-        else:
-            per_axis.append([slice(0, half_size + 1)] + ([slice(n - half_size, n)] if half_size > 0 else []))
-    per_axis.append([slice(0, min(half_size, spatial_shape[-1] // 2) + 1)])
-    return list(itertools.product(*per_axis))
+    if 2 * half_size + 1 >= n:
+        return [slice(0, n)]
+    return [slice(0, half_size + 1)] + ([slice(n - half_size, n)] if half_size > 0 else [])
 
 
 class AmplitudeNormalize(Transform):
@@ -113,11 +107,13 @@ class AmplitudeNormalize(Transform):
     Shapes: ``reference`` is ``(C, H, W)`` (or ``(C, H, W, D)``), an unshifted amplitude spectrum such as
     :func:`mean_amplitude` returns. The image is one ``(C, H, W)`` image or a batch ``(B, C, H, W)`` (3D
     likewise); numpy or torch (CPU or GPU), floating point. The output has the input's type, device, dtype
-    and shape. All images of a batch are processed by one ``torch.fft.rfftn`` call.
+    and shape.
 
-    The reference must be the amplitude of real images (symmetric, ``A(k) = A(-k)``, as every ``|FFT|`` of
-    a real image and every average of them is): the half-spectrum computation reads only its non-negative
-    last-axis frequencies.
+    Computation, for the whole batch at once: ``y = x + IFFT(change)``, where ``change`` is zero outside
+    the window, so only the window's ``b + 1`` non-negative last-axis frequencies are transformed
+    (``torch.fft.rfft`` along the last axis, full FFTs along the others). The reference must therefore be
+    the amplitude of real images (symmetric, ``A(k) = A(-k)``, as every ``|FFT|`` of a real image and every
+    average of them is): its negative last-axis frequencies are not read.
 
     Args:
         reference: ``(C, *spatial)`` non-negative reference amplitude.
@@ -150,10 +146,15 @@ class AmplitudeNormalize(Transform):
         _spatial_axes(ref.ndim - 1)  # validates the number of spatial axes
         if not torch.isfinite(ref).all() or (ref < 0).any():
             raise ValueError("the reference amplitude must be finite and non-negative")
-        half_size = math.floor(min(ref.shape[1:]) * self.window_ratio)
-        self._blocks = [(..., *block) for block in _low_frequency_blocks(tuple(ref.shape[1:]), half_size)]
+        spatial = ref.shape[1:]
+        half_size = math.floor(min(spatial) * self.window_ratio)
+        self._last_axis_size = min(half_size, spatial[-1] // 2) + 1  # rfft frequencies 0 .. b of the last axis
+        self._blocks = [
+            (..., *block, slice(None))
+            for block in itertools.product(*(_window_slices(n, half_size) for n in spatial[:-1]))
+        ]
         self._reference = ref
-        self._reference_blocks = [ref[block] for block in self._blocks]
+        self._reference_blocks = [ref[..., : self._last_axis_size][block] for block in self._blocks]
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Normalise one image ``(C, *spatial)`` or a batch ``(B, C, *spatial)``."""
@@ -165,14 +166,16 @@ class AmplitudeNormalize(Transform):
                 f"expected {ref_shape} or (B, *{ref_shape})"
             )
         dtype = _working_dtype(x)
-        axes = _spatial_axes(len(ref_shape) - 1)
-        spectrum = torch.fft.rfftn(x.to(dtype), dim=axes)
+        x = x.to(dtype)
+        other_axes = _spatial_axes(len(ref_shape) - 1)[:-1]
+        spectrum = torch.fft.fftn(torch.fft.rfft(x, dim=-1)[..., : self._last_axis_size], dim=other_axes)
+        change = torch.zeros_like(spectrum)
         for block, reference in zip(self._blocks, self._reference_blocks):
-            window = spectrum[block]  # a view: written in place
+            window = spectrum[block]
             magnitude = window.abs()
             phase = torch.where(magnitude > 0, window / magnitude, 1)  # exp(i angle); angle(0) = 0, as numpy
-            window.copy_(phase * reference.to(device=window.device, dtype=dtype))
-        out = torch.fft.irfftn(spectrum, s=ref_shape[1:], dim=axes)
+            change[block] = phase * reference.to(device=window.device, dtype=dtype) - window
+        out = x + torch.fft.irfft(torch.fft.ifftn(change, dim=other_axes), n=ref_shape[-1], dim=-1)
         return convert_to_dst_type(out, dst=img)[0]
 
 
