@@ -8,7 +8,8 @@ Two modes, both fully supported (see ``docs/harmofl.md``):
 
 * ``"paper"`` (default): the reference is an exponential moving average (momentum 0.1) of the batch-mean
   amplitude over all round-0 batches, and a square low-frequency window of half-size
-  ``b = floor(min(spatial) * window_ratio)`` (``window_ratio`` 0.1) around DC is replaced.
+  ``b = floor(min(spatial) * window_ratio)`` around DC is replaced; ``window_ratio`` defaults to 0.1, the
+  default of the released ``mutate`` (the paper's own value could not be checked).
 * ``"reference_code"``: what the released code computes: the reference is the mean amplitude of the first
   batch only (its ``int momentum`` truncates 0.1 to 0) and ``window_ratio`` is 0, i.e. only the DC bin is
   replaced, which for non-negative images is per-channel mean-intensity matching.
