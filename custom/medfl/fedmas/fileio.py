@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,16 +11,15 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a fresh temporary path beside ``path`` to write to; rename it onto ``path`` if the block succeeds.
 
-    The temporary file keeps ``path``'s suffix so that writers which infer the format from the name
-    (PIL, for instance) still work. On any error the temporary file is removed and ``path`` is untouched.
+    The temporary name keeps ``path``'s suffix so that writers which infer the format from it (PIL) still
+    work, and the writer creates the file, so the usual permissions apply. On any error the temporary
+    file is removed and ``path`` is left untouched.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.tmp{target.suffix}")
     try:
         yield tmp
         os.replace(tmp, target)
