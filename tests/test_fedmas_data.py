@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from medfl.fedmas.data import ISIC_CLASSES, SkinLesionDataset, read_datalist
+from medfl.fedmas.fileio import atomic_path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "prepare_isic2019.py"
 SPLITS = ("train", "valid", "test")
@@ -137,3 +138,16 @@ def test_isic_errors_name_the_file(tmp_path):
     bad_split.write_text("image,centre,fold\n")
     with pytest.raises(ValueError, match=r"split\.csv: missing columns \['center'\]"):
         load_script().main([*args, "--split-file", str(bad_split)])
+
+
+def test_atomic_path_leaves_the_target_untouched_on_error(tmp_path):
+    target = tmp_path / "train.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
