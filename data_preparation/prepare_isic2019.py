@@ -73,6 +73,9 @@ class Sample:
     source: Path
 
 
+Federation = dict[int, dict[str, list[Sample]]]  # FLamby centre -> split name -> samples
+
+
 def read_table(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a CSV file that must exist and have the ``required`` columns."""
     if not path.is_file():
@@ -114,12 +117,12 @@ def split_off(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[li
     return [s for s in samples if s.image not in chosen], [s for s in samples if s.image in chosen]
 
 
-def isic_federation(isic_dir: Path, split_file: Path, valid_fraction: float, seed: int) -> dict[int, dict[str, list]]:
+def isic_federation(isic_dir: Path, split_file: Path, valid_fraction: float, seed: int) -> Federation:
     """FLamby Fed-ISIC2019: centre -> {train, valid, test} samples."""
     truth_file, meta_file = isic_dir / ISIC_GROUND_TRUTH, isic_dir / ISIC_METADATA
     truth = {row["image"]: row for row in read_table(truth_file, ("image", *ISIC_CLASSES))}
     lesions = {row["image"]: row["lesion_id"] for row in read_table(meta_file, ("image", "lesion_id"))}
-    parts: dict[int, dict[str, list]] = {c: {"train": [], "test": []} for c in FLAMBY_CENTERS}
+    parts: Federation = {c: {"train": [], "test": []} for c in FLAMBY_CENTERS}
     for line, row in enumerate(read_table(split_file, ("image", "center", "fold")), start=2):
         image, fold = row["image"], row["fold"]
         if image not in truth:
@@ -138,7 +141,7 @@ def isic_federation(isic_dir: Path, split_file: Path, valid_fraction: float, see
     return federation
 
 
-def demo_federation(ham_dir: Path, test_fraction: float, valid_fraction: float, seed: int) -> dict[int, dict[str, list]]:
+def demo_federation(ham_dir: Path, test_fraction: float, valid_fraction: float, seed: int) -> Federation:
     """HAM10000 sources as FLamby centres 1, 2, 3, 5: centre -> {train, valid, test} split by lesion."""
     meta_file = ham_dir / HAM_METADATA
     by_center: dict[int, list[Sample]] = defaultdict(list)
@@ -174,7 +177,7 @@ def write_image(sample: Sample, folder: Path, image_size: int) -> str:
     return relative.as_posix()
 
 
-def write_federation(federation: dict[int, dict[str, list]], out: Path, image_size: int, settings: dict) -> dict:
+def write_federation(federation: Federation, out: Path, image_size: int, settings: dict) -> dict:
     """Write images, datalists and ``summary.json``; returns the summary."""
     total = sum(len(samples) for parts in federation.values() for samples in parts.values())
     done = 0

@@ -27,7 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
 
 from medfl.fedmas.data import load_rgb  # noqa: E402
 from medfl.fedmas.fileio import atomic_path  # noqa: E402
-from medfl.fedmas.moco import BN_SPLITS, EMBED_DIM, KEY_MOMENTUM, QUEUE_SIZE, TEMPERATURE, MoCoV2, MoCoV2Augment  # noqa: E402
+from medfl.fedmas.moco import (  # noqa: E402
+    BN_SPLITS,
+    EMBED_DIM,
+    KEY_MOMENTUM,
+    QUEUE_SIZE,
+    TEMPERATURE,
+    MoCoV2,
+    MoCoV2Augment,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # official MoCo v2 optimisation: SGD, lr 0.03 for batch 256, momentum 0.9, weight decay 1e-4, cosine schedule

@@ -25,7 +25,8 @@ def test_robust_factor_is_the_inner_product_of_normalised_divergences():
 
 def test_mas_inv_inverts_training_divergence_on_measured_classes():
     d_pre, d_tr = torch.tensor([1.0, 3.0, 0.0, 4.0], dtype=torch.float64), torch.tensor([2.0, 2.0, 1.0, 5.0])
-    inverted = torch.tensor([1 / 2, 1 / 2, 1.0, 1 / 5], dtype=torch.float64)  # class 2 is not in C_k: kept, but counted in the sum
+    # class 2 is not in C_k: not inverted, but counted in the normalising sum
+    inverted = torch.tensor([1 / 2, 1 / 2, 1.0, 1 / 5], dtype=torch.float64)
     expected = float(((d_pre / d_pre.sum()) * (inverted / inverted.sum()))[[0, 1, 3]].sum())
     assert math.isclose(robust_factor(d_pre, d_tr, inverse=True), expected)
 

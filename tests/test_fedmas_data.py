@@ -33,7 +33,8 @@ def read_rows(path):
 @pytest.fixture(scope="module")
 def demo(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_isic")
-    load_script().main(["demo", "--ham-dir", str(shared_data / "ham10000_mini"), "--out", str(out), "--image-size", "32"])
+    ham = str(shared_data / "ham10000_mini")
+    load_script().main(["demo", "--ham-dir", ham, "--out", str(out), "--image-size", "32"])
     return out
 
 

@@ -53,7 +53,8 @@ def test_checkpoint_errors_name_file_and_keys(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "broken.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"broken\.pth.*missing keys: layer2\.0\.bn1\.weight.*unexpected keys: extra\.weight"):
+    expected = r"broken\.pth.*missing keys: layer2\.0\.bn1\.weight.*unexpected keys: extra\.weight"
+    with pytest.raises(ValueError, match=expected):
         FreeHeadResNet().load_trunk_checkpoint(path)
     state = resnet_trunk(34).state_dict()
     torch.save(state, path)

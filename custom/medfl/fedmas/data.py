@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Compose, NormalizeIntensity, RandFlip, RandomizableTransform, RandRotate, ToTensor, Transform
+from monai.transforms import (
+    Compose,
+    NormalizeIntensity,
+    RandFlip,
+    RandomizableTransform,
+    RandRotate,
+    ToTensor,
+    Transform,
+)
 from PIL import Image
 from torch.utils.data import Dataset
 

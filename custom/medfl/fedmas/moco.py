@@ -39,7 +39,10 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey, as torchvision's rgb_to_grayscal
 
 
 def moco_encoder(depth: int, dim: int = EMBED_DIM) -> nn.Module:
-    """ResNet trunk with the MoCo v2 MLP head ``fc = Linear(F, F) - ReLU - Linear(F, dim)``: (B, 3, H, W) -> (B, dim)."""
+    """ResNet trunk with the MoCo v2 MLP head ``fc = Linear(F, F) - ReLU - Linear(F, dim)``.
+
+    (B, 3, H, W) -> (B, dim).
+    """
     encoder = resnet_trunk(depth)
     features = trunk_features(depth)
     encoder.fc = nn.Sequential(nn.Linear(features, features), nn.ReLU(), nn.Linear(features, dim))
