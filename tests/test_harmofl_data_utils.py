@@ -61,3 +61,7 @@ def test_read_image_errors_name_site_and_file(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"\[siteA\] .*cut\.png: cannot read image"):
         read_image(tmp_path / "cut.png", "siteA")
+    frames = [Image.fromarray(np.zeros((4, 4), np.uint8)) for _ in range(2)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match=r"\[siteA\] .*stack\.tif: 2 frames or pages; expected a single 2D image"):
+        read_image(tmp_path / "stack.tif", "siteA")
