@@ -135,7 +135,8 @@ def make_demo_camelyon17(output_dir: Path, slides_per_hospital: int = 4, patches
                 label = k % 2
                 x, y = PATCH_ORIGIN + PATCH_SIZE * k, PATCH_ORIGIN
                 rng = np.random.default_rng([seed, center, slide, k])
-                write_png(render(*synthesize_tissue(label, rng), style, rng), output_dir / patch_path(patient, node, x, y))
+                patch = render(*synthesize_tissue(label, rng), style, rng)
+                write_png(patch, output_dir / patch_path(patient, node, x, y))
                 rows.append((len(rows), patient, node, x, y, label, center * slides_per_hospital + slide, center, 0))
         counts[site] = slides_per_hospital * patches_per_slide
         print(f"{site}: {counts[site]} synthetic patches from {slides_per_hospital} slides", flush=True)

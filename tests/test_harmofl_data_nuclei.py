@@ -100,7 +100,8 @@ def test_prepared_datalists_are_seeded_disjoint_splits(demo, tmp_path):
             assert item["image"].startswith(f"{site}/images/") and item["label"].startswith(f"{site}/masks/")
     prepare(demo / "raw", tmp_path)
     for site in SITE_STYLES:
-        assert (tmp_path / DATALIST_DIR / f"{site}.json").read_text() == (demo / DATALIST_DIR / f"{site}.json").read_text()
+        again, first = (folder / DATALIST_DIR / f"{site}.json" for folder in (tmp_path, demo))
+        assert again.read_text() == first.read_text()
 
 
 def test_split_site_seeding_and_too_few_images():

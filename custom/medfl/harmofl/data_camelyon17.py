@@ -168,7 +168,8 @@ def split_hospital(
 
 def to_datalist(splits: Dict[str, Sequence[PatchRecord]]) -> Dict[str, List[Dict]]:
     """The JSON datalist: ``{split: [{"image": relative path, "label": 0|1, "slide": name}, ...]}``."""
-    return {name: [{"image": r.image, "label": r.label, "slide": r.slide} for r in part] for name, part in splits.items()}
+    return {name: [{"image": r.image, "label": r.label, "slide": r.slide} for r in part]
+            for name, part in splits.items()}
 
 
 def load_patch(path: Union[str, os.PathLike], site: Optional[str] = None, patch_size: int = PATCH_SIZE) -> torch.Tensor:

@@ -189,7 +189,8 @@ class NucleiDataset(Dataset):
             self.index = [(i, 0, 0) for i in range(len(self.pairs))]
         else:
             self.index = [(i, y, x) for i, (image, _) in enumerate(self.pairs)
-                          for y in tile_starts(image.shape[1], patch_size) for x in tile_starts(image.shape[2], patch_size)]
+                          for y in tile_starts(image.shape[1], patch_size)
+                          for x in tile_starts(image.shape[2], patch_size)]
 
     def __len__(self) -> int:
         return len(self.index)

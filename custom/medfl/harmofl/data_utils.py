@@ -40,7 +40,7 @@ def read_image(path: Union[str, os.PathLike], site: Optional[str] = None) -> np.
         raise DataError(f"cannot read image ({type(e).__name__}: {e})", path=path, site=site) from None
     if frames > 1:
         raise DataError(f"{frames} frames or pages; expected a single 2D image", path=path, site=site)
-    return array.astype(array.dtype.newbyteorder("=")) if not array.dtype.isnative else array
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def site_seed(seed: int, site: str) -> List[int]:
