@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
+
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,3 +78,85 @@ class PocDeployment:
             raise AssertionError(f"job {job_id} did not complete:\n{text}\n{logs.stdout[-4000:]}")
         self.nvflare("job", "download", job_id, "-o", self.root / "download" / job_id)
         return self.root / "download" / job_id / job_id / "workspace"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_free_ports(project_file: Path, target: Path) -> Path:
+    """A copy of a project.yml whose server ports are free now (a port of an earlier run may still be in
+    TIME_WAIT, which fails NVFlare's preflight check)."""
+    project = yaml.safe_load(project_file.read_text())
+    for participant in project["participants"]:
+        if participant["type"] == "server":
+            participant["fed_learn_port"], participant["admin_port"] = free_port(), free_port()
+    target.write_text(yaml.safe_dump(project))
+    return target
+
+
+class ProvisionedDeployment:
+    """``nvflare provision`` of ``deploy/project.yml``, then the server and every site started from their startup
+    kits on loopback (each site with its own environment, e.g. ``DATASET_ROOT``), as the README walks through.
+    Everything is shut down on exit."""
+
+    def __init__(self, root: Path, project_file: Path, site_env: Dict[str, Dict[str, str]]):
+        self.root = root
+        self.site_env = site_env
+        for sub in ("home", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.env = {"HOME": str(root / "home"), "TMPDIR": str(root / "tmp")}
+        run([BIN / "nvflare", "provision", "-p", with_free_ports(project_file, root / "project.yml"), "-w", root / "ws",
+             "--force"], env=self.env)
+        self.kits = next((root / "ws").glob("*/prod_00"))
+        self.admin = next(p for p in self.kits.iterdir() if "@" in p.name)
+
+    def nvflare(self, *args, timeout: int = 300, check: bool = True):
+        return run([BIN / "nvflare", *args, "--startup-kit", self.admin], env=self.env, timeout=timeout, check=check)
+
+    def _start(self, participant: str, env: Dict[str, str]) -> None:
+        # the kit's script leaves the participant running in the background: give it a log file, not a pipe
+        with open(self.root / f"{participant}.out", "w") as log:
+            subprocess.run(["./startup/start.sh"], cwd=self.kits / participant, check=True, stdout=log,
+                           stderr=subprocess.STDOUT, env={**os.environ, **self.env, **env,
+                                                          "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+
+    def _preflight(self, participant: str) -> None:
+        check = run([BIN / "nvflare", "preflight-check", "-p", self.kits / participant], env=self.env)
+        assert "overall: pass" in check.stdout, check.stdout[-2000:]
+
+    def _wait_for(self, names: Sequence[str], attempts: int = 60) -> None:
+        """Until the server answers (with no client yet it answers SYSTEM_NOT_READY) and ``names`` are registered."""
+        status = ""
+        for _ in range(attempts):
+            result = self.nvflare("system", "status", check=False)
+            status = result.stdout + result.stderr
+            answered = "Engine status" in status or "SYSTEM_NOT_READY" in status
+            if answered and all(name in status for name in names):
+                return
+            time.sleep(2)
+        raise AssertionError(f"{names} not up:\n{status}")
+
+    def __enter__(self) -> "ProvisionedDeployment":
+        server = next(p.name for p in self.kits.iterdir() if (p / "startup" / "fed_server.json").is_file())
+        self._preflight(server)
+        self._start(server, {})
+        self._wait_for([])
+        for site, env in self.site_env.items():
+            self._preflight(site)
+            self._start(site, env)
+        self._wait_for(list(self.site_env))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.nvflare("system", "shutdown", "all", "--force", timeout=120, check=False)
+        subprocess.run(["pkill", "-f", str(self.root / "ws")], check=False)
+
+    def submit_and_wait(self, job: Path, timeout: int = 600) -> str:
+        out = self.nvflare("job", "submit", "-j", job).stdout
+        job_id = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("job_id:"))
+        status = self.nvflare("job", "wait", job_id, "--timeout", str(timeout), timeout=timeout + 60)
+        assert "FINISHED:COMPLETED" in status.stdout + status.stderr, status.stdout + status.stderr
+        return job_id
