@@ -1,4 +1,4 @@
-"""PRR-FL on NVFlare without the simulator: the DET client's task flow and the PFA server's aggregation and selection."""
+"""PRR-FL on NVFlare without the simulator: the DET client's task flow, the PFA server's aggregation and selection."""
 
 from __future__ import annotations
 
@@ -25,14 +25,17 @@ from medfl.prrfl.executor import (
     BEST_PERSONAL_SCORE,
     DEPUTY,
     TRAINED_METRICS,
+    DermoscopyExecutor,
     DETExecutor,
+    optimizer_for_round,
     round_learning_rate,
     shared_params,
 )
 from medfl.prrfl.pfa import batchnorm_keys, pfa_aggregate_state_dicts, pfa_ratio
 from prepare_ham10000_prrfl import prepare_federation
 
-NETWORK = {"name": "medfl.prrfl.networks:vgg16_slim", "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}
+NETWORK = {"name": "medfl.prrfl.networks:vgg16_slim",
+           "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}
 IMAGE_SIZE = 32
 
 
@@ -55,6 +58,13 @@ def test_network_named_with_its_module():
 def test_learning_rate_halves_every_five_rounds():
     assert [round_learning_rate(1e-2, r) for r in (0, 4, 5, 9, 10, 49)] == [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3,
                                                                              1e-2 * 0.5 ** 9]
+    optimizer = optimizer_for_round(torch.nn.Linear(2, 2).parameters(), {}, 7)  # the original's SGD, round 7
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is torch.optim.SGD and group["momentum"] == 0
+    assert group["lr"] == pytest.approx(5e-3) and group["weight_decay"] == 1e-6
+    custom = {"optimizer": {"name": "sgd", "args": {"lr": 0.1}}, "lr_decay": 0.1, "lr_decay_rounds": 2}
+    optimizer = optimizer_for_round(torch.nn.Linear(2, 2).parameters(), custom, 4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -132,6 +142,20 @@ def test_det_client_first_payload_initialises_both_models(federation, tmp_path):
             torch.testing.assert_close(model.state_dict()[key], torch.as_tensor(value))
 
 
+def test_fedavg_client_reports_every_metric_and_selects_on_macro_f1(federation, tmp_path):
+    client = DermoscopyExecutor(analytic_sender_id="")
+    client.site, client.app_dir = "clientA", str(tmp_path)
+    client.config = {"data_root": str(federation), "image_size": IMAGE_SIZE, "network": NETWORK, "batch_size": 16,
+                     "val_metric": "macro_f1"}
+    client.setup(FLContext())
+    metrics = client.evaluate("testing")
+    assert metrics["global"] == metrics["global_macro_f1"]
+    assert {"global_accuracy", "global_macro_auc"} <= set(metrics)
+    client.current_round = 5
+    client.train_round(Signal(), FLContext())
+    assert client.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)  # the DET client's schedule
+
+
 def test_det_client_rejects_a_wrong_payload(federation, tmp_path):
     client = make_client(federation, tmp_path)
     with pytest.raises(DataError, match=r"\[clientA\] the server sent no deputy"):
@@ -185,8 +209,8 @@ def test_pfa_gives_each_client_its_own_deputy(weighting):
     sizes = {"clientA": 10, "clientB": 30, "clientC": 60}
     server.aggregate({c: trained_result(d, 3, 0.5, sizes[c]) for c, d in deputies.items()})
     weights = None if weighting == "equal" else [10, 30, 60]
-    expected = pfa_aggregate_state_dicts([{k: torch.tensor(v) for k, v in deputies[c].items()} for c in sorted(deputies)],
-                                         pfa_ratio(3, 10), weights_k=weights)
+    tensors = [{k: torch.tensor(v) for k, v in deputies[c].items()} for c in sorted(deputies)]
+    expected = pfa_aggregate_state_dicts(tensors, pfa_ratio(3, 10), weights_k=weights)
     for client, state in zip(sorted(deputies), expected):
         got = server.models[deputy_name(client)]
         assert all(np.allclose(got[k], state[k].numpy()) for k in state)

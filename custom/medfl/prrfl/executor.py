@@ -41,7 +41,21 @@ TRAINED_METRICS = "trained_metrics"
 BEST_PERSONAL_ROUND = "best_personal_round"
 BEST_PERSONAL_SCORE = "best_personal_score"
 
-DEFAULT_OPTIMIZER = {"name": "sgd", "args": {"lr": 1e-2, "weight_decay": 1e-6}}
+# the original's settings (ALGORITHMS.md §2.4-2.5), used where config_train.json leaves a key out
+DEFAULTS: Dict[str, Any] = {
+    "optimizer": {"name": "sgd", "args": {"lr": 1e-2, "weight_decay": 1e-6}},
+    "lr_decay": 0.5,
+    "lr_decay_rounds": 5,
+    "local_epochs": 5,
+    "batch_size": 16,
+    "alpha1": 0.7,
+    "alpha2": 0.9,
+}
+
+
+def setting(config: Mapping[str, Any], key: str) -> Any:
+    """``config[key]``, or the original's value from `DEFAULTS`."""
+    return config.get(key, DEFAULTS[key])
 
 
 def personal_model_path(app_dir: str, kind: str) -> str:
@@ -49,18 +63,20 @@ def personal_model_path(app_dir: str, kind: str) -> str:
     return os.path.join(app_dir, f"{kind}_{PERSONAL}_model.pt")
 
 
-def round_learning_rate(base_lr: float, current_round: int, decay: float = 0.5, decay_rounds: int = 5) -> float:
+def round_learning_rate(base_lr: float, current_round: int, decay: float = DEFAULTS["lr_decay"],
+                        decay_rounds: int = DEFAULTS["lr_decay_rounds"]) -> float:
     """``base_lr * decay ** (current_round // decay_rounds)``: the original's 1e-2 halved every 5 rounds."""
     if decay_rounds < 1:
         raise ValueError(f"lr_decay_rounds must be >= 1, got {decay_rounds}")
     return base_lr * decay ** (current_round // decay_rounds)
 
 
-def optimizer_for_round(parameters, spec: Mapping[str, Any], config: Mapping[str, Any], current_round: int):
-    """A fresh optimizer from ``spec`` with the learning rate of ``current_round`` (``lr_decay``, ``lr_decay_rounds``)."""
+def optimizer_for_round(parameters, config: Mapping[str, Any], current_round: int) -> torch.optim.Optimizer:
+    """A new ``config["optimizer"]`` at the learning rate of ``current_round`` (``lr_decay``, ``lr_decay_rounds``)."""
+    spec = setting(config, "optimizer")
     args = dict(spec.get("args", {}))
-    args["lr"] = round_learning_rate(float(args.get("lr", DEFAULT_OPTIMIZER["args"]["lr"])), current_round,
-                                     float(config.get("lr_decay", 0.5)), int(config.get("lr_decay_rounds", 5)))
+    args["lr"] = round_learning_rate(float(args.get("lr", DEFAULTS["optimizer"]["args"]["lr"])), current_round,
+                                     float(setting(config, "lr_decay")), int(setting(config, "lr_decay_rounds")))
     return build_optimizer(parameters, {**spec, "args": args})
 
 
@@ -91,6 +107,13 @@ def load_shared(model: nn.Module, params: Mapping[str, np.ndarray], site: str) -
     model.load_state_dict(state)
 
 
+def split_loader(client: RoundExecutor, split: str) -> DataLoader:
+    """The client's validation loader, or an unshuffled loader of another split with the same batch size."""
+    if split == "validation":
+        return client.val_loader
+    return DataLoader(client.datasets[split], batch_size=client.val_loader.batch_size)
+
+
 class DermoscopyExecutor(ClassificationExecutor):
     """FedAvg baseline client on the PRR-FL federation: one ``global`` model trained with cross-entropy.
 
@@ -103,13 +126,11 @@ class DermoscopyExecutor(ClassificationExecutor):
         return build_client_datasets(self.config, self.site)
 
     def evaluate(self, split: str = "validation") -> Dict[str, float]:
-        loader = self.val_loader if split == "validation" else DataLoader(self.datasets[split], self.val_loader.batch_size)
-        metrics = model_metrics(self.model, loader, self.device, "global")
+        metrics = model_metrics(self.model, split_loader(self, split), self.device, "global")
         return {"global": metrics[f"global_{self.val_metric}"], **metrics}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        spec = self.config.get("optimizer", DEFAULT_OPTIMIZER)
-        self.optimizer = optimizer_for_round(self.model.parameters(), spec, self.config, self.current_round)
+        self.optimizer = optimizer_for_round(self.model.parameters(), self.config, self.current_round)
         super().train_round(abort_signal, fl_ctx)
         self.log_metrics(self.evaluate("validation"), TRAINED_PREFIX, self.current_round)
 
@@ -136,7 +157,7 @@ class DETExecutor(RoundExecutor):
 
     def setup(self, fl_ctx: FLContext) -> None:
         self.datasets = build_client_datasets(self.config, self.site)
-        batch_size = int(self.config.get("batch_size", 16))
+        batch_size = int(setting(self.config, "batch_size"))
         training = self.datasets["training"]
         # BatchNorm1d cannot train on a last batch of one sample; the FedAvg client drops it the same way
         self.train_loader = DataLoader(training, batch_size=batch_size, shuffle=True,
@@ -175,16 +196,15 @@ class DETExecutor(RoundExecutor):
                            **info}, path)
 
     def evaluate(self, split: str = "validation") -> Dict[str, float]:
-        loader = self.val_loader if split == "validation" else DataLoader(self.datasets[split], self.val_loader.batch_size)
+        loader = split_loader(self, split)
         return {**model_metrics(self.personal, loader, self.device, PERSONAL),
                 **model_metrics(self.deputy, loader, self.device, DEPUTY)}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        spec = self.config.get("optimizer", DEFAULT_OPTIMIZER)
-        opt_personal = optimizer_for_round(self.personal.parameters(), spec, self.config, self.current_round)
-        opt_deputy = optimizer_for_round(self.deputy.parameters(), spec, self.config, self.current_round)
-        alpha1, alpha2 = float(self.config.get("alpha1", 0.7)), float(self.config.get("alpha2", 0.9))
-        epochs = int(self.config.get("local_epochs", 5))
+        opt_personal = optimizer_for_round(self.personal.parameters(), self.config, self.current_round)
+        opt_deputy = optimizer_for_round(self.deputy.parameters(), self.config, self.current_round)
+        alpha1, alpha2 = float(setting(self.config, "alpha1")), float(setting(self.config, "alpha2"))
+        epochs = int(setting(self.config, "local_epochs"))
         stage = DetStage.START
         for epoch in range(epochs):
             stage = decide_det_stage(stage, self.personal, self.deputy, self.train_loader, self.device, alpha1, alpha2)
