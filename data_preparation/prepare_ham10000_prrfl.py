@@ -21,17 +21,16 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
+from medfl.common.errors import DataError  # noqa: E402
+from medfl.common.io import atomic_path, atomic_write_json  # noqa: E402
 from medfl.prrfl.dataset import SPLITS, split_csv_path  # noqa: E402
 from medfl.prrfl.ham10000 import (  # noqa: E402
     Ham10000Record,
@@ -50,19 +49,6 @@ CSV_FIELDS = ("image", "label", "image_id", "lesion_id")
 CLIENTS_JSON = "clients.json"
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder (umask permissions) and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def client_name(index: int) -> str:
     """``clientA``, ``clientB``, ... as in the original."""
     if not 0 <= index < 26:
@@ -73,7 +59,8 @@ def client_name(index: int) -> str:
 def _write_png(source: Path, target: Path, image_size: int) -> None:
     with Image.open(source) as image:
         resized = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-    atomic_write(target, lambda handle: resized.save(handle, format="PNG"))
+    with atomic_path(target) as temporary:
+        resized.save(temporary, format="PNG")
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
@@ -81,7 +68,8 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))
+    with atomic_path(path) as temporary:
+        temporary.write_text(text.getvalue())
 
 
 def _select_records(
@@ -91,14 +79,14 @@ def _select_records(
     found = {record.source for record in records}
     absent = [source for source in sources if source not in found]
     if absent:
-        raise ValueError(f"acquisition source(s) {absent} not in the metadata 'dataset' column; found {sorted(found)}")
+        raise DataError(f"acquisition source(s) {absent} not in the metadata 'dataset' column; found {sorted(found)}")
     skipped = sorted(found - set(sources))
     if skipped:
         log(f"skipping acquisition source(s) not requested: {skipped}")
     selected = {source: [r for r in records if r.source == source and r.dx in class_index] for source in sources}
     empty = [source for source, rows in selected.items() if not rows]
     if empty:
-        raise ValueError(f"source(s) {empty} have no image with a diagnosis in {sorted(class_index)}")
+        raise DataError(f"source(s) {empty} have no image with a diagnosis in {sorted(class_index)}")
     return selected
 
 
@@ -147,7 +135,7 @@ def prepare_federation(
             classes = Counter(row["label"] for row in split_rows)
             log(f"{client} {split}: {len(split_rows)} images, per class {dict(sorted(classes.items()))}")
         summary[client] = {split: len(split_rows) for split, split_rows in rows.items()}
-    atomic_write(out_dir / CLIENTS_JSON, lambda handle: handle.write(json.dumps(clients, indent=2).encode()))
+    atomic_write_json(clients, out_dir / CLIENTS_JSON)
     log(f"wrote {len(clients)} clients to {out_dir}")
     return summary
 
@@ -167,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prepare_federation(args.ham_root, args.out, args.sources, CLASS_INDEX, args.fractions, args.seed,
                            args.image_size)
-    except (FileNotFoundError, ValueError) as error:
+    except ValueError as error:  # DataError included
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medfl.prrfl.dataset import SkinLesionDataset, train_transforms
+from medfl.common.errors import DataError
+from medfl.prrfl.dataset import SkinLesionDataset, build_client_datasets, train_transforms
 from medfl.prrfl.ham10000 import read_ham10000_metadata, stratified_group_split
 
 PREPARE_SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "prepare_ham10000_prrfl.py"
@@ -50,7 +51,7 @@ def test_four_clients_one_per_source(federation):
     for client in clients:
         for split in ("train", "valid", "test"):
             assert (federation / client / f"{split}_{client}.csv").is_file()
-    assert not list(federation.rglob("*.tmp"))  # atomic writes leave no temporary files behind
+    assert not list(federation.rglob(".tmp.*"))  # atomic writes leave no temporary files behind
 
 
 def test_class_filter_labels_and_files(federation, ham_root):
@@ -104,7 +105,7 @@ def test_missing_image_is_named(ham_root, tmp_path):
     root = tmp_path / "ham"
     write_metadata(root, rows, header)
     (root / "images").symlink_to(ham_root / "images")
-    with pytest.raises(FileNotFoundError, match="ISIC_9999999"):
+    with pytest.raises(DataError, match="ISIC_9999999"):
         prepare.prepare_federation(root, tmp_path / "out", sources=[rows[0][-1]], log=lambda message: None)
     assert not (tmp_path / "out").exists()  # checked before anything is written
     assert prepare.main(["--ham-root", str(root), "--out", str(tmp_path / "out"), "--sources", rows[0][-1]]) == 1
@@ -112,14 +113,14 @@ def test_missing_image_is_named(ham_root, tmp_path):
 
 def test_metadata_errors_name_file_and_problem(tmp_path):
     write_metadata(tmp_path, [["HAM_1", "ISIC_1", "nv"]], "lesion_id,image_id,dx")
-    with pytest.raises(ValueError, match=r"HAM10000_metadata.csv: missing column\(s\) \['dataset'\]"):
+    with pytest.raises(DataError, match=r"HAM10000_metadata.csv: missing column\(s\) \['dataset'\]"):
         read_ham10000_metadata(tmp_path)
-    with pytest.raises(FileNotFoundError, match="metadata not found"):
+    with pytest.raises(DataError, match="metadata not found"):
         read_ham10000_metadata(tmp_path / "absent")
 
 
 def test_unknown_source_is_an_error(ham_root, tmp_path):
-    with pytest.raises(ValueError, match="msk_isic2017"):
+    with pytest.raises(DataError, match="msk_isic2017"):
         prepare.prepare_federation(ham_root, tmp_path, sources=["msk_isic2017"], log=lambda message: None)
 
 
@@ -137,14 +138,15 @@ def test_stratified_group_split_sizes_and_determinism():
 
 def test_dataset_items(federation):
     dataset = SkinLesionDataset(federation, "clientA", "test")
-    image, label = dataset[0]
+    item = dataset[0]
+    image, label = item["image"], item["label"]
     assert image.shape == (3, 128, 128) and image.dtype == torch.float32
     assert -1.0 <= image.min() and image.max() <= 1.0 and image.max() > 0
     assert label in (0, 1, 2)
     torch.manual_seed(0)
     augmented = SkinLesionDataset(federation, "clientA", "train", transform=train_transforms())
     for index in range(4):
-        image, _ = augmented[index]
+        image = augmented[index]["image"]
         assert type(image) is torch.Tensor and image.shape == (3, 128, 128)
         assert -1.0 <= image.min() and image.max() <= 1.0
 
@@ -152,7 +154,23 @@ def test_dataset_items(federation):
 def test_dataset_errors(tmp_path):
     (tmp_path / "clientA").mkdir()
     (tmp_path / "clientA" / "train_clientA.csv").write_text("image,label\nclientA/x.png,5\n")
-    with pytest.raises(ValueError, match=r"train_clientA.csv, line 2: label 5"):
+    with pytest.raises(DataError, match=r"\[clientA\] .*train_clientA.csv: line 2: label 5"):
         SkinLesionDataset(tmp_path, "clientA", "train")
-    with pytest.raises(FileNotFoundError, match="valid_clientA.csv"):
+    with pytest.raises(DataError, match=r"\[clientA\] .*valid_clientA.csv: split CSV not found"):
         SkinLesionDataset(tmp_path, "clientA", "valid")
+    (tmp_path / "clientA" / "valid_clientA.csv").write_text("image,label\nclientA/x.png,1\n")
+    with pytest.raises(DataError, match=r"x.png: image listed in valid_clientA.csv is missing"):
+        SkinLesionDataset(tmp_path, "clientA", "valid")[0]
+
+
+def test_client_datasets_from_config(federation, monkeypatch):
+    monkeypatch.setenv("DATASET_ROOT", str(federation.parent))
+    config = {"data_root": f"DATASET_ROOT/{federation.name}", "image_size": 128}
+    datasets = build_client_datasets(config, "clientB")
+    assert set(datasets) == {"training", "validation", "testing"}
+    assert datasets["validation"].csv_path == federation / "clientB" / "valid_clientB.csv"
+    assert datasets["training"][0]["image"].shape == (3, 128, 128)
+    with pytest.raises(DataError, match=r"\[clientB\] .*expected 64x64 \(config_train.json 'image_size'"):
+        build_client_datasets({**config, "image_size": 64}, "clientB")["testing"][0]
+    with pytest.raises(DataError, match=r"\[clientZ\] .*clientZ: no folder for this client"):
+        build_client_datasets(config, "clientZ")

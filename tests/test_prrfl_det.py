@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import mannwhitneyu
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+
+from medfl.common.train import TrainingAborted
 
 from medfl.prrfl.det import DetStage, decide_det_stage, det_local_epoch, det_losses, next_det_stage
 from medfl.common.metrics import accuracy, classification_metrics, macro_auc_ovr, macro_f1
@@ -79,7 +81,8 @@ def tiny_loader(num_samples: int = 12, num_classes: int = 3) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(num_samples, 4, generator=generator)
     labels = torch.arange(num_samples) % num_classes
-    return DataLoader(TensorDataset(images, labels), batch_size=5)
+    items = [{"image": image, "label": label} for image, label in zip(images, labels)]
+    return DataLoader(items, batch_size=5)
 
 
 @pytest.mark.parametrize("stage", [RECOVER, EXCHANGE, SUBLIMATE])
@@ -92,6 +95,22 @@ def test_local_epoch_updates_both_models(stage):
     losses = det_local_epoch(personal, deputy, tiny_loader(), opt_p, opt_d, stage, "cpu")
     assert set(losses) == {"loss_personal", "loss_deputy"} and all(v > 0 for v in losses.values())
     assert not torch.equal(personal.weight, before_p) and not torch.equal(deputy.weight, before_d)
+
+
+class FiredSignal:
+    triggered = True
+
+
+def test_local_epoch_stops_on_abort_and_on_non_finite_loss():
+    personal, deputy = nn.Linear(4, 3), nn.Linear(4, 3)
+    opt_p = torch.optim.SGD(personal.parameters(), lr=0.1)
+    opt_d = torch.optim.SGD(deputy.parameters(), lr=0.1)
+    with pytest.raises(TrainingAborted):
+        det_local_epoch(personal, deputy, tiny_loader(), opt_p, opt_d, RECOVER, "cpu", abort_signal=FiredSignal())
+    with torch.no_grad():
+        deputy.weight.fill_(math.inf)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        det_local_epoch(personal, deputy, tiny_loader(), opt_p, opt_d, RECOVER, "cpu")
 
 
 def test_decide_stage_from_models():

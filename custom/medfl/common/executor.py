@@ -106,6 +106,10 @@ class RoundExecutor(Executor):
     def num_samples(self, split: str) -> int:
         """Number of samples of a split (weights for the server's averages)."""
 
+    def train_result_meta(self) -> Dict[str, Any]:
+        """Extra entries for a train result's meta, e.g. metrics measured after local training (PRR-FL)."""
+        return {}
+
     # ------------------------------------------------------------------ NVFlare plumbing
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
@@ -161,6 +165,7 @@ class RoundExecutor(Executor):
                 return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta=meta))
             self.train_round(abort_signal, fl_ctx)
             meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
+            meta.update(self.train_result_meta())
             result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
                              current_round=self.current_round)
             return FLModelUtils.to_shareable(result)

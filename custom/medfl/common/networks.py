@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict, Sequence
 
 import torch
@@ -34,7 +35,17 @@ def build_unet(
 
 
 def build_network(name: str, **kwargs) -> torch.nn.Module:
-    """Build a registered network by name, e.g. ``build_network("unet", channels=[8, 16, 32])``."""
+    """Build a registered network by name, e.g. ``build_network("unet", channels=[8, 16, 32])``.
+
+    ``"<module>:<name>"`` first imports the module that registers the network, so that a generic workflow (the
+    FedAvg server) can build a method's network: ``"medfl.prrfl.networks:vgg16_slim"``.
+    """
+    module, qualified, name = name.rpartition(":")
+    if qualified:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"cannot import {module!r}, which should register the network {name!r}: {e}") from None
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; known: {sorted(NETWORKS)}")
     return NETWORKS[name](**kwargs)

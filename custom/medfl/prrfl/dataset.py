@@ -1,16 +1,18 @@
 """Dermoscopy dataset of one PRR-FL client split, read from the CSVs of ``prepare_ham10000_prrfl.py``.
 
 Layout (as the original's ``clientX/{train,valid,test}_clientX.csv``): ``<data_root>/<client>/<split>_<client>.csv``
-with at least the columns ``image`` (PNG path relative to ``data_root``) and ``label`` (integer class).
+with at least the columns ``image`` (PNG path relative to ``data_root``) and ``label`` (integer class). The client
+folder is the NVFlare site name (``clientA`` ... ``clientD``).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,11 +20,19 @@ from monai import transforms as mt
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["SPLITS", "SkinLesionDataset", "eval_transforms", "split_csv_path", "train_transforms"]
+from medfl.common.config import config_path
+from medfl.common.errors import DataError
+
+__all__ = ["SPLITS", "SkinLesionDataset", "build_client_datasets", "eval_transforms", "split_csv_path",
+           "train_transforms"]
 
 SPLITS = ("train", "valid", "test")
+# the project's split names (datalist convention) -> the original's CSV names
+SPLIT_FILES = {"training": "train", "validation": "valid", "testing": "test"}
 CSV_COLUMNS = ("image", "label")
 PIXEL_MAX = 255.0
+DEFAULT_IMAGE_SIZE = 128
+DEFAULT_NUM_CLASSES = 3
 
 
 def split_csv_path(data_root: Path | str, client: str, split: str) -> Path:
@@ -46,7 +56,7 @@ def eval_transforms() -> mt.Compose:
 
 
 def train_transforms(
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     flip_prob: float = 0.5,
     brightness_limit: float = 0.2,
     brightness_prob: float = 0.75,
@@ -100,11 +110,13 @@ def train_transforms(
 
 
 class SkinLesionDataset(Dataset):
-    """One client's split: items ``(image, label)`` with image ``(3, H, W)`` float32 in [-1, 1], label an int.
+    """One client's split: items ``{"image": (3, H, W) float32 in [-1, 1], "label": int}``.
 
     ``transform`` receives the RGB image as a float tensor in [0, 1] and defaults to `eval_transforms`; use
-    `train_transforms` for training. With several DataLoader workers use ``monai.data.DataLoader`` (or seed the
-    MONAI transforms per worker) so that workers do not repeat the same random augmentations.
+    `train_transforms` for training. ``image_size``, when given, is checked on every image (the prepared PNGs are
+    square). With several DataLoader workers use ``monai.data.DataLoader`` (or seed the MONAI transforms per
+    worker) so that workers do not repeat the same random augmentations. Bad input raises `DataError` naming the
+    client, the CSV (and line) or the image.
     """
 
     def __init__(
@@ -114,42 +126,69 @@ class SkinLesionDataset(Dataset):
         split: str,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         num_classes: int = 3,
+        image_size: int | None = None,
     ) -> None:
         self.data_root = Path(data_root)
+        self.client = client
         self.csv_path = split_csv_path(data_root, client, split)
         self.transform = transform if transform is not None else eval_transforms()
+        self.image_size = image_size
         self.samples = self._read_csv(num_classes)
+
+    def _error(self, problem: str, path: Path | None = None) -> DataError:
+        return DataError(problem, path=path or self.csv_path, site=self.client)
 
     def _read_csv(self, num_classes: int) -> list[tuple[Path, int]]:
         if not self.csv_path.is_file():
-            raise FileNotFoundError(f"split CSV not found: {self.csv_path}")
+            raise self._error("split CSV not found (run data_preparation/prepare_ham10000_prrfl.py)")
         with self.csv_path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{self.csv_path}: missing column(s) {missing}; found {reader.fieldnames}")
+                raise self._error(f"missing column(s) {missing}; found {reader.fieldnames}")
             samples = []
             for line, row in enumerate(reader, start=2):
                 try:
                     label = int(row["label"])
                 except ValueError:
-                    raise ValueError(
-                        f"{self.csv_path}, line {line}: label {row['label']!r} is not an integer"
-                    ) from None
+                    raise self._error(f"line {line}: label {row['label']!r} is not an integer") from None
                 if not 0 <= label < num_classes:
-                    raise ValueError(f"{self.csv_path}, line {line}: label {label} outside [0, {num_classes})")
+                    raise self._error(f"line {line}: label {label} outside [0, {num_classes})")
                 samples.append((self.data_root / row["image"], label))
         if not samples:
-            raise ValueError(f"{self.csv_path}: no samples")
+            raise self._error("no samples")
         return samples
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         path, label = self.samples[index]
         if not path.is_file():
-            raise FileNotFoundError(f"image listed in {self.csv_path} is missing: {path}")
+            raise self._error(f"image listed in {self.csv_path.name} is missing", path)
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / PIXEL_MAX
-        return self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), label
+        if self.image_size is not None and pixels.shape[:2] != (self.image_size, self.image_size):
+            raise self._error(
+                f"image is {pixels.shape[1]}x{pixels.shape[0]}, expected {self.image_size}x{self.image_size} "
+                "(config_train.json 'image_size' must match the prepared images)", path)
+        return {"image": self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), "label": label}
+
+
+def build_client_datasets(config: Mapping[str, Any], site: str) -> dict[str, SkinLesionDataset]:
+    """``{"training", "validation", "testing"}`` datasets of ``site`` from ``config_train.json``.
+
+    Keys: ``data_root`` (the prepared federation, may start with ``DATASET_ROOT``), ``image_size`` (default
+    128), ``num_classes`` (3), ``augment`` (true: `train_transforms` on the training split, as the original).
+    """
+    data_root = config_path(config, "data_root", site)
+    image_size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
+    num_classes = int(config.get("num_classes", DEFAULT_NUM_CLASSES))
+    augment = bool(config.get("augment", True))
+    if not (data_root / site).is_dir():
+        raise DataError(f"no folder for this client ({site}) in the federation", path=data_root / site, site=site)
+    datasets = {}
+    for split, file_split in SPLIT_FILES.items():
+        transform = train_transforms(image_size) if split == "training" and augment else eval_transforms()
+        datasets[split] = SkinLesionDataset(data_root, site, file_split, transform, num_classes, image_size)
+    return datasets

@@ -24,7 +24,10 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from nvflare.apis.signal import Signal
+
 from medfl.common.metrics import macro_f1, predict_probabilities
+from medfl.common.train import TrainingAborted
 
 __all__ = ["DetStage", "decide_det_stage", "det_local_epoch", "det_losses", "distillation_kl", "next_det_stage"]
 
@@ -110,20 +113,28 @@ def det_local_epoch(
     opt_deputy: Optimizer,
     stage: int,
     device: torch.device | str,
+    abort_signal: Signal | None = None,
 ) -> dict[str, float]:
     """One local epoch of DET in ``stage``: both models in train mode, one step of each optimizer per batch.
 
-    Returns the sample-weighted mean losses ``{"loss_personal", "loss_deputy"}`` of the epoch.
+    ``loader`` yields ``{"image": (B, C, H, W), "label": (B,)}`` batches. Returns the sample-weighted mean losses
+    ``{"loss_personal", "loss_deputy"}`` of the epoch. Raises `TrainingAborted` when ``abort_signal`` fires and
+    FloatingPointError on a non-finite loss.
     """
     personal.train().to(device)
     deputy.train().to(device)
     totals = {"loss_personal": 0.0, "loss_deputy": 0.0}
     num_samples = 0
-    for images, targets in loader:
-        images, targets = images.to(device).float(), targets.to(device).long()
+    for batch in loader:
+        if abort_signal is not None and abort_signal.triggered:
+            raise TrainingAborted("abort signal received")
+        images, targets = batch["image"].to(device).float(), batch["label"].to(device).long()
         opt_personal.zero_grad()
         opt_deputy.zero_grad()
         loss_personal, loss_deputy = det_losses(personal(images), deputy(images), targets, stage)
+        if not (torch.isfinite(loss_personal) and torch.isfinite(loss_deputy)):
+            raise FloatingPointError(f"DET loss is not finite (personalised {loss_personal.item()}, deputy "
+                                     f"{loss_deputy.item()}): check the learning rate and the input data")
         loss_personal.backward()
         loss_deputy.backward()
         opt_personal.step()

@@ -16,6 +16,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medfl.common.errors import DataError
+
 __all__ = [
     "HAM10000_METADATA",
     "Ham10000Record",
@@ -40,48 +42,46 @@ class Ham10000Record:
 
 
 def read_ham10000_metadata(root: Path | str, metadata_name: str = HAM10000_METADATA) -> list[Ham10000Record]:
-    """Read ``<root>/<metadata_name>``; raise naming the file for a missing file, column or empty value."""
+    """Read ``<root>/<metadata_name>``; `DataError` naming the file for a missing file, column or empty value."""
     csv_path = Path(root) / metadata_name
     if not csv_path.is_file():
-        raise FileNotFoundError(f"HAM10000 metadata not found: {csv_path}")
+        raise DataError("HAM10000 metadata not found", path=csv_path)
     with csv_path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}; found {reader.fieldnames}")
+            raise DataError(f"missing column(s) {missing}; found {reader.fieldnames}", path=csv_path)
         records = []
         for line, row in enumerate(reader, start=2):
             empty = [column for column in REQUIRED_COLUMNS if not (row[column] or "").strip()]
             if empty:
-                raise ValueError(f"{csv_path}, line {line}: empty value(s) in {empty}")
+                raise DataError(f"line {line}: empty value(s) in {empty}", path=csv_path)
             records.append(
                 Ham10000Record(row["lesion_id"].strip(), row["image_id"].strip(), row["dx"].strip(),
                                row["dataset"].strip())
             )
     if not records:
-        raise ValueError(f"{csv_path}: no rows")
+        raise DataError("no rows", path=csv_path)
     return records
 
 
 def ham10000_image_path(
     root: Path | str, image_id: str, image_dir: str = "images", suffix: str = ".jpg"
 ) -> Path:
-    """Path of ``<root>/<image_dir>/<image_id><suffix>``; FileNotFoundError naming the file if it is absent."""
+    """Path of ``<root>/<image_dir>/<image_id><suffix>``; `DataError` naming the file if it is absent."""
     path = Path(root) / image_dir / f"{image_id}{suffix}"
     if not path.is_file():
-        raise FileNotFoundError(f"HAM10000 image {image_id} listed in the metadata is missing: {path}")
+        raise DataError(f"HAM10000 image {image_id} listed in the metadata is missing", path=path)
     return path
 
 
 def lesion_labels(records: Iterable[Ham10000Record]) -> dict[str, str]:
-    """``lesion_id -> dx``; ValueError naming the lesion if its images carry different diagnoses."""
+    """``lesion_id -> dx``; `DataError` naming the lesion if its images carry different diagnoses."""
     labels: dict[str, str] = {}
     for record in records:
         previous = labels.setdefault(record.lesion_id, record.dx)
         if previous != record.dx:
-            raise ValueError(
-                f"lesion {record.lesion_id} has images with different diagnoses: {previous}, {record.dx}"
-            )
+            raise DataError(f"lesion {record.lesion_id} has images with different diagnoses: {previous}, {record.dx}")
     return labels
 
 

@@ -1,4 +1,7 @@
-"""Slim VGG16 with BatchNorm, the PRR-FL original's ``VGG16_Slim_Checked`` (``--network vgg_nb``)."""
+"""Slim VGG16 with BatchNorm, the PRR-FL original's ``VGG16_Slim_Checked`` (``--network vgg_nb``).
+
+Registered as ``"vgg16_slim"`` for ``config_train.json`` (``{"name": "vgg16_slim", "args": {...}}``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from medfl.common.networks import register_network
 
 __all__ = ["VGG16Slim", "VGG16_SLIM_BLOCKS"]
 
@@ -25,6 +30,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+@register_network("vgg16_slim")
 class VGG16Slim(nn.Module):
     """Slim VGG16: 13 conv-BN-ReLU layers in 5 pooled blocks, global average pooling, two bias-free linear layers.
 

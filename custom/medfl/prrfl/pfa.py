@@ -24,6 +24,7 @@ __all__ = [
     "pfa_aggregate_state_dicts",
     "pfa_ratio",
     "progressive_fourier_aggregate",
+    "shared_keys",
 ]
 
 CONV2D_RANK = 4
@@ -155,6 +156,14 @@ def batchnorm_keys(model: nn.Module) -> frozenset[str]:
             prefix = f"{module_name}." if module_name else ""
             keys.update(prefix + name for name in module.state_dict())
     return frozenset(keys)
+
+
+def shared_keys(model: nn.Module) -> frozenset[str]:
+    """State-dict keys that take part in PFA: all but the BatchNorm parameters and statistics (FedBN style).
+
+    The PRR-FL clients send only these keys and the server sends only these back, so BatchNorm never travels.
+    """
+    return frozenset(model.state_dict()) - batchnorm_keys(model)
 
 
 def pfa_aggregate_state_dicts(
