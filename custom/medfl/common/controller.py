@@ -124,6 +124,14 @@ class RoundController(ModelController):
         """Clients that train in this round (default: all, in name order)."""
         return sorted(c.name for c in self.engine.get_clients())
 
+    def server_evaluate(self, step: int) -> None:
+        """Evaluate ``self.models`` on the server (default: nothing), e.g. on a held-out test set.
+
+        ``step`` is the number of aggregated rounds behind the models: 0 for the initial models (or the round a
+        resumed run continues at), ``r + 1`` after round ``r``. The clients' validation of the same models is
+        logged at the same step, as they validate what they receive in round ``step``.
+        """
+
     def extra_state(self) -> dict:
         """Method state besides ``self.models`` to persist for resume (e.g. synced optimizer moments)."""
         return {}
@@ -146,6 +154,7 @@ class RoundController(ModelController):
         self.models = self.initial_models()
         if self.resume_from:
             self._resume(self.resume_from)
+        self.server_evaluate(self.start_round)
         for round_number in range(self.start_round, self.num_rounds):
             self.info(f"round {round_number + 1}/{self.num_rounds} started")
             results = self.scatter_and_gather(self.train_task, self.select_clients(round_number), round_number)
@@ -156,6 +165,7 @@ class RoundController(ModelController):
             self.save_models("last", self.models)
             self.save_state(round_number)
             self.info(f"round {round_number + 1}/{self.num_rounds} finished with {len(results)} clients")
+            self.server_evaluate(round_number + 1)
         if self.final_validation:
             results = self.scatter_and_gather(self.validate_task, self.select_clients(self.num_rounds), self.num_rounds)
             if results is not None:
