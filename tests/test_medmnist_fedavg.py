@@ -17,8 +17,8 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from medfl.common.errors import DataError
 from medfl.common.executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.common.params import bundle, unbundle
-from medfl.fedavg_medmnist.controller import TEST_METRICS_FILE, MedMNISTFedAvgController
-from medfl.fedavg_medmnist.evaluation import mean_cross_entropy
+from medfl.fedavg_medmnist.controller import MedMNISTFedAvgController
+from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE, mean_cross_entropy
 from medfl.fedavg_medmnist.executor import MedMNISTExecutor
 from medfl.fedavg_medmnist.sampling import num_fit_clients, sample_clients
 from medfl.fedavg_medmnist.splits import prepare_client_splits
@@ -168,3 +168,9 @@ def test_server_samples_averages_by_examples_and_tests_at_round_0_and_after_each
     assert all(0.0 <= h["accuracy"] <= 1.0 and h["loss"] > 0 for h in history)
     assert (root / "app" / "best_global_model.pt").is_file() and (root / "app" / "last_global_model.pt").is_file()
     assert torch.load(root / "app" / "server_state.pt")["extra"]["test_history"][-1]["step"] == 1
+
+
+def test_task_check_period_reaches_nvflare():
+    """RoundController passes task_check_period to NVFlare's ModelController (0.5 s there by default)."""
+    assert MedMNISTFedAvgController()._task_check_period == 0.5
+    assert MedMNISTFedAvgController(task_check_period=0.1)._task_check_period == 0.1

@@ -68,6 +68,8 @@ class RoundController(ModelController):
             last round it completed.
         config_train_filename: the job's training configuration (shared with the clients); the server reads
             the ``network`` and ``seed`` entries from it to build the initial models.
+        task_check_period: seconds between two checks for finished client tasks (NVFlare's default 0.5); every
+            round waits up to about twice this long after its last result.
     """
 
     def __init__(
@@ -80,8 +82,9 @@ class RoundController(ModelController):
         final_validation: bool = True,
         resume_from: str = "",
         config_train_filename: str = "config_train.json",
+        task_check_period: float = 0.5,
     ):
-        super().__init__(persistor_id="")
+        super().__init__(persistor_id="", task_check_period=task_check_period)
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
         self.num_rounds = num_rounds
