@@ -31,9 +31,8 @@ from medfl.common.config import config_path  # noqa: E402
 from medfl.common.controller import checkpoint_name  # noqa: E402
 from medfl.common.errors import DataError  # noqa: E402
 from medfl.common.networks import build_network  # noqa: E402
-from medfl.fedavg_medmnist.controller import TEST_METRICS_FILE  # noqa: E402
 from medfl.fedavg_medmnist.data import DEFAULT_DATASET, MedMNISTDataset, medmnist_info  # noqa: E402
-from medfl.fedavg_medmnist.evaluation import evaluate_classifier  # noqa: E402
+from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier  # noqa: E402
 from medfl.fedavg_medmnist.executor import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_NETWORK  # noqa: E402
 from medfl.fedavg_medmnist.networks import network_for_data  # noqa: E402
 

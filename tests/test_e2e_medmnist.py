@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import make_job_variant, run, run_simulator
-from medfl.fedavg_medmnist.controller import TEST_METRICS_FILE
+from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE
 from medfl.fedavg_medmnist.splits import prepare_client_splits
 
 pytestmark = pytest.mark.e2e

@@ -16,13 +16,12 @@ from medfl.common.params import Params, load_numpy
 from medfl.fedavg.controller import FedAvgController
 
 from .data import DEFAULT_DATASET, MedMNISTDataset, medmnist_info
-from .evaluation import evaluate_classifier
+from .evaluation import TEST_METRICS_FILE, evaluate_classifier
 from .executor import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_NETWORK
 from .networks import network_for_data
 from .sampling import check_sampling, sample_clients
 
 SERVER_SITE = "server"
-TEST_METRICS_FILE = "test_metrics.json"
 # Flower's simulation_pytorch: fraction_fit=0.1 with min_fit_clients=10 for 100 clients; the PathMNIST example
 # trains all of its 3 clients every round. fraction_fit=0.1 with min_fit_clients=3 gives both: 3 of 3, 10 of 100.
 DEFAULT_FRACTION_FIT = 0.1

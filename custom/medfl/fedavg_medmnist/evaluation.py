@@ -14,6 +14,9 @@ from torch.utils.data import DataLoader
 
 from medfl.common.metrics import classification_metrics, predict_probabilities
 
+# The server's per-round test metrics, in its app folder (read by result_stat/ and the Flower benchmark).
+TEST_METRICS_FILE = "test_metrics.json"
+
 
 def mean_cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """``-mean_i log p_i[y_i]`` from softmax probabilities ``(N, C)`` and labels ``(N,)`` (probabilities that
