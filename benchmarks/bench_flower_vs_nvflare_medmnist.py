@@ -111,7 +111,10 @@ def run_nvflare(cfg: BenchConfig, workdir: Path, nvflare: str) -> RunResult:
     shutil.rmtree(workspace, ignore_errors=True)
     command = [nvflare, "simulator", str(job), "-w", str(workspace), "-n", str(cfg.num_clients),
                "-t", str(cfg.num_clients)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"no {nvflare!r} command: pass --nvflare <project venv>/bin/nvflare") from None
     history_file = workspace / "server" / "simulate_job" / "app_server" / TEST_METRICS_FILE
     if done.returncode != 0 or not history_file.is_file():
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {workspace}/server/log.txt\n"
