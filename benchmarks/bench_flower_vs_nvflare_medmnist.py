@@ -1,16 +1,21 @@
-"""Per-round wall time of one FedAvg/MedMNIST run in Flower's simulation and in NVFlare's simulator.
+"""Per-round wall time and test accuracy of one FedAvg/MedMNIST run in Flower's simulation and in NVFlare's simulator.
 
 Both sides use the same client splits (``site-<k>.json`` from ``data_preparation/prepare_medmnist.py``), network,
-rounds, local epochs, batch size, SGD settings, client-sampling fractions and seed. A round is timed from the
-server's choice of clients for training to the end of the per-client evaluation of the new global model
-(training, aggregation, server-side test evaluation, client-side val evaluation). Only measured numbers are printed.
+rounds, local epochs, batch sizes, fresh SGD(lr, momentum) per round, client sampling (the same clients each round:
+:func:`medfl.fedavg_medmnist.sampling.sample_clients` with the same seed), example-weighted FedAvg, server-side test
+evaluation at round 0 and after each round, and validation on the sampled clients. The NVFlare side is the job
+``jobs/fedavg_medmnist`` with these settings. A round is timed between the ends of two consecutive server test
+evaluations, so it holds the sampled clients' validation of the previous model, their training, the aggregation
+and the test evaluation, on both sides. Round 1 also holds the start-up of the clients (Ray actors, NVFlare client
+processes). Only measured numbers are printed.
 
-Flower side: ``flwr.simulation.start_simulation`` (Ray virtual clients), as in Flower's ``simulation_pytorch``
-example. Needs ``pip install "flwr[simulation]"`` (flwr 1.x plus Ray): install it in a separate virtual environment,
-as it changes packages that NVFlare also uses (e.g. protobuf). NVFlare side: :func:`run_nvflare_rounds`, wired
-once the NVFlare FedAvg/MedMNIST job exists.
+Flower changes packages NVFlare needs (protobuf < 7), so it lives in its own virtual environment, which also runs
+this script; the NVFlare side calls the project's ``nvflare`` command (``--nvflare``)::
 
-    python benchmarks/bench_flower_vs_nvflare_medmnist.py --npz pathmnist.npz --splits splits_pathmnist --rounds 5
+    python -m venv .venv-flower
+    .venv-flower/bin/pip install torch==2.13.0 monai==1.6.1 scipy 'flwr[simulation]'
+    .venv-flower/bin/python benchmarks/bench_flower_vs_nvflare_medmnist.py --npz pathmnist.npz \\
+        --splits splits_pathmnist --nvflare .venv/bin/nvflare [--rounds 5 --local_epochs 5 --workdir /tmp/bench]
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -30,41 +36,96 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-CUSTOM_DIR = Path(__file__).resolve().parents[1] / "custom"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CUSTOM_DIR = PROJECT_ROOT / "custom"
+JOB_DIR = PROJECT_ROOT / "jobs" / "fedavg_medmnist"
 sys.path.insert(0, str(CUSTOM_DIR))
+sys.path.insert(0, str(PROJECT_ROOT / "tools"))
 
+from job_variant import make_variant  # noqa: E402
+from medfl.common.networks import build_network  # noqa: E402
 from medfl.fedavg_medmnist.data import DEFAULT_DATASET, MEDMNIST_2D, MedMNISTDataset, medmnist_info  # noqa: E402
-from medfl.fedavg_medmnist.networks import NETWORKS, build_medmnist_network  # noqa: E402
-from medfl.fedavg_medmnist.splits import SUMMARY_NAME, load_client_datasets  # noqa: E402
+from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier  # noqa: E402
+from medfl.fedavg_medmnist.networks import MEDMNIST_NETWORKS, network_for_data  # noqa: E402
+from medfl.fedavg_medmnist.sampling import sample_clients  # noqa: E402
+from medfl.fedavg_medmnist.splits import SUMMARY_NAME, load_client_datasets, site_name  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One FedAvg/MedMNIST run; defaults are the Flower-style PathMNIST job's (ALGORITHMS.md §4.4) with the
-    example's 3 clients, all sampled every round."""
+    """One FedAvg/MedMNIST run; defaults are those of ``jobs/fedavg_medmnist`` (ALGORITHMS.md §4.4)."""
 
     npz: Path
     split_dir: Path
     dataset: str = DEFAULT_DATASET
-    network: str = "cnn"
+    network: str = "medmnist_cnn"
     rounds: int = 5
     local_epochs: int = 5
     batch_size: int = 64
     eval_batch_size: int = 50
     lr: float = 0.01
     momentum: float = 0.9
-    fraction_fit: float = 1.0
-    fraction_evaluate: float = 1.0
+    fraction_fit: float = 0.1
+    min_fit_clients: int = 3
+    sampling_seed: int = 0
     seed: int = 0
-    cpus_per_client: float = 1.0
+    cpus_per_client: int = 1
 
     @property
     def num_clients(self) -> int:
         return json.loads((self.split_dir / SUMMARY_NAME).read_text())["num_clients"]
 
+    @property
+    def sites(self) -> List[str]:
+        return [site_name(k) for k in range(1, self.num_clients + 1)]
 
+
+@dataclass(frozen=True)
+class RunResult:
+    """Seconds per round (rounds 1..R) and the server's test accuracy per step (0 = initial model .. R)."""
+
+    round_seconds: List[float]
+    test_accuracy: List[float]
+
+
+def build_model(cfg: BenchConfig, image_size: int) -> nn.Module:
+    network = network_for_data({"name": cfg.network}, medmnist_info(cfg.dataset), image_size)
+    return build_network(network["name"], **network["args"])
+
+
+# ------------------------------------------------------------------ NVFlare: the job in the simulator
+def run_nvflare(cfg: BenchConfig, workdir: Path, nvflare: str) -> RunResult:
+    """Run ``jobs/fedavg_medmnist`` with ``cfg``'s settings in ``nvflare simulator`` (one client process per site);
+    times come from the server's ``test_metrics.json``."""
+    server = {"num_rounds": cfg.rounds, "fraction_fit": cfg.fraction_fit, "min_fit_clients": cfg.min_fit_clients,
+              "sampling_seed": cfg.sampling_seed}
+    train = {"dataset": cfg.dataset, "npz_path": str(cfg.npz.resolve()), "split_dir": str(cfg.split_dir.resolve()),
+             "network": {"name": cfg.network, "args": {}},
+             "optimizer": {"name": "sgd", "args": {"lr": cfg.lr, "momentum": cfg.momentum}},
+             "local_epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size,
+             "seed": cfg.seed, "num_threads": cfg.cpus_per_client, "device": "cpu"}
+    job = make_variant(JOB_DIR, workdir / "nvflare_job", server, train)
+    workspace = workdir / "nvflare_workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
+    command = [nvflare, "simulator", str(job), "-w", str(workspace), "-n", str(cfg.num_clients),
+               "-t", str(cfg.num_clients)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"no {nvflare!r} command: pass --nvflare <project venv>/bin/nvflare") from None
+    history_file = workspace / "server" / "simulate_job" / "app_server" / TEST_METRICS_FILE
+    if done.returncode != 0 or not history_file.is_file():
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {workspace}/server/log.txt\n"
+                           f"{done.stderr[-2000:]}")
+    history = json.loads(history_file.read_text())
+    return RunResult(np.diff([h["time"] for h in history]).tolist(), [h["accuracy"] for h in history])
+
+
+# ------------------------------------------------------------------ Flower: start_simulation with Ray
 def train_local(model: nn.Module, loader: DataLoader, epochs: int, lr: float, momentum: float) -> None:
-    """Flower example's ``train``: SGD(lr, momentum) on cross-entropy for ``epochs`` passes over ``loader``."""
+    """Flower example's ``train``: a new SGD(lr, momentum) on cross-entropy for ``epochs`` passes over ``loader``."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -75,162 +136,146 @@ def train_local(model: nn.Module, loader: DataLoader, epochs: int, lr: float, mo
             optimizer.step()
 
 
-@torch.no_grad()
-def evaluate_model(model: nn.Module, loader: DataLoader) -> Tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader``."""
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    model.eval()
-    loss, correct, seen = 0.0, 0, 0
-    for batch in loader:
-        logits = model(batch["image"])
-        loss += loss_fn(logits, batch["label"]).item()
-        correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
-        seen += len(batch["label"])
-    return loss / max(seen, 1), correct / max(seen, 1)
-
-
-def build_model(cfg: BenchConfig) -> nn.Module:
-    info = medmnist_info(cfg.dataset)
-    return build_medmnist_network(cfg.network, info.channels, info.num_classes)
-
-
 def get_weights(model: nn.Module) -> List[np.ndarray]:
     return [value.cpu().numpy() for value in model.state_dict().values()]
 
 
 def set_weights(model: nn.Module, weights: List[np.ndarray]) -> None:
-    keys = model.state_dict().keys()
-    model.load_state_dict({key: torch.as_tensor(value) for key, value in zip(keys, weights)})
+    model.load_state_dict({key: torch.as_tensor(w) for key, w in zip(model.state_dict().keys(), weights)})
 
 
-def round_seed(cfg: BenchConfig, server_round: int, client: int) -> int:
-    """Seed of a client's batch order in one round, the same on both sides."""
-    return int(np.random.SeedSequence([cfg.seed, server_round, client]).generate_state(1)[0])
-
-
-def run_flower_rounds(cfg: BenchConfig) -> List[float]:
-    """Per-round wall times (seconds) of the run in Flower's Ray simulation."""
+def run_flower(cfg: BenchConfig) -> RunResult:
+    """The same run in Flower's Ray simulation (``flwr.simulation.start_simulation``, one CPU set per client)."""
     try:
         from flwr.client import NumPyClient
-        from flwr.common import Context, ndarrays_to_parameters
+        from flwr.common import Context, EvaluateIns, FitIns, ndarrays_to_parameters
         from flwr.server import ServerConfig
         from flwr.server.strategy import FedAvg
         from flwr.simulation import start_simulation
     except ImportError as exc:
-        raise RuntimeError(f"Flower side needs `pip install \"flwr[simulation]\"` ({exc})") from exc
+        raise RuntimeError(f"the Flower side needs `pip install \"flwr[simulation]\"` ({exc})") from exc
 
     class MedMNISTClient(NumPyClient):
-        def __init__(self, client: int):
-            self.client = client
-            # Flower re-creates a client for every fit/evaluate call, so it reads its data every time, as in
-            # Flower's examples; that cost is part of what this benchmark measures.
-            site = f"site-{client + 1}"
+        """Flower creates a client for every fit/evaluate call, so it reads its data each time, as Flower's
+        examples do."""
+
+        def __init__(self, site: str):
             self.train_set, self.val_set = load_client_datasets(cfg.npz, cfg.split_dir, site, cfg.dataset)
-            self.model = build_model(cfg)
+            self.model = build_model(cfg, self.train_set.image_size)
 
         def fit(self, parameters, config):
             set_weights(self.model, parameters)
-            order = torch.Generator().manual_seed(round_seed(cfg, int(config["server_round"]), self.client))
-            loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, generator=order)
+            loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True)
             train_local(self.model, loader, cfg.local_epochs, cfg.lr, cfg.momentum)
             return get_weights(self.model), len(self.train_set), {}
 
         def evaluate(self, parameters, config):
             set_weights(self.model, parameters)
-            loss, accuracy = evaluate_model(self.model, DataLoader(self.val_set, batch_size=cfg.eval_batch_size))
-            return loss, len(self.val_set), {"accuracy": accuracy}
+            metrics = evaluate_classifier(self.model, DataLoader(self.val_set, batch_size=cfg.eval_batch_size), CPU)
+            return metrics["loss"], len(self.val_set), {"accuracy": metrics["accuracy"]}
 
     def client_fn(context: Context):
-        return MedMNISTClient(int(context.node_config["partition-id"])).to_client()
+        torch.set_num_threads(cfg.cpus_per_client)
+        torch.manual_seed(cfg.seed)
+        return MedMNISTClient(site_name(int(context.node_config["partition-id"]) + 1)).to_client()
 
-    test_loader = DataLoader(MedMNISTDataset.from_npz(cfg.npz, "test", cfg.dataset), batch_size=cfg.eval_batch_size)
-    server_model = build_model(cfg)
-
-    def evaluate_fn(server_round: int, parameters, config) -> Tuple[float, Dict[str, float]]:
-        set_weights(server_model, parameters)
-        loss, accuracy = evaluate_model(server_model, test_loader)
-        return loss, {"accuracy": accuracy}
-
-    round_starts: Dict[int, float] = {}
-    round_ends: Dict[int, float] = {}
-
-    class TimedFedAvg(FedAvg):
-        def configure_fit(self, server_round, parameters, client_manager):
-            round_starts[server_round] = time.perf_counter()
-            return super().configure_fit(server_round, parameters, client_manager)
-
-        def aggregate_evaluate(self, server_round, results, failures):
-            aggregated = super().aggregate_evaluate(server_round, results, failures)
-            round_ends[server_round] = time.perf_counter()
-            return aggregated
-
+    test_set = MedMNISTDataset.from_npz(cfg.npz, "test", cfg.dataset)
+    test_loader = DataLoader(test_set, batch_size=cfg.eval_batch_size)
     torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)  # Flower's ClientManager samples clients with the `random` module
-    num_clients = cfg.num_clients
-    strategy = TimedFedAvg(
-        fraction_fit=cfg.fraction_fit,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_fit_clients=max(1, int(cfg.fraction_fit * num_clients)),
-        min_evaluate_clients=max(1, int(cfg.fraction_evaluate * num_clients)),
-        min_available_clients=num_clients,
-        evaluate_fn=evaluate_fn,
-        on_fit_config_fn=lambda server_round: {"server_round": server_round},
-        initial_parameters=ndarrays_to_parameters(get_weights(build_model(cfg))),
-    )
-    worker_path = os.pathsep.join(filter(None, [str(CUSTOM_DIR), os.environ.get("PYTHONPATH")]))
+    server_model = build_model(cfg, test_set.image_size)
+    initial = ndarrays_to_parameters(get_weights(server_model))
+    evaluated: Dict[int, Tuple[float, float]] = {}
+
+    def evaluate_fn(server_round: int, parameters, config):
+        set_weights(server_model, parameters)
+        metrics = evaluate_classifier(server_model, test_loader, CPU)
+        evaluated[server_round] = (time.time(), metrics["accuracy"])
+        return metrics["loss"], {"accuracy": metrics["accuracy"]}
+
+    def sampled(client_manager, round_number: int):
+        """The proxies of the clients the NVFlare job samples in its (0-based) ``round_number``."""
+        by_site = {site_name(proxy.partition_id + 1): proxy for proxy in client_manager.all().values()}
+        chosen = sample_clients(list(by_site), round_number, cfg.fraction_fit, cfg.min_fit_clients, cfg.sampling_seed)
+        return [by_site[site] for site in chosen]
+
+    class SameSamplingFedAvg(FedAvg):
+        """Flower's FedAvg with the NVFlare job's client samples: round ``r`` (1-based here) trains the clients of
+        the job's round ``r - 1``; the model after round ``r`` is validated by the clients the job sends it to
+        next (its round ``r``, or its final validation)."""
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            return [(proxy, FitIns(parameters, {})) for proxy in sampled(client_manager, server_round - 1)]
+
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            return [(proxy, EvaluateIns(parameters, {})) for proxy in sampled(client_manager, server_round)]
+
+    strategy = SameSamplingFedAvg(min_available_clients=cfg.num_clients, evaluate_fn=evaluate_fn,
+                                  initial_parameters=initial)
+    # Ray's worker processes must import medfl too; they inherit the driver's environment.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CUSTOM_DIR), os.environ.get("PYTHONPATH")]))
     start_simulation(
         client_fn=client_fn,
-        num_clients=num_clients,
+        num_clients=cfg.num_clients,
         client_resources={"num_cpus": cfg.cpus_per_client, "num_gpus": 0.0},
         config=ServerConfig(num_rounds=cfg.rounds),
         strategy=strategy,
-        # Ray's worker processes must import medfl too.
-        ray_init_args={"include_dashboard": False, "runtime_env": {"env_vars": {"PYTHONPATH": worker_path}}},
+        ray_init_args={"include_dashboard": False},
     )
-    return [round_ends[r] - round_starts[r] for r in sorted(round_starts)]
+    steps = sorted(evaluated)
+    return RunResult(np.diff([evaluated[s][0] for s in steps]).tolist(), [evaluated[s][1] for s in steps])
 
 
-def run_nvflare_rounds(cfg: BenchConfig) -> List[float]:
-    """Per-round wall times (seconds) of the same run in NVFlare's simulator (``SimulatorRunner``, one client
-    process per site, the FedAvg/MedMNIST job with ``cfg``'s settings), timed over the same span of a round."""
-    raise NotImplementedError("the NVFlare FedAvg/MedMNIST job is not wired yet; no NVFlare timings")
+# ------------------------------------------------------------------ command line
+def describe(name: str, result: RunResult) -> str:
+    seconds = result.round_seconds
+    after_first = f", without round 1 {np.mean(seconds[1:]):.2f}" if len(seconds) > 1 else ""
+    return (f"{name}: per-round wall time [s]: {'  '.join(f'{s:.2f}' for s in seconds)}  "
+            f"(mean {np.mean(seconds):.2f}{after_first})\n"
+            f"{name}: server test accuracy per round (0 = initial): "
+            f"{'  '.join(f'{a:.4f}' for a in result.test_accuracy)}")
 
 
-def parse_args(argv: Optional[List[str]] = None) -> Tuple[BenchConfig, str]:
+def parse_args(argv: Optional[List[str]] = None) -> Tuple[BenchConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npz", required=True, type=Path)
     parser.add_argument("--splits", required=True, type=Path, help="folder written by prepare_medmnist.py")
     parser.add_argument("--dataset", default=DEFAULT_DATASET, choices=sorted(MEDMNIST_2D))
-    parser.add_argument("--network", default="cnn", choices=NETWORKS)
+    parser.add_argument("--network", default="medmnist_cnn", choices=MEDMNIST_NETWORKS)
     parser.add_argument("--side", default="both", choices=("flower", "nvflare", "both"))
+    parser.add_argument("--nvflare", default=shutil.which("nvflare") or "nvflare",
+                        help="the nvflare command of the project's environment")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_flower_vs_nvflare_medmnist"))
     defaults = BenchConfig(npz=Path(), split_dir=Path())
-    for name in ("rounds", "local_epochs", "batch_size", "seed"):
+    for name in ("rounds", "local_epochs", "batch_size", "eval_batch_size", "min_fit_clients", "sampling_seed", "seed",
+                 "cpus_per_client"):
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "momentum", "fraction_fit", "fraction_evaluate", "cpus_per_client"):
+    for name in ("lr", "momentum", "fraction_fit"):
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
     args = vars(parser.parse_args(argv))
-    side = args.pop("side")
-    return BenchConfig(npz=args.pop("npz"), split_dir=args.pop("splits"), **args), side
+    options = argparse.Namespace(**{key: args.pop(key) for key in ("side", "nvflare", "workdir")})
+    return BenchConfig(npz=args.pop("npz"), split_dir=args.pop("splits"), **args), options
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    cfg, side = parse_args(argv)
-    if cfg.fraction_evaluate <= 0:
-        print("fraction_evaluate must be > 0: a round is timed up to the client evaluation", file=sys.stderr)
-        return 2
-    runners = {"flower": run_flower_rounds, "nvflare": run_nvflare_rounds}
-    timings: Dict[str, List[float]] = {}
-    for name in runners if side == "both" else [side]:
+    cfg, options = parse_args(argv)
+    print(f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.rounds} rounds of {cfg.local_epochs} local epochs, "
+          f"fraction_fit {cfg.fraction_fit}, min_fit_clients {cfg.min_fit_clients}, network {cfg.network}, "
+          f"{cfg.cpus_per_client} CPU thread(s) per client, {os.cpu_count()} CPUs")
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, RunResult] = {}
+    for side in ("flower", "nvflare") if options.side == "both" else (options.side,):
         try:
-            timings[name] = runners[name](cfg)
-        except (NotImplementedError, RuntimeError) as exc:
-            print(f"{name}: not run: {exc}", file=sys.stderr)
-    for name, seconds in timings.items():
-        per_round = "  ".join(f"{s:.2f}" for s in seconds)
-        print(f"{name}: per-round wall time [s]: {per_round}  (mean {np.mean(seconds):.2f})")
-    if len(timings) == len(runners):
-        print(f"nvflare / flower mean round time: {np.mean(timings['nvflare']) / np.mean(timings['flower']):.2f}")
-    return 0 if timings else 1
+            results[side] = run_flower(cfg) if side == "flower" else run_nvflare(cfg, options.workdir, options.nvflare)
+        except RuntimeError as exc:
+            print(f"{side}: not run: {exc}", file=sys.stderr)
+    for side, result in results.items():
+        print(describe(side, result))
+    if len(results) == 2:
+        flower, nvflare = results["flower"].round_seconds, results["nvflare"].round_seconds
+        ratio = np.mean(nvflare) / np.mean(flower)
+        later = f", without round 1 {np.mean(nvflare[1:]) / np.mean(flower[1:]):.2f}" if len(flower) > 1 else ""
+        print(f"nvflare / flower mean round time: {ratio:.2f}{later}")
+    return 0 if len(results) == (2 if options.side == "both" else 1) else 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from medfl.common.errors import DataError
 from medfl.fedavg_medmnist.data import (
     NORM_MEAN,
     NORM_STD,
@@ -128,5 +129,5 @@ def test_rejects_unknown_split_set_and_missing_file(tmp_path):
         load_medmnist_split(tmp_path / "x.npz", "training")
     with pytest.raises(ValueError, match="unknown MedMNIST 2D set 'chestmnist'"):
         load_medmnist_split(tmp_path / "x.npz", "train", dataset="chestmnist")
-    with pytest.raises(FileNotFoundError, match=r"x\.npz: MedMNIST file not found"):
-        load_medmnist_split(tmp_path / "x.npz", "train")
+    with pytest.raises(DataError, match=r"\[site-2\] .*x\.npz: MedMNIST file not found"):
+        load_medmnist_split(tmp_path / "x.npz", "train", site="site-2")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medfl.common.errors import DataError
 from medfl.fedavg_medmnist.data import load_medmnist_split
 from medfl.fedavg_medmnist.splits import (
     SUMMARY_NAME,
@@ -104,13 +105,13 @@ def test_read_rejects_files_for_another_train_split_or_tampered(split_dir):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not a readable JSON split file"):
         read_client_split(path, NUM_TRAIN)
-    with pytest.raises(FileNotFoundError, match="site-9.json: client split file not found"):
-        read_client_split(client_split_path(split_dir, "site-9"), NUM_TRAIN)
+    with pytest.raises(DataError, match=r"\[site-9\] .*site-9.json: client split file not found"):
+        read_client_split(client_split_path(split_dir, "site-9"), NUM_TRAIN, site="site-9")
 
 
 def test_wrongly_named_file_is_refused(split_dir, breastmnist):
     client_split_path(split_dir, "site-1").replace(client_split_path(split_dir, "site-7"))
-    with pytest.raises(ValueError, match="site-7.json: belongs to 'site-1', not to 'site-7'"):
+    with pytest.raises(DataError, match=r"\[site-7\] .*site-7.json: belongs to 'site-1', not to 'site-7'"):
         load_client_datasets(breastmnist, split_dir, "site-7", dataset="breastmnist")
 
 

@@ -68,6 +68,8 @@ class RoundController(ModelController):
             last round it completed.
         config_train_filename: the job's training configuration (shared with the clients); the server reads
             the ``network`` and ``seed`` entries from it to build the initial models.
+        task_check_period: seconds between two checks for finished client tasks (NVFlare's default 0.5); every
+            round waits up to about twice this long after its last result.
     """
 
     def __init__(
@@ -80,8 +82,9 @@ class RoundController(ModelController):
         final_validation: bool = True,
         resume_from: str = "",
         config_train_filename: str = "config_train.json",
+        task_check_period: float = 0.5,
     ):
-        super().__init__(persistor_id="")
+        super().__init__(persistor_id="", task_check_period=task_check_period)
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
         self.num_rounds = num_rounds
@@ -124,6 +127,14 @@ class RoundController(ModelController):
         """Clients that train in this round (default: all, in name order)."""
         return sorted(c.name for c in self.engine.get_clients())
 
+    def server_evaluate(self, step: int) -> None:
+        """Evaluate ``self.models`` on the server (default: nothing), e.g. on a held-out test set.
+
+        ``step`` is the number of aggregated rounds behind the models: 0 for the initial models (or the round a
+        resumed run continues at), ``r + 1`` after round ``r``. The clients' validation of the same models is
+        logged at the same step, as they validate what they receive in round ``step``.
+        """
+
     def extra_state(self) -> dict:
         """Method state besides ``self.models`` to persist for resume (e.g. synced optimizer moments)."""
         return {}
@@ -146,6 +157,7 @@ class RoundController(ModelController):
         self.models = self.initial_models()
         if self.resume_from:
             self._resume(self.resume_from)
+        self.server_evaluate(self.start_round)
         for round_number in range(self.start_round, self.num_rounds):
             self.info(f"round {round_number + 1}/{self.num_rounds} started")
             results = self.scatter_and_gather(self.train_task, self.select_clients(round_number), round_number)
@@ -156,6 +168,7 @@ class RoundController(ModelController):
             self.save_models("last", self.models)
             self.save_state(round_number)
             self.info(f"round {round_number + 1}/{self.num_rounds} finished with {len(results)} clients")
+            self.server_evaluate(round_number + 1)
         if self.final_validation:
             results = self.scatter_and_gather(self.validate_task, self.select_clients(self.num_rounds), self.num_rounds)
             if results is not None:

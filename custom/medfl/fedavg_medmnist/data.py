@@ -2,7 +2,8 @@
 
 An official file (e.g. ``pathmnist.npz`` from Zenodo) holds ``{train,val,test}_images`` as uint8, grey
 ``(N, H, W)`` or RGB ``(N, H, W, 3)``, and ``{train,val,test}_labels`` shaped ``(N, 1)`` (re-saved files often
-use ``(N,)``; both are accepted). Every problem is reported as :class:`MedMNISTFormatError` naming the file.
+use ``(N,)``; both are accepted). Every problem is reported as :class:`MedMNISTFormatError` (a
+:class:`~medfl.common.errors.DataError`) naming the site, the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from medfl.common.errors import DataError
 
 PathType = Union[str, PathLike]
 
@@ -55,13 +58,11 @@ NORM_STD = 0.5
 UINT8_MAX = 255.0
 
 
-class MedMNISTFormatError(ValueError):
-    """A MedMNIST file that cannot be used; the message reads ``<file>: <what is wrong>``."""
+class MedMNISTFormatError(DataError):
+    """A MedMNIST file that cannot be used; the message reads ``[site] <file>: <what is wrong>``."""
 
-    def __init__(self, path: PathType, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+    def __init__(self, path: PathType, problem: str, site: Optional[str] = None):
+        super().__init__(problem, path=path, site=site)
 
 
 def medmnist_info(dataset: str) -> MedMNISTInfo:
@@ -73,81 +74,85 @@ def medmnist_info(dataset: str) -> MedMNISTInfo:
 
 
 def load_medmnist_split(
-    path: PathType, split: str = "train", dataset: str = DEFAULT_DATASET
+    path: PathType, split: str = "train", dataset: str = DEFAULT_DATASET, site: Optional[str] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Read and check one split of a MedMNIST ``.npz`` file.
 
     Returns ``images`` uint8 ``(N, H, W, C)`` (grey files get ``C = 1``) and ``labels`` int64 ``(N,)`` in
     ``[0, num_classes)`` of ``dataset``. Raises :class:`MedMNISTFormatError` for an unreadable file, missing keys,
     wrong shapes or dtypes, a channel count other than the set's, an image/label count mismatch or a label out of
-    range.
+    range, and :class:`~medfl.common.errors.DataError` for a missing file; ``site`` is named in the message.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     info = medmnist_info(dataset)
-    images, labels = _read_arrays(Path(path), f"{split}_images", f"{split}_labels")
-    images = _check_images(path, split, images, info, dataset)
-    labels = _check_labels(path, split, labels, len(images), info.num_classes, dataset)
+    images, labels = _read_arrays(Path(path), site, f"{split}_images", f"{split}_labels")
+    images = _check_images(path, site, split, images, info, dataset)
+    labels = _check_labels(path, site, split, labels, len(images), info.num_classes, dataset)
     return images, labels
 
 
-def _read_arrays(path: Path, *keys: str) -> Tuple[np.ndarray, ...]:
+def _read_arrays(path: Path, site: Optional[str], *keys: str) -> Tuple[np.ndarray, ...]:
     """The arrays under ``keys`` of an ``.npz`` file, loaded without pickle."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: MedMNIST file not found")
+        raise DataError("MedMNIST file not found (see docs/medmnist.md for where to get it)", path=path, site=site)
     unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
     try:
         archive = np.load(path, allow_pickle=False)
     except unreadable as exc:
-        raise MedMNISTFormatError(path, f"not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
+        raise MedMNISTFormatError(path, f"not a readable .npz archive ({type(exc).__name__}: {exc})", site) from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise MedMNISTFormatError(path, "is a single .npy array, not an .npz archive of splits")
+        raise MedMNISTFormatError(path, "is a single .npy array, not an .npz archive of splits", site)
     with archive:
         missing = [key for key in keys if key not in archive.files]
         if missing:
-            raise MedMNISTFormatError(path, f"missing key(s) {missing}; the file has {sorted(archive.files)}")
+            raise MedMNISTFormatError(path, f"missing key(s) {missing}; the file has {sorted(archive.files)}", site)
         try:
             return tuple(archive[key] for key in keys)
         except unreadable as exc:
-            raise MedMNISTFormatError(path, f"cannot read an array ({type(exc).__name__}: {exc})") from exc
+            raise MedMNISTFormatError(path, f"cannot read an array ({type(exc).__name__}: {exc})", site) from exc
 
 
-def _check_images(path: PathType, split: str, images: np.ndarray, info: MedMNISTInfo, dataset: str) -> np.ndarray:
+def _check_images(
+    path: PathType, site: Optional[str], split: str, images: np.ndarray, info: MedMNISTInfo, dataset: str
+) -> np.ndarray:
     key = f"{split}_images"
     if images.dtype != np.uint8:
-        raise MedMNISTFormatError(path, f"{key} has dtype {images.dtype}; MedMNIST images are uint8 (0..255)")
+        raise MedMNISTFormatError(path, f"{key} has dtype {images.dtype}; MedMNIST images are uint8 (0..255)", site)
     if images.ndim == 3:
         images = images[..., np.newaxis]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise MedMNISTFormatError(path, f"{key} has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)")
+        raise MedMNISTFormatError(path, f"{key} has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)", site)
     if len(images) == 0:
-        raise MedMNISTFormatError(path, f"{key} holds no images")
+        raise MedMNISTFormatError(path, f"{key} holds no images", site)
     if images.shape[-1] != info.channels:
         raise MedMNISTFormatError(
             path,
             f"{key} has {images.shape[-1]} channel(s) but {dataset} images have {info.channels}; "
             "is the dataset name right?",
+            site,
         )
     return images
 
 
 def _check_labels(
-    path: PathType, split: str, labels: np.ndarray, num_images: int, num_classes: int, dataset: str
+    path: PathType, site: Optional[str], split: str, labels: np.ndarray, num_images: int, num_classes: int,
+    dataset: str,
 ) -> np.ndarray:
     key = f"{split}_labels"
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise MedMNISTFormatError(path, f"{key} has shape {labels.shape}; expected (N,) or (N, 1) class indices")
+        raise MedMNISTFormatError(path, f"{key} has shape {labels.shape}; expected (N,) or (N, 1) class indices", site)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise MedMNISTFormatError(path, f"{key} has dtype {labels.dtype}; expected integer class indices")
+        raise MedMNISTFormatError(path, f"{key} has dtype {labels.dtype}; expected integer class indices", site)
     if len(labels) != num_images:
-        raise MedMNISTFormatError(path, f"{split} has {num_images} images but {len(labels)} labels")
+        raise MedMNISTFormatError(path, f"{split} has {num_images} images but {len(labels)} labels", site)
     out_of_range = (labels < 0) | (labels >= num_classes)
     if out_of_range.any():
         bad = np.unique(labels[out_of_range]).tolist()
         raise MedMNISTFormatError(
-            path, f"{key} has label(s) {bad} outside [0, {num_classes}) of {dataset} ({num_classes} classes)"
+            path, f"{key} has label(s) {bad} outside [0, {num_classes}) of {dataset} ({num_classes} classes)", site
         )
     return labels.astype(np.int64)
 
@@ -156,7 +161,8 @@ class MedMNISTDataset(Dataset):
     """MedMNIST samples as MONAI-style dicts ``{"image": float32 (C, H, W), "label": int64 ()}``.
 
     ``image = (uint8 / 255 - mean) / std`` with the defaults :data:`NORM_MEAN`, :data:`NORM_STD` (range [-1, 1]).
-    ``indices`` (optional) selects the samples of one client, e.g. from its split file.
+    ``indices`` (optional) selects the samples of one client, e.g. from its split file; they are copied out, so
+    the full arrays can be freed once every client's subset is made.
     """
 
     def __init__(
@@ -171,9 +177,11 @@ class MedMNISTDataset(Dataset):
             raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
         if labels.shape != (len(images),):
             raise ValueError(f"labels must be shaped ({len(images)},), got {labels.shape}")
+        if indices is not None:
+            indices = np.asarray(indices, dtype=np.int64)
+            images, labels = images[indices], labels[indices]
         self.images = images
         self.labels = labels
-        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.mean = mean
         self.std = std
 
@@ -184,16 +192,21 @@ class MedMNISTDataset(Dataset):
         split: str = "train",
         dataset: str = DEFAULT_DATASET,
         indices: Optional[Sequence[int]] = None,
+        site: Optional[str] = None,
     ) -> "MedMNISTDataset":
         """One split of a checked MedMNIST file (see :func:`load_medmnist_split`), optionally a subset of it."""
-        images, labels = load_medmnist_split(path, split, dataset)
+        images, labels = load_medmnist_split(path, split, dataset, site)
         return cls(images, labels, indices)
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    @property
+    def image_size(self) -> int:
+        """Side length of the (square) images: 28 for MedMNIST, 64/128/224 for the MedMNIST+ files."""
+        return self.images.shape[1]
 
-    def __getitem__(self, item: int) -> Dict[str, torch.Tensor]:
-        index = self.indices[item]
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div(UINT8_MAX)
         return {
             "image": (image - self.mean) / self.std,

@@ -1,14 +1,22 @@
-"""Networks of the Flower-style MedMNIST job: the example's small CNN and MONAI's DenseNet121."""
+"""Networks of the Flower-style MedMNIST job: the example's small CNN and MONAI's DenseNet121.
+
+Both are registered with :func:`medfl.common.networks.register_network` (``medmnist_cnn``, ``medmnist_densenet121``)
+and built with ``build_network(**network_for_data(config["network"], info, image_size))``.
+"""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 from monai.networks.nets import DenseNet121
 from torch import nn
 
-NETWORKS = ("cnn", "densenet121")
+from medfl.common.networks import register_network
+
+from .data import MedMNISTInfo
+
+MEDMNIST_NETWORKS = ("medmnist_cnn", "medmnist_densenet121")
 MEDMNIST_IMAGE_SIZE = 28
 # DenseNet121 halves the image 5 times (stride-2 stem conv, max-pool, 3 transition pools): below 32 pixels the
 # last transition pool gets a 1x1 map and fails. 28x28 MedMNIST needs the 64/128/224 MedMNIST+ files for it.
@@ -57,18 +65,38 @@ class FlowerCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build_medmnist_network(
-    name: str, in_channels: int, num_classes: int, image_size: int = MEDMNIST_IMAGE_SIZE
+@register_network("medmnist_cnn")
+def build_medmnist_cnn(in_channels: int = 3, num_classes: int = 9, image_size: int = MEDMNIST_IMAGE_SIZE) -> nn.Module:
+    """:class:`FlowerCNN` (the default network of the job)."""
+    return FlowerCNN(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+@register_network("medmnist_densenet121")
+def build_medmnist_densenet121(
+    in_channels: int = 3, num_classes: int = 9, image_size: int = MEDMNIST_IMAGE_SIZE
 ) -> nn.Module:
-    """``"cnn"``: :class:`FlowerCNN`; ``"densenet121"``: ``monai.networks.nets.DenseNet121(spatial_dims=2)`` as in
-    Flower's MONAI quickstart (needs images of at least :data:`DENSENET121_MIN_IMAGE_SIZE` pixels)."""
-    if name == "cnn":
-        return FlowerCNN(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
-    if name == "densenet121":
-        if image_size < DENSENET121_MIN_IMAGE_SIZE:
-            raise ValueError(
-                f"densenet121 needs images of at least {DENSENET121_MIN_IMAGE_SIZE}x{DENSENET121_MIN_IMAGE_SIZE}, "
-                f"got {image_size}: use a MedMNIST+ file of size 64, 128 or 224, or the 'cnn' network"
-            )
-        return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
-    raise ValueError(f"unknown network {name!r}; choose one of {NETWORKS}")
+    """``monai.networks.nets.DenseNet121(spatial_dims=2)`` as in Flower's MONAI quickstart; needs images of at least
+    :data:`DENSENET121_MIN_IMAGE_SIZE` pixels (the MedMNIST+ files)."""
+    if image_size < DENSENET121_MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"densenet121 needs images of at least {DENSENET121_MIN_IMAGE_SIZE}x{DENSENET121_MIN_IMAGE_SIZE}, "
+            f"got {image_size}: use a MedMNIST+ file of size 64, 128 or 224, or the 'medmnist_cnn' network"
+        )
+    return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
+
+
+def network_for_data(network: Mapping[str, Any], info: MedMNISTInfo, image_size: int) -> Dict[str, Any]:
+    """A config's ``{"name", "args"}`` with ``in_channels``, ``num_classes`` and ``image_size`` taken from the data.
+
+    The job config names only the network; these three follow from the MedMNIST set and the file, so switching
+    from PathMNIST to BreastMNIST changes only the data entries. A value given in the config that disagrees with
+    the data raises ``ValueError``.
+    """
+    if "name" not in network:
+        raise ValueError(f"the network entry needs a 'name' (one of {MEDMNIST_NETWORKS}), got {dict(network)}")
+    args = dict(network.get("args", {}))
+    from_data = {"in_channels": info.channels, "num_classes": info.num_classes, "image_size": image_size}
+    for key, value in from_data.items():
+        if args.setdefault(key, value) != value:
+            raise ValueError(f"network args {key}={args[key]} but the data has {value}; leave {key} out of the config")
+    return {"name": network["name"], "args": args}

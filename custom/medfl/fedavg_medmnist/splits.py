@@ -7,21 +7,23 @@
 * ``summary.json``: the parameters, the global label histogram and, per client, the sizes, label histograms,
   Dirichlet label distribution and total-variation distance to the global label mix.
 
-Every file is written atomically (temporary file + rename); the summary is written last.
+Every file is written atomically (temporary file + rename); the summary is written last. Bad split files raise
+:class:`~medfl.common.errors.DataError` naming the site, the file and the problem.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
+
+from medfl.common.errors import DataError
+from medfl.common.io import atomic_write_json
 
 from .data import DEFAULT_DATASET, MedMNISTDataset, load_medmnist_split, medmnist_info
 from .partition import (
@@ -56,20 +58,6 @@ def client_split_path(split_dir: PathType, site: str) -> Path:
 
 def _alpha_to_json(alpha: float) -> Union[float, str]:
     return "inf" if math.isinf(alpha) else alpha
-
-
-def _write_json_atomic(obj: Dict[str, Any], path: Path) -> None:
-    """Write strict JSON (no NaN/Infinity) to a new temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x") as handle:
-            json.dump(obj, handle, allow_nan=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def prepare_client_splits(
@@ -119,7 +107,7 @@ def prepare_client_splits(
     for k, (site, part) in enumerate(zip(sites, parts), start=1):
         train, val = split_train_val(part, val_ratio, seed=(seed, k))
         record = {"format": SPLIT_FORMAT, "version": FORMAT_VERSION, "site": site, **params}
-        _write_json_atomic({**record, "train": train.tolist(), "val": val.tolist()}, client_split_path(out_dir, site))
+        atomic_write_json({**record, "train": train.tolist(), "val": val.tolist()}, client_split_path(out_dir, site))
         clients[site] = {
             "num_train": len(train),
             "num_val": len(val),
@@ -137,7 +125,7 @@ def prepare_client_splits(
         "mean_tv_distance_to_global": float(tv_distance.mean()),
         "clients": clients,
     }
-    _write_json_atomic(summary, out_dir / SUMMARY_NAME)
+    atomic_write_json(summary, out_dir / SUMMARY_NAME)
     return summary
 
 
@@ -151,36 +139,38 @@ class ClientSplit:
     params: Dict[str, Any]
 
 
-def read_client_split(path: PathType, num_source_samples: int) -> ClientSplit:
+def read_client_split(path: PathType, num_source_samples: int, site: Optional[str] = None) -> ClientSplit:
     """Read and check a ``site-<k>.json`` file against the train split it indexes (``num_source_samples``).
 
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file and the problem: not JSON, another format,
-    missing keys, indices that are not integers in ``[0, num_source_samples)``, repeated or shared by train and
-    val, or a file made for a train split of another size (re-run ``prepare_medmnist.py``).
+    Raises :class:`~medfl.common.errors.DataError` naming ``site``, the file and the problem: missing, not JSON,
+    another format, missing keys, indices that are not integers in ``[0, num_source_samples)``, repeated or shared
+    by train and val, or a file made for a train split of another size (re-run ``prepare_medmnist.py``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: client split file not found (run data_preparation/prepare_medmnist.py)")
+        raise DataError("client split file not found (run data_preparation/prepare_medmnist.py)", path, site)
     try:
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON split file ({exc})") from exc
+        raise DataError(f"not a readable JSON split file ({exc})", path, site) from exc
     if not isinstance(content, dict) or content.get("format") != SPLIT_FORMAT:
-        raise ValueError(f"{path}: not a MedMNIST client split file (format must be {SPLIT_FORMAT!r})")
+        raise DataError(f"not a MedMNIST client split file (format must be {SPLIT_FORMAT!r})", path, site)
     if content.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: split file version {content.get('version')!r}, this code reads {FORMAT_VERSION}")
+        raise DataError(f"split file version {content.get('version')!r}, this code reads {FORMAT_VERSION}", path, site)
     missing = [key for key in ("site", "num_source_samples", "train", "val") if key not in content]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+        raise DataError(f"missing key(s) {missing}", path, site)
     if content["num_source_samples"] != num_source_samples:
-        raise ValueError(
-            f"{path}: made for a train split of {content['num_source_samples']} samples, but the MedMNIST file "
-            f"has {num_source_samples}; re-run prepare_medmnist.py on this file"
+        raise DataError(
+            f"made for a train split of {content['num_source_samples']} samples, but the MedMNIST file "
+            f"has {num_source_samples}; re-run prepare_medmnist.py on this file",
+            path,
+            site,
         )
-    train = _check_indices(path, "train", content["train"], num_source_samples)
-    val = _check_indices(path, "val", content["val"], num_source_samples)
+    train = _check_indices(path, site, "train", content["train"], num_source_samples)
+    val = _check_indices(path, site, "val", content["val"], num_source_samples)
     if np.intersect1d(train, val).size:
-        raise ValueError(f"{path}: train and val share indices")
+        raise DataError("train and val share indices", path, site)
     params = {key: value for key, value in content.items() if key not in ("train", "val")}
     return ClientSplit(site=content["site"], train=train, val=val, params=params)
 
@@ -188,23 +178,26 @@ def read_client_split(path: PathType, num_source_samples: int) -> ClientSplit:
 def load_client_datasets(
     npz_path: PathType, split_dir: PathType, site: str, dataset: str = DEFAULT_DATASET
 ) -> Tuple[MedMNISTDataset, MedMNISTDataset]:
-    """``site``'s train and val datasets: the official train split of ``npz_path``, subset by its split file."""
-    images, labels = load_medmnist_split(npz_path, "train", dataset)
+    """``site``'s train and val datasets: the official train split of ``npz_path``, subset by its split file.
+
+    Only the client's own samples are kept in memory (the full train split is read once and dropped).
+    """
+    images, labels = load_medmnist_split(npz_path, "train", dataset, site)
     path = client_split_path(split_dir, site)
-    split = read_client_split(path, len(labels))
+    split = read_client_split(path, len(labels), site)
     if split.site != site:
-        raise ValueError(f"{path}: belongs to {split.site!r}, not to {site!r}")
+        raise DataError(f"belongs to {split.site!r}, not to {site!r}", path, site)
     if split.params.get("dataset") != dataset:
-        raise ValueError(f"{path}: made for {split.params.get('dataset')!r}, but {site} loads {dataset!r}")
+        raise DataError(f"made for {split.params.get('dataset')!r}, but {site} loads {dataset!r}", path, site)
     return MedMNISTDataset(images, labels, split.train), MedMNISTDataset(images, labels, split.val)
 
 
-def _check_indices(path: Path, key: str, values: Any, num_source_samples: int) -> np.ndarray:
+def _check_indices(path: Path, site: Optional[str], key: str, values: Any, num_source_samples: int) -> np.ndarray:
     if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{path}: '{key}' must be a list of integer sample indices")
+        raise DataError(f"'{key}' must be a list of integer sample indices", path, site)
     indices = np.array(values, dtype=np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= num_source_samples):
-        raise ValueError(f"{path}: '{key}' has indices outside [0, {num_source_samples})")
+        raise DataError(f"'{key}' has indices outside [0, {num_source_samples})", path, site)
     if np.unique(indices).size != indices.size:
-        raise ValueError(f"{path}: '{key}' repeats indices")
+        raise DataError(f"'{key}' repeats indices", path, site)
     return indices
