@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
 
 from medfl.fedmas.data import load_rgb  # noqa: E402
-from medfl.fedmas.fileio import atomic_path  # noqa: E402
+from medfl.common.io import atomic_torch_save  # noqa: E402
 from medfl.fedmas.moco import (  # noqa: E402
     BN_SPLITS,
     EMBED_DIM,
@@ -115,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "state_dict": {f"module.{k}": v.cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
         }
-        with atomic_path(args.output) as tmp:
-            torch.save(checkpoint, tmp)
+        atomic_torch_save(checkpoint, args.output)
         print(
             f"epoch {epoch + 1}/{args.epochs}: loss {total / len(loader):.4f} "
             f"({time.time() - start:.1f} s), saved {args.output}",
