@@ -106,6 +106,10 @@ class RoundExecutor(Executor):
     def num_samples(self, split: str) -> int:
         """Number of samples of a split (weights for the server's averages)."""
 
+    def result_meta(self) -> Dict[str, Any]:
+        """Extra entries for the meta of the reply (both tasks), e.g. FedMAS's robust factor. Default: none."""
+        return {}
+
     # ------------------------------------------------------------------ NVFlare plumbing
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
@@ -158,9 +162,10 @@ class RoundExecutor(Executor):
                                   + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             meta = {NUM_VAL_SAMPLES: self.num_samples("validation")}
             if task_name == self.validate_task:
-                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta=meta))
+                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta={**meta, **self.result_meta()}))
             self.train_round(abort_signal, fl_ctx)
             meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
+            meta.update(self.result_meta())
             result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
                              current_round=self.current_round)
             return FLModelUtils.to_shareable(result)
