@@ -81,6 +81,14 @@ def drw_weights(
     return (alpha / alpha.sum()).tolist()
 
 
+def canonical_method(method: str) -> str:
+    """The spelling of ``method`` in ``AGGREGATION_METHODS`` (case-insensitive, so the README's 'MAS' works)."""
+    name = {m.lower(): m for m in AGGREGATION_METHODS}.get(str(method).lower())
+    if name is None:
+        raise ValueError(f"unknown aggregation method '{method}'; choose one of {AGGREGATION_METHODS}")
+    return name
+
+
 def aggregation_weights(
     method: str,
     num_samples: Sequence[float],
@@ -89,9 +97,7 @@ def aggregation_weights(
     total_rounds: int | None = None,
 ) -> list[float]:
     """Client weights alpha_k (summing to 1) for ``method`` in ``AGGREGATION_METHODS`` (case-insensitive)."""
-    name = {m.lower(): m for m in AGGREGATION_METHODS}.get(method.lower())
-    if name is None:
-        raise ValueError(f"unknown aggregation method '{method}'; choose one of {AGGREGATION_METHODS}")
+    name = canonical_method(method)
     if name == "avg":
         return sample_weights(num_samples)
     if robust_factors is None:
