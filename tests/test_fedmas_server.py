@@ -92,7 +92,8 @@ def test_aggregate_uses_the_configured_weights(tmp_path, method):
     alpha = aggregation_weights(method, [64, 192], [0.1, 0.3], 0, 10)  # clients in name order: a, b
     assert np.allclose(controller.models["global"]["w"], alpha[0] * 3.0 + alpha[1] * 1.0)
     # 0-d BN counters stay arrays: numpy scalars would not load from server_state.pt with weights_only=True
-    assert isinstance(controller.models["global"]["n"], np.ndarray) and controller.models["global"]["n"].dtype == np.int64
+    counter = controller.models["global"]["n"]
+    assert isinstance(counter, np.ndarray) and counter.dtype == np.int64
     record = json.loads((tmp_path / HISTORY_FILE).read_text())["rounds"][0]["aggregation"]
     assert record["a"]["weight"] == pytest.approx(alpha[0])
     assert (ROBUST_FACTOR in record["a"]) == (method != "avg")

@@ -61,7 +61,8 @@ def read_datalist(
             try:
                 label = int(row["label"])
             except ValueError:
-                raise DataError(f"line {line}: label '{row['label']}' is not an integer", path=file, site=site) from None
+                problem = f"line {line}: label '{row['label']}' is not an integer"
+                raise DataError(problem, path=file, site=site) from None
             if not 0 <= label < n_classes:
                 raise DataError(f"line {line}: label {label} outside 0..{n_classes - 1}", path=file, site=site)
             rows.append((file.parent / row["image"], label))
