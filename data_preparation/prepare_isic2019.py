@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import random
 import shutil
 import sys
@@ -43,7 +42,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
 
 from medfl.fedmas.data import ISIC_CLASSES  # noqa: E402
-from medfl.fedmas.fileio import atomic_path  # noqa: E402
+from medfl.common.io import atomic_path, atomic_write_json  # noqa: E402
 
 ISIC_IMAGE_DIR = "ISIC_2019_Training_Input"
 ISIC_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
@@ -200,8 +199,7 @@ def write_federation(federation: Federation, out: Path, image_size: int, setting
         clients[folder.name] = counts
         print(f"{folder.name}: " + ", ".join(f"{s} {sum(counts[s])}" for s in SPLITS), flush=True)
     summary = {"classes": list(ISIC_CLASSES), "image_size": image_size, **settings, "class_counts": clients}
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    atomic_write_json(summary, out / "summary.json")
     return summary
 
 

@@ -5,10 +5,10 @@ Writes a checkpoint in the official ``moco_v2_800ep_pretrain.pth.tar`` format (`
 atomically after every epoch, so that ``medfl.fedmas.prior.load_moco_prior`` reads it. Every client of a
 federation must use the same prior file (see docs/fedmas.md).
 
-Example (demo, CPU, seconds):
+Example (the demo prior of docs/fedmas.md, CPU, seconds):
     python data_preparation/pretrain_moco.py --images ../shared/data/ham10000_mini/images \\
-        --output data_preparation/demo_prior/moco_r18.pth.tar --depth 18 --image-size 32 --epochs 1 \\
-        --batch-size 32 --queue-size 1024
+        --output data_preparation/demo_isic2019/pretrained/moco_r18.pth.tar --depth 18 --image-size 32 \\
+        --epochs 1 --batch-size 32 --queue-size 256 --max-images 128
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
 
 from medfl.fedmas.data import load_rgb  # noqa: E402
-from medfl.fedmas.fileio import atomic_path  # noqa: E402
+from medfl.common.io import atomic_torch_save  # noqa: E402
 from medfl.fedmas.moco import (  # noqa: E402
     BN_SPLITS,
     EMBED_DIM,
@@ -49,12 +49,15 @@ IMAGE_SIZE = 224
 
 
 class TwoViews(Dataset):
-    """Every image file under ``folder`` (recursively) -> two independently augmented views."""
+    """Every image file under ``folder`` (recursively; the first ``max_images`` in name order if > 0) -> two
+    independently augmented views."""
 
-    def __init__(self, folder: Path, augment: MoCoV2Augment) -> None:
+    def __init__(self, folder: Path, augment: MoCoV2Augment, max_images: int = 0) -> None:
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {folder}")
         self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if max_images > 0:
+            self.files = self.files[:max_images]
         if not self.files:
             raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
         self.augment = augment
@@ -71,6 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="folder of unlabelled images (searched recursively)")
     parser.add_argument("--output", type=Path, required=True, help="checkpoint file to write")
+    parser.add_argument("--max-images", type=int, default=0, help="use only the first N images (0: all)")
     parser.add_argument("--depth", type=int, default=DEPTH, choices=(18, 34, 50), help="ResNet depth")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side of the square crops")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
@@ -90,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    dataset = TwoViews(args.images, MoCoV2Augment(args.image_size))
+    dataset = TwoViews(args.images, MoCoV2Augment(args.image_size), args.max_images)
     if len(dataset) < args.batch_size:
         raise ValueError(f"{args.images}: {len(dataset)} images, fewer than --batch-size {args.batch_size}")
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
@@ -115,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "state_dict": {f"module.{k}": v.cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
         }
-        with atomic_path(args.output) as tmp:
-            torch.save(checkpoint, tmp)
+        atomic_torch_save(checkpoint, args.output)
         print(
             f"epoch {epoch + 1}/{args.epochs}: loss {total / len(loader):.4f} "
             f"({time.time() - start:.1f} s), saved {args.output}",

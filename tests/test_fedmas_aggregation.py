@@ -12,7 +12,6 @@ from medfl.fedmas.aggregation import (
     mas_weights,
     robust_factor,
     sample_weights,
-    weighted_average,
 )
 from medfl.fedmas.losses import ClassDivergence
 
@@ -86,13 +85,3 @@ def test_weight_errors_are_explicit():
         aggregation_weights("mas_DRW", [1, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="robust factors must be finite"):
         mas_weights([0.0, 0.0])
-
-
-def test_weighted_average_covers_every_entry_and_keeps_dtypes():
-    a = {"w": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(10)}
-    b = {"w": torch.tensor([3.0, 6.0]), "bn.num_batches_tracked": torch.tensor(21)}
-    out = weighted_average([a, b], [0.25, 0.75])
-    assert torch.allclose(out["w"], torch.tensor([2.5, 5.0]))
-    assert out["bn.num_batches_tracked"].dtype == torch.long and out["bn.num_batches_tracked"].item() == 18
-    with pytest.raises(ValueError, match=r"client state 1 has different keys.*'extra'"):
-        weighted_average([a, {**b, "extra": torch.zeros(1)}], [0.5, 0.5])

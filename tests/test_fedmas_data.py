@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from medfl.fedmas.data import ISIC_CLASSES, SkinLesionDataset, read_datalist
-from medfl.fedmas.fileio import atomic_path
+from medfl.common.errors import DataError
+from medfl.common.io import atomic_path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "prepare_isic2019.py"
 SPLITS = ("train", "valid", "test")
@@ -70,22 +72,25 @@ def test_demo_summary_matches_datalists_and_maps_ham_labels(demo):
 
 def test_dataset_returns_normalised_tensors_and_labels(demo):
     pooled = SkinLesionDataset([demo / c / "test.csv" for c in ("center_1", "center_5")], image_size=32)
-    image, label = pooled[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert image.min() < 0 and isinstance(label, int)
+    item = pooled[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["image"].min() < 0 and isinstance(item["label"], int)
     train = SkinLesionDataset(demo / "center_2" / "train.csv", image_size=24, train=True)
-    augmented, _ = train[0]
+    augmented = train[0]["image"]
     assert augmented.shape == (3, 24, 24) and torch.isfinite(augmented).all()
 
 
 def test_datalist_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "train.csv"
     bad.write_text("path,label\nx.jpg,1\n")
-    with pytest.raises(ValueError, match=r"train\.csv: missing columns \['image'\]"):
-        read_datalist(bad)
+    with pytest.raises(DataError, match=r"\[center_1\] .*train\.csv: missing columns \['image'\]"):
+        read_datalist(bad, site="center_1")
     bad.write_text("image,label\nx.jpg,1\ny.jpg,9\n")
-    with pytest.raises(ValueError, match=r"train\.csv, line 3: label 9 outside 0..7"):
+    with pytest.raises(DataError, match=r"train\.csv: line 3: label 9 outside 0..7"):
         read_datalist(bad)
+    bad.write_text("image,label\nmissing.jpg,1\n")
+    with pytest.raises(DataError, match=r"\[center_2\] .*missing\.jpg: image not found"):
+        SkinLesionDataset(bad, image_size=8, site="center_2")[0]
 
 
 def make_isic_layout(root):
@@ -152,3 +157,13 @@ def test_atomic_path_leaves_the_target_untouched_on_error(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
+
+
+def test_atomic_writes_keep_the_usual_file_permissions(tmp_path):
+    """Prepared client folders are shipped to sites: outputs must not be owner-only (as mkstemp files are)."""
+    reference = tmp_path / "plain.csv"
+    reference.write_text("x")
+    target = tmp_path / "atomic.csv"
+    with atomic_path(target) as tmp:
+        tmp.write_text("x")
+    assert os.stat(target).st_mode == os.stat(reference).st_mode

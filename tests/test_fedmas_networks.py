@@ -3,19 +3,32 @@
 import pytest
 import torch
 
-from medfl.fedmas.networks import FreeHeadResNet, depth_from_keys, resnet_trunk, trunk_features
+from medfl.common.errors import DataError
+from medfl.common.networks import build_network
+from medfl.fedmas.networks import FreeHeadResNet, ResNetClassifier, depth_from_keys, resnet_trunk, trunk_features
 
 # torchvision's resnet18 / resnet50 parameter counts (11,689,512 / 25,557,032) minus their 1000-class fc
 TORCHVISION_TRUNK_PARAMS = {18: 11_689_512 - 513_000, 50: 25_557_032 - 2_049_000}
 
 
-def test_forward_returns_features_logits_projection_and_free_logits():
+def test_heads_return_features_logits_projection_and_free_logits():
     model = FreeHeadResNet(n_classes=8, prior_dim=16).eval()
-    features, z1, p, z2 = model(torch.rand(2, 3, 32, 32))
+    x = torch.rand(2, 3, 32, 32)
+    features, z1, p, z2 = model.heads(x)
     assert features.shape == (2, 512)
     assert z1.shape == (2, 8) and z2.shape == (2, 8)
     assert p.shape == (2, 16)
     assert torch.allclose(z2, model.fc_free(p))
+    assert torch.equal(model(x), z1)  # forward is the classifier's prediction
+
+
+def test_registered_networks_share_the_classifier_keys():
+    baseline = build_network("resnet_classifier", n_classes=8, depth=18)
+    free = build_network("free_head_resnet", n_classes=8, prior_dim=16, depth=18)
+    assert isinstance(baseline, ResNetClassifier) and isinstance(free, FreeHeadResNet)
+    extra = set(free.state_dict()) - set(baseline.state_dict())
+    assert extra and all(k.startswith(("p_free.", "fc_free.")) for k in extra)
+    assert baseline.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 8)
 
 
 @pytest.mark.parametrize("depth", [18, 50])
@@ -60,7 +73,7 @@ def test_checkpoint_errors_name_file_and_keys(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="unexpected keys: layer"):
         FreeHeadResNet().load_trunk_checkpoint(path)
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
+    with pytest.raises(DataError, match="absent.pth: ResNet checkpoint not found"):
         FreeHeadResNet().load_trunk_checkpoint(tmp_path / "absent.pth")
 
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from medfl.common.errors import DataError
 from torch import nn
 
 from medfl.fedmas.moco import MoCoV2
@@ -72,7 +74,7 @@ def test_wrong_formats_fail_with_clear_messages(tmp_path):
     text.write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"notes\.txt: cannot be read as a torch checkpoint"):
         load_moco_prior(text)
-    with pytest.raises(FileNotFoundError, match="absent.pth.tar"):
+    with pytest.raises(DataError, match=r"absent\.pth\.tar: MoCo-v2 prior checkpoint not found"):
         load_moco_prior(tmp_path / "absent.pth.tar")
 
 

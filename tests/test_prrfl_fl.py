@@ -106,7 +106,7 @@ def test_det_client_round_keeps_batchnorm_and_personal_model_local(federation, t
     assert result.meta[NUM_VAL_SAMPLES] == len(client.datasets["validation"])
     for prefix in ("personal", "deputy"):
         assert {f"{prefix}_{m}" for m in ("accuracy", "macro_f1", "macro_auc")} <= set(result.metrics)
-    trained = result.meta[TRAINED_METRICS]  # sent through the common executor's train_result_meta hook
+    trained = result.meta[TRAINED_METRICS]  # sent through the common executor's result_meta hook
     assert set(trained) == set(result.metrics)
     last = torch.load(tmp_path / "last_personal_model.pt")
     assert last["round_number"] == 0 and last["metrics"] == trained

@@ -106,8 +106,9 @@ class RoundExecutor(Executor):
     def num_samples(self, split: str) -> int:
         """Number of samples of a split (weights for the server's averages)."""
 
-    def train_result_meta(self) -> Dict[str, Any]:
-        """Extra entries for a train result's meta, e.g. metrics measured after local training (PRR-FL)."""
+    def result_meta(self, task_name: str) -> Dict[str, Any]:
+        """Extra entries for the meta of the reply to ``task_name`` (e.g. FedMAS's robust factor, PRR-FL's
+        metrics after local training). Default: none."""
         return {}
 
     # ------------------------------------------------------------------ NVFlare plumbing
@@ -162,10 +163,10 @@ class RoundExecutor(Executor):
                                   + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             meta = {NUM_VAL_SAMPLES: self.num_samples("validation")}
             if task_name == self.validate_task:
-                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta=meta))
+                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta={**meta, **self.result_meta(task_name)}))
             self.train_round(abort_signal, fl_ctx)
             meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
-            meta.update(self.train_result_meta())
+            meta.update(self.result_meta(task_name))
             result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
                              current_round=self.current_round)
             return FLModelUtils.to_shareable(result)

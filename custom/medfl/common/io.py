@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -19,17 +19,17 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``, on error delete it.
 
     The temporary name keeps the target's extensions (``.nii.gz``), so writers that choose the format from
-    the name (nibabel, PIL) write the right format.
+    the name (nibabel, PIL) write the right format. The writer creates the file, so it gets the usual
+    permissions (a pre-created ``mkstemp`` file would leave every output readable by its owner only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f".{path.name}", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".tmp.{uuid.uuid4().hex}.{path.name}"
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -46,7 +46,10 @@ def unbundle(flat: Mapping[str, np.ndarray]) -> Dict[str, Params]:
 
 
 def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Params:
-    """``sum_k w_k * params_k / sum_k w_k`` for every key; integer entries (e.g. BN counters) are rounded back."""
+    """``sum_k w_k * params_k / sum_k w_k`` for every key; integer entries (e.g. BN counters) are rounded back.
+
+    Every entry stays a numpy array, 0-d ones (BN ``num_batches_tracked``) included, never a numpy scalar.
+    """
     if len(params) != len(weights) or not params:
         raise ValueError(f"need one weight per model, got {len(params)} models and {len(weights)} weights")
     total = float(sum(weights))
@@ -54,6 +57,7 @@ def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
     mean = {}
     for key, first in params[0].items():
-        acc = np.asarray(sum(np.asarray(p[key], dtype=np.float64) * (w / total) for p, w in zip(params, weights)))
-        mean[key] = np.rint(acc).astype(first.dtype) if np.issubdtype(first.dtype, np.integer) else acc.astype(first.dtype)
+        acc = sum(np.asarray(p[key], dtype=np.float64) * (w / total) for p, w in zip(params, weights))
+        integer = np.issubdtype(np.asarray(first).dtype, np.integer)
+        mean[key] = np.asarray(np.rint(acc) if integer else acc, dtype=np.asarray(first).dtype)
     return mean

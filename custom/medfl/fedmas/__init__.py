@@ -1,9 +1,10 @@
 """FedMAS (Elbatel et al., MICCAI-W DeCaF 2023): federated aggregation via self-supervised priors.
 
-Pure building blocks (no NVFlare): the free-head ResNet (``networks``), the frozen MoCo-v2 prior (``prior``),
-MoCo-v2 pre-training (``moco``), Balanced Softmax and divergence measurements (``losses``), MAS client
-weights (``aggregation``) and the Fed-ISIC2019 dataset (``data``). Section numbers refer to
-``docs/ALGORITHMS.md`` §3.
+Pure building blocks (no NVFlare), exported here: the free-head ResNet (``networks``), the frozen MoCo-v2
+prior (``prior``), MoCo-v2 pre-training (``moco``), Balanced Softmax and divergence measurements (``losses``),
+MAS client weights (``aggregation``), balanced accuracy from per-class counts (``evaluation``) and the
+Fed-ISIC2019 dataset (``data``). The NVFlare client and server are ``executor`` and ``controller``. Section
+numbers refer to ``docs/ALGORITHMS.md`` §3.
 """
 
 from .aggregation import (
@@ -13,11 +14,10 @@ from .aggregation import (
     mas_weights,
     robust_factor,
     sample_weights,
-    weighted_average,
 )
 from .data import ISIC_CLASSES, SkinLesionDataset, eval_transform, read_datalist, train_transform
 from .losses import BalancedSoftmaxLoss, ClassDivergence, FedMASLoss, prior_divergence
-from .networks import FreeHeadResNet, resnet_trunk, trunk_features
+from .networks import FreeHeadResNet, ResNetClassifier, resnet_trunk, trunk_features
 from .prior import FrozenPrior, checkpoint_sha256, load_moco_prior
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "FedMASLoss",
     "FreeHeadResNet",
     "FrozenPrior",
+    "ResNetClassifier",
     "SkinLesionDataset",
     "aggregation_weights",
     "checkpoint_sha256",
@@ -42,5 +43,4 @@ __all__ = [
     "sample_weights",
     "train_transform",
     "trunk_features",
-    "weighted_average",
 ]

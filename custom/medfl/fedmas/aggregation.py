@@ -5,7 +5,7 @@ All functions are pure: numbers and tensors in, numbers and tensors out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -81,6 +81,14 @@ def drw_weights(
     return (alpha / alpha.sum()).tolist()
 
 
+def canonical_method(method: str) -> str:
+    """The spelling of ``method`` in ``AGGREGATION_METHODS`` (case-insensitive, so the README's 'MAS' works)."""
+    name = {m.lower(): m for m in AGGREGATION_METHODS}.get(str(method).lower())
+    if name is None:
+        raise ValueError(f"unknown aggregation method '{method}'; choose one of {AGGREGATION_METHODS}")
+    return name
+
+
 def aggregation_weights(
     method: str,
     num_samples: Sequence[float],
@@ -89,9 +97,7 @@ def aggregation_weights(
     total_rounds: int | None = None,
 ) -> list[float]:
     """Client weights alpha_k (summing to 1) for ``method`` in ``AGGREGATION_METHODS`` (case-insensitive)."""
-    name = {m.lower(): m for m in AGGREGATION_METHODS}.get(method.lower())
-    if name is None:
-        raise ValueError(f"unknown aggregation method '{method}'; choose one of {AGGREGATION_METHODS}")
+    name = canonical_method(method)
     if name == "avg":
         return sample_weights(num_samples)
     if robust_factors is None:
@@ -101,23 +107,3 @@ def aggregation_weights(
     if current_round is None or total_rounds is None:
         raise ValueError("aggregation 'mas_DRW' needs current_round and total_rounds")
     return drw_weights(num_samples, robust_factors, current_round, total_rounds)
-
-
-def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """theta = sum_k alpha_k theta_k over every state-dict entry (BN running statistics included).
-
-    Integer entries (``num_batches_tracked``) are averaged in float and cast back, truncating as the
-    original's ``load_state_dict`` does. Raises ``ValueError`` naming the client whose keys differ.
-    """
-    if len(states) != len(weights) or not states:
-        raise ValueError(f"need one weight per client state, got {len(states)} states and {len(weights)} weights")
-    keys = states[0].keys()
-    for index, state in enumerate(states[1:], start=1):
-        if state.keys() != keys:
-            diff = sorted(state.keys() ^ keys)
-            raise ValueError(f"client state {index} has different keys from client state 0: {diff[:5]}")
-    averaged = {}
-    for key in keys:
-        total = sum(float(w) * state[key].double() for w, state in zip(weights, states))
-        averaged[key] = total.to(states[0][key].dtype)
-    return averaged

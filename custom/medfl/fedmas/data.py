@@ -1,7 +1,8 @@
 """Fed-ISIC2019 datalists and the skin-lesion dataset of FedMAS (§3.4 augmentation, §3.6 data).
 
 A datalist is a CSV with columns ``image`` (path relative to the CSV's folder, or absolute) and ``label``
-(index into ``ISIC_CLASSES``), as written by ``data_preparation/prepare_isic2019.py``.
+(index into ``ISIC_CLASSES``), as written by ``data_preparation/prepare_isic2019.py``. Bad input raises
+:class:`~medfl.common.errors.DataError` naming the client (when given) and the file.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from monai.transforms import (
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medfl.common.errors import DataError
+
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,24 +44,27 @@ BLUR_SIGMA = (0.1, 5.0)
 ROTATION_DEGREES = 10.0
 
 
-def read_datalist(csv_path: str | os.PathLike, n_classes: int = len(ISIC_CLASSES)) -> list[tuple[Path, int]]:
-    """(image path, label) rows of a datalist CSV; raises naming the file and line of any bad row."""
+def read_datalist(
+    csv_path: str | os.PathLike, n_classes: int = len(ISIC_CLASSES), site: str | None = None
+) -> list[tuple[Path, int]]:
+    """(image path, label) rows of a datalist CSV; raises :class:`DataError` naming the file and line of a bad row."""
     file = Path(csv_path)
     if not file.is_file():
-        raise FileNotFoundError(f"datalist not found: {file}")
+        raise DataError("datalist not found (prepare the data first, see docs/fedmas.md)", path=file, site=site)
     with open(file, newline="") as stream:
         reader = csv.DictReader(stream)
         missing = [c for c in DATALIST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{file}: missing columns {missing} (has {reader.fieldnames})")
+            raise DataError(f"missing columns {missing} (has {reader.fieldnames})", path=file, site=site)
         rows = []
         for line, row in enumerate(reader, start=2):
             try:
                 label = int(row["label"])
             except ValueError:
-                raise ValueError(f"{file}, line {line}: label '{row['label']}' is not an integer") from None
+                problem = f"line {line}: label '{row['label']}' is not an integer"
+                raise DataError(problem, path=file, site=site) from None
             if not 0 <= label < n_classes:
-                raise ValueError(f"{file}, line {line}: label {label} outside 0..{n_classes - 1}")
+                raise DataError(f"line {line}: label {label} outside 0..{n_classes - 1}", path=file, site=site)
             rows.append((file.parent / row["image"], label))
     return rows
 
@@ -141,21 +147,25 @@ def eval_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> Compose:
     )
 
 
-def load_rgb(path: Path) -> torch.Tensor:
-    """An image file as a (3, H, W) float tensor in [0, 1]."""
+def load_rgb(path: Path, site: str | None = None) -> torch.Tensor:
+    """An image file as a (3, H, W) float tensor in [0, 1]; a missing or unreadable file is a :class:`DataError`."""
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / PIXEL_MAX
+        raise DataError("image not found", path=path, site=site)
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / PIXEL_MAX
+    except (OSError, ValueError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated files
+        raise DataError(f"cannot read the image ({err})", path=path, site=site) from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 class SkinLesionDataset(Dataset):
-    """Images listed in one or more datalists -> ((3, S, S) float tensor normalised with ImageNet mean/std, label).
+    """Images listed in one or more datalists -> ``{"image": (3, S, S) float tensor, "label": int}``.
 
-    ``train=True`` applies the original's augmentation (§3.4); otherwise only resize and normalise. Several
-    datalists (e.g. every client's ``test.csv``) form a pooled set. Use ``monai.data.DataLoader`` so that
-    worker processes draw different augmentations.
+    Images are normalised with the ImageNet mean/std. ``train=True`` applies the original's augmentation
+    (§3.4); otherwise only resize and normalise. Several datalists (e.g. every client's ``test.csv``) form a
+    pooled set. ``site`` names the client in error messages. Use ``monai.data.DataLoader`` so that worker
+    processes draw different augmentations.
     """
 
     def __init__(
@@ -164,18 +174,20 @@ class SkinLesionDataset(Dataset):
         image_size: int = DEFAULT_IMAGE_SIZE,
         train: bool = False,
         n_classes: int = len(ISIC_CLASSES),
+        site: str | None = None,
     ) -> None:
         files = [datalists] if isinstance(datalists, (str, os.PathLike)) else list(datalists)
-        self.items = [item for file in files for item in read_datalist(file, n_classes)]
+        self.items = [item for file in files for item in read_datalist(file, n_classes, site)]
         self.n_classes = n_classes
+        self.site = site
         self.transform = train_transform(image_size) if train else eval_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         path, label = self.items[index]
-        return self.transform(load_rgb(path)), label
+        return {"image": self.transform(load_rgb(path, self.site)), "label": label}
 
     @property
     def labels(self) -> list[int]:

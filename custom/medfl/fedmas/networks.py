@@ -15,6 +15,9 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
+from medfl.common.errors import DataError
+from medfl.common.networks import register_network
+
 # depth -> (MONAI block type, blocks per stage), as in torchvision's resnet18/34/50
 RESNET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -62,9 +65,9 @@ def depth_from_keys(keys: Iterable[str], source: str) -> int:
     for depth, layout in RESNET_LAYOUTS.items():
         if layout == (block, blocks):
             return depth
-    raise ValueError(
-        f"{source}: not a supported ResNet ({block} blocks per stage {blocks}); "
-        f"supported depths are {sorted(RESNET_LAYOUTS)}"
+    raise DataError(
+        f"not a supported ResNet ({block} blocks per stage {blocks}); supported depths are {sorted(RESNET_LAYOUTS)}",
+        path=source,
     )
 
 
@@ -77,7 +80,7 @@ def _preview(keys: Iterable[str]) -> str:
 def load_trunk_state(trunk: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load a torchvision-layout state dict into ``trunk``, ignoring ``fc.*``; every other key must match.
 
-    Raises ``ValueError`` naming ``source`` and the missing, unexpected or mis-shaped keys.
+    Raises :class:`DataError` naming ``source`` and the missing, unexpected or mis-shaped keys.
     """
     weights = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     expected = trunk.state_dict()
@@ -96,7 +99,7 @@ def load_trunk_state(trunk: nn.Module, state: Mapping[str, torch.Tensor], source
     if mis_shaped:
         problems.append(f"shape mismatches: {'; '.join(mis_shaped[:MAX_KEYS_IN_ERROR])}")
     if problems:
-        raise ValueError(f"{source} does not fit a torchvision-layout ResNet trunk: " + " | ".join(problems))
+        raise DataError("does not fit a torchvision-layout ResNet trunk: " + " | ".join(problems), path=source)
     trunk.load_state_dict(weights)
 
 
@@ -104,33 +107,54 @@ def read_torchvision_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tens
     """Read a torchvision ResNet checkpoint: a plain state dict, or one wrapped as ``{"state_dict": ...}``."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"ResNet checkpoint not found: {file}")
+        raise DataError("ResNet checkpoint not found", path=file)
     try:
         content = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in several types
-        raise ValueError(f"{file}: cannot be read as a torch checkpoint ({err})") from err
+        raise DataError(f"cannot be read as a torch checkpoint ({err})", path=file) from err
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{file}: expected a state dict of tensors, found {type(content).__name__}")
+        raise DataError(f"expected a state dict of tensors, found {type(content).__name__}", path=file)
     return dict(content)
 
 
-class FreeHeadResNet(nn.Module):
+@register_network("resnet_classifier")
+class ResNetClassifier(nn.Module):
+    """ResNet trunk f and linear classifier ``fc``: (B, C, H, W) -> logits (B, n_classes).
+
+    The baselines' model (BSM-FL and FedAvg use the original's plain torchvision ResNet-18 with ``fc``).
+    Keys are ``trunk.*`` (torchvision's layout below it) and ``fc.*``, the same as :class:`FreeHeadResNet`'s.
+    """
+
+    def __init__(self, n_classes: int = 8, depth: int = 18, in_channels: int = 3) -> None:
+        super().__init__()
+        self.trunk = resnet_trunk(depth, in_channels)
+        self.fc = nn.Linear(trunk_features(depth), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.trunk(x))
+
+    def load_trunk_checkpoint(self, path: str | os.PathLike) -> None:
+        """Initialise the trunk from a torchvision ResNet checkpoint (e.g. ImageNet weights); ``fc.*`` is skipped."""
+        load_trunk_state(self.trunk, read_torchvision_checkpoint(path), source=str(path))
+
+
+@register_network("free_head_resnet")
+class FreeHeadResNet(ResNetClassifier):
     """FedMAS client model (§3.2): ResNet trunk f with classifier ``fc`` and the projector ("free") head.
 
-    ``forward(x)`` with ``x`` (B, C, H, W) returns ``(features, z1, p, z2)``:
-    ``features = f(x)`` (B, F) (F = 512 for ResNet-18), ``z1 = fc(features)`` (B, n_classes) used for prediction,
-    ``p = p_free(features)`` (B, prior_dim) aligned with the prior h(x), with
-    ``p_free = Linear(F, F) - BatchNorm1d(F) - ReLU - Linear(F, prior_dim)``, and
-    ``z2 = fc_free(p)`` (B, n_classes), the extra classifier that balances the projector's training.
+    ``forward(x)`` with ``x`` (B, C, H, W) returns the logits ``z1 = fc(f(x))`` (B, n_classes), used for
+    prediction. ``heads(x)`` returns ``(features, z1, p, z2)`` for training: ``features = f(x)`` (B, F)
+    (F = 512 for ResNet-18), ``p = p_free(features)`` (B, prior_dim) aligned with the prior h(x), with
+    ``p_free = Linear(F, F) - BatchNorm1d(F) - ReLU - Linear(F, prior_dim)``, and ``z2 = fc_free(p)``
+    (B, n_classes), the extra classifier that balances the projector's training.
     """
 
     def __init__(self, n_classes: int = 8, prior_dim: int = 2048, depth: int = 18, in_channels: int = 3) -> None:
-        super().__init__()
+        super().__init__(n_classes, depth, in_channels)
         features = trunk_features(depth)
-        self.trunk = resnet_trunk(depth, in_channels)
-        self.fc = nn.Linear(features, n_classes)
+        self.prior_dim = prior_dim
         self.p_free = nn.Sequential(
             nn.Linear(features, features),
             nn.BatchNorm1d(features),
@@ -139,11 +163,7 @@ class FreeHeadResNet(nn.Module):
         )
         self.fc_free = nn.Linear(prior_dim, n_classes)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.trunk(x)
         p = self.p_free(features)
         return features, self.fc(features), p, self.fc_free(p)
-
-    def load_trunk_checkpoint(self, path: str | os.PathLike) -> None:
-        """Initialise the trunk from a torchvision ResNet checkpoint (e.g. ImageNet weights); ``fc.*`` is skipped."""
-        load_trunk_state(self.trunk, read_torchvision_checkpoint(path), source=str(path))

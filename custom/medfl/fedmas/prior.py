@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medfl.common.errors import DataError
+
 from .networks import HEAD_PREFIX, depth_from_keys, load_trunk_state, resnet_trunk, trunk_features
 
 MOCO_QUERY_PREFIX = "module.encoder_q."
@@ -58,16 +60,18 @@ def _moco_query_state(content: object, source: Path) -> dict[str, torch.Tensor]:
     """The query encoder's trunk weights from a MoCo checkpoint, without prefix and MLP head."""
     if not isinstance(content, Mapping) or not isinstance(content.get("state_dict"), Mapping):
         found = list(map(str, content.keys()))[:MAX_KEYS_IN_ERROR] if isinstance(content, Mapping) else []
-        raise ValueError(
-            f"{source}: not a MoCo-v2 checkpoint: expected a dict with a 'state_dict' entry, "
-            f"found {type(content).__name__} with keys {found}"
+        raise DataError(
+            f"not a MoCo-v2 checkpoint: expected a dict with a 'state_dict' entry, "
+            f"found {type(content).__name__} with keys {found}",
+            path=source,
         )
     state = content["state_dict"]
     query = {k[len(MOCO_QUERY_PREFIX) :]: v for k, v in state.items() if k.startswith(MOCO_QUERY_PREFIX)}
     if not query:
-        raise ValueError(
-            f"{source}: not a MoCo-v2 checkpoint: no 'state_dict' key starts with '{MOCO_QUERY_PREFIX}'; "
-            f"found keys like {list(state.keys())[:MAX_KEYS_IN_ERROR]}"
+        raise DataError(
+            f"not a MoCo-v2 checkpoint: no 'state_dict' key starts with '{MOCO_QUERY_PREFIX}'; "
+            f"found keys like {list(state.keys())[:MAX_KEYS_IN_ERROR]}",
+            path=source,
         )
     return {k: v for k, v in query.items() if not k.startswith(HEAD_PREFIX)}
 
@@ -76,20 +80,20 @@ def load_moco_prior(path: str | os.PathLike, depth: int | None = None) -> Frozen
     """Load the MoCo-v2 query encoder of ``path`` as a frozen prior with ``fc = Identity`` (pooled features).
 
     The ResNet depth (18/34/50) is read from the checkpoint's keys; if ``depth`` is given it must agree.
-    The output width is 2048 for ResNet-50 and 512 for ResNet-18/34. Raises ``FileNotFoundError`` or
-    ``ValueError`` naming the file and what was found.
+    The output width is 2048 for ResNet-50 and 512 for ResNet-18/34. Raises :class:`DataError` naming the
+    file and what was found.
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"MoCo-v2 prior checkpoint not found: {file}")
+        raise DataError("MoCo-v2 prior checkpoint not found", path=file)
     try:
         content = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in several types
-        raise ValueError(f"{file}: cannot be read as a torch checkpoint ({err})") from err
+        raise DataError(f"cannot be read as a torch checkpoint ({err})", path=file) from err
     weights = _moco_query_state(content, file)
     found_depth = depth_from_keys(weights, source=str(file))
     if depth is not None and depth != found_depth:
-        raise ValueError(f"{file}: holds a ResNet-{found_depth} encoder, but ResNet-{depth} was requested")
+        raise DataError(f"holds a ResNet-{found_depth} encoder, but ResNet-{depth} was requested", path=file)
     trunk = resnet_trunk(found_depth)
     load_trunk_state(trunk, weights, source=str(file))
     return FrozenPrior(trunk, trunk_features(found_depth))

@@ -219,8 +219,8 @@ class DETExecutor(RoundExecutor):
         self.log_metrics(self.trained_metrics, TRAINED_PREFIX, self.current_round)
         self.save_personal(personal_model_path(self.app_dir, "last"), self.current_round)
 
-    def train_result_meta(self) -> Dict[str, Any]:
-        return {TRAINED_METRICS: self.trained_metrics}
+    def result_meta(self, task_name: str) -> Dict[str, Any]:
+        return {TRAINED_METRICS: self.trained_metrics} if task_name == self.train_task else {}
 
     def export_params(self, fl_ctx: FLContext) -> Params:
         return bundle({DEPUTY: shared_params(self.deputy)})

@@ -1,0 +1,70 @@
+"""Balanced accuracy from per-class counts, so that a server can pool it over clients exactly (§3.7).
+
+Clients report, per split, the correct predictions and the samples of each class. Summing these over clients
+and taking the mean per-class recall gives the balanced accuracy of the pooled test set (what the original
+measures on its pooled CSV), which differs from the mean of the clients' balanced accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+VALIDATION = "validation"
+TESTING = "testing"
+
+
+def class_hits(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> tuple[list[int], list[int]]:
+    """``(correct, total)``: per class c, the samples of class c predicted as c, and the samples of class c."""
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.asarray(predictions).reshape(-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"{labels.size} labels but {predictions.size} predictions")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels {np.unique(labels).tolist()} outside 0..{n_classes - 1}")
+    total = np.bincount(labels, minlength=n_classes)
+    correct = np.bincount(labels[labels == predictions], minlength=n_classes)
+    return correct.tolist(), total.tolist()
+
+
+def balanced_accuracy_from_counts(correct: Sequence[int], total: Sequence[int]) -> float:
+    """Mean over the classes with samples of ``correct[c] / total[c]`` (sklearn's ``balanced_accuracy_score``).
+
+    NaN when there are no samples at all.
+    """
+    correct_array = np.asarray(correct, dtype=np.float64)
+    total_array = np.asarray(total, dtype=np.float64)
+    if correct_array.shape != total_array.shape or (correct_array > total_array).any():
+        raise ValueError(f"per-class correct counts {list(correct)} do not fit the class sizes {list(total)}")
+    present = total_array > 0
+    if not present.any():
+        return math.nan
+    return float(np.mean(correct_array[present] / total_array[present]))
+
+
+def pool_counts(counts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[list[int], list[int]]:
+    """Sum ``(correct, total)`` pairs of several clients class by class."""
+    if not counts:
+        raise ValueError("no client counts to pool")
+    correct = np.sum([np.asarray(c, dtype=np.int64) for c, _ in counts], axis=0)
+    total = np.sum([np.asarray(t, dtype=np.int64) for _, t in counts], axis=0)
+    return correct.tolist(), total.tolist()
+
+
+def select_rounds(history: Sequence[dict]) -> dict:
+    """The rounds to report from a server history (records with ``round`` and ``pooled[split]``).
+
+    ``validation_selected``: the first round with the highest pooled validation balanced accuracy (the model
+    selection of this project); ``test_selected``: the same on the test split (the original's protocol, which
+    reports an optimistic number); ``last``: the last record (the final model). Each entry is the record itself.
+    """
+    if not history:
+        return {}
+
+    def best(split: str) -> dict:
+        scored = [r for r in history if not math.isnan(r["pooled"][split])]
+        return max(scored, key=lambda r: r["pooled"][split]) if scored else history[-1]
+
+    return {"validation_selected": best(VALIDATION), "test_selected": best(TESTING), "last": history[-1]}

@@ -1,0 +1,220 @@
+"""Fed-ISIC2019 clients: the BSM-FL / FedAvg baseline client and the FedMAS client (§3.4, §3.5 (a)-(c)).
+
+Both report, for the global model they received, the per-class correct predictions and class sizes on their
+validation and test splits, so that the server computes pooled balanced accuracy from counts. Meta keys sent
+with every reply are the constants below.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import clip_grad_norm_
+from torch.utils.data import DataLoader, Dataset
+
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+
+from medfl.common.classification import ClassificationExecutor
+from medfl.common.config import config_path
+from medfl.common.errors import DataError
+from medfl.common.metrics import predict_probabilities
+from medfl.common.params import Params
+from medfl.common.train import TrainingAborted, to_device, train_epoch
+
+from . import networks  # noqa: F401  (registers resnet_classifier and free_head_resnet)
+from .aggregation import canonical_method, robust_factor
+from .data import DEFAULT_IMAGE_SIZE, SkinLesionDataset
+from .evaluation import TESTING, VALIDATION, balanced_accuracy_from_counts, class_hits
+from .losses import DEFAULT_FREE_U, BalancedSoftmaxLoss, ClassDivergence, FedMASLoss, prior_divergence
+from .networks import FreeHeadResNet
+from .prior import checkpoint_sha256, load_moco_prior
+
+# payload meta (server -> client)
+AGGREGATION = "aggregation"
+# result meta (client -> server)
+CLASS_COUNTS = "class_counts"  # {split: {"correct": [...], "total": [...]}} for the received model
+SAMPLES_PER_EPOCH = "samples_per_epoch"  # the original's n_k = len(train_loader) * batch_size
+ROBUST_FACTOR = "robust_factor"
+PRIOR_SHA256 = "prior_sha256"
+
+SPLIT_FILES = {"training": "train.csv", VALIDATION: "valid.csv", TESTING: "test.csv"}
+LOSSES = ("bsm", "ce")
+
+
+class SkinLesionExecutor(ClassificationExecutor):
+    """Baseline client on a Fed-ISIC2019 centre: BSM-FL (``"loss": "bsm"``) or plain FedAvg (``"ce"``).
+
+    Trains the received global model for ``local_epochs`` with the configured optimizer (Adam 3e-4 in the
+    jobs; its state persists across rounds), optionally clipping the gradient norm. BSM uses this client's own
+    class counts. ``config_train.json`` keys besides :class:`ClassificationExecutor`'s: ``dataset_base_dir``
+    (a folder holding ``<client name>/{train,valid,test}.csv`` from ``prepare_isic2019.py``), ``image_size``,
+    ``loss``, ``grad_clip_norm`` (0: off).
+    """
+
+    def build_datasets(self) -> Dict[str, Dataset]:
+        folder = config_path(self.config, "dataset_base_dir", self.site) / self.site
+        if not folder.is_dir():
+            raise DataError("no data folder for this client: client names must be the prepared centre folders "
+                            "(center_0 ... center_5, see docs/fedmas.md)", path=folder, site=self.site)
+        size = int(self.config.get("image_size", DEFAULT_IMAGE_SIZE))
+        return {split: SkinLesionDataset(folder / name, image_size=size, train=split == "training", site=self.site)
+                for split, name in SPLIT_FILES.items()}
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        super().setup(fl_ctx)
+        if len(self.datasets[TESTING]) == 0:
+            raise DataError("the 'testing' split is empty", site=self.site)
+        self.class_counts = self.datasets["training"].class_counts()
+        self.n_classes = len(self.class_counts)
+        self.test_loader = DataLoader(self.datasets[TESTING], batch_size=self.train_loader.batch_size)
+        self.grad_clip_norm = float(self.config.get("grad_clip_norm", 0.0))
+        self.criterion = self.build_criterion()
+        self.report: Dict[str, Any] = {}
+
+    def build_criterion(self) -> Callable:
+        loss = str(self.config.get("loss", "bsm")).lower()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        return BalancedSoftmaxLoss(self.class_counts).to(self.device) if loss == "bsm" else F.cross_entropy
+
+    def samples_per_epoch(self) -> int:
+        """Samples one local epoch sees (``drop_last`` rounds down): the original's FedAvg weight n_k."""
+        loader = self.train_loader
+        return len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        super().load_payload(params, fl_ctx)
+        self.report = {}
+
+    def evaluate(self, split: str = VALIDATION) -> Dict[str, float]:
+        """Balanced accuracy of the loaded model on ``split`` (returned) and on the test split (reported).
+
+        The per-class counts of both go to the server in the reply's meta (:data:`CLASS_COUNTS`).
+        """
+        loaders = {VALIDATION: self.val_loader, TESTING: self.test_loader}
+        counts, scores = {}, {}
+        for name in dict.fromkeys((split, TESTING)):
+            loader = loaders[name] if name in loaders else DataLoader(self.datasets[name], self.train_loader.batch_size)
+            probabilities, labels = predict_probabilities(self.model, loader, self.device)
+            correct, total = class_hits(labels, probabilities.argmax(axis=1), self.n_classes)
+            counts[name] = {"correct": correct, "total": total}
+            scores[name] = balanced_accuracy_from_counts(correct, total)
+        self.report[CLASS_COUNTS] = counts
+        self.log_metrics({"global": scores[TESTING]}, "test", self.current_round)
+        return {"global": scores[split]}
+
+    def train_step(self, model: torch.nn.Module, batch: Dict[str, torch.Tensor], loss_fn: Callable,
+                   optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """Forward, loss, backward, optional gradient-norm clipping, optimizer step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(batch["image"]), batch["label"])
+        self.apply_gradients(loss, model, optimizer)
+        return loss.detach()
+
+    def apply_gradients(self, loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        loss.backward()
+        if self.grad_clip_norm > 0:
+            clip_grad_norm_(model.parameters(), self.grad_clip_norm)
+        optimizer.step()
+
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        epochs = int(self.config.get("local_epochs", 1))
+        for epoch in range(epochs):
+            loss = train_epoch(self.model, self.train_loader, self.criterion, self.optimizer, self.device,
+                               step=self.train_step, abort_signal=abort_signal)
+            self.log_metrics({"global": loss}, "train_loss", self.current_round * epochs + epoch)
+            self.log_info(fl_ctx, f"round {self.current_round} epoch {epoch + 1}/{epochs}: loss {loss:.4f}")
+
+    def result_meta(self, task_name: str) -> Dict[str, Any]:
+        return {SAMPLES_PER_EPOCH: self.samples_per_epoch(), **self.report}
+
+
+class FedMASExecutor(SkinLesionExecutor):
+    """FedMAS client (§3.4, §3.5 (a)-(c)) with a frozen MoCo-v2 prior h and a :class:`FreeHeadResNet`.
+
+    Per round, with the received global model: unless the server aggregates with ``avg`` (it says which
+    in the payload meta), one pass over the training loader in eval mode gives D_pre per class; local training
+    minimises ``BSM(z1) + BSM(z2) + free_u * mean(d)``, ``d = 2 - 2 cos(p, h(x))``, accumulating D_tr; the
+    robust factor r_k (``mas_inv``: from 1/D_tr) goes back in the meta with the sample count and the prior's
+    SHA-256 (the server checks that every client holds the same prior).
+
+    Extra ``config_train.json`` keys: ``prior_checkpoint`` (MoCo-v2 format, ``DATASET_ROOT`` allowed),
+    ``free_u`` (3), ``prior_bn_quirk`` (default false): when true, the first D_pre pass runs the prior with
+    batch statistics and overwrites its BN running statistics with this client's data, as the original code
+    does by accident in round 0 (§3.3); the paper describes a frozen prior.
+    """
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        super().setup(fl_ctx)
+        if not isinstance(self.model, FreeHeadResNet):
+            raise ValueError(f"FedMAS needs the network 'free_head_resnet', got {self.config['network']['name']!r}")
+        path = config_path(self.config, "prior_checkpoint", self.site)
+        try:
+            self.prior = load_moco_prior(path).to(self.device)
+        except DataError as e:
+            raise DataError(e.problem, e.path, self.site) from None
+        if self.prior.out_features != self.model.prior_dim:
+            raise DataError(f"the prior gives {self.prior.out_features}-d features but network.args.prior_dim is "
+                            f"{self.model.prior_dim}: set prior_dim to {self.prior.out_features}", path, self.site)
+        self.prior_sha256 = checkpoint_sha256(path)
+        self.prior_bn_quirk = bool(self.config.get("prior_bn_quirk", False))
+        self.prior_bn_updated = False
+        self.d_tr: Optional[ClassDivergence] = None
+
+    def build_criterion(self) -> Callable:
+        loss = str(self.config.get("loss", "bsm")).lower()
+        if loss != "bsm":
+            raise ValueError(f"FedMAS trains with Balanced Softmax: loss must be 'bsm', got {loss!r}")
+        return FedMASLoss(self.class_counts, float(self.config.get("free_u", DEFAULT_FREE_U))).to(self.device)
+
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        super().load_payload(params, fl_ctx)
+        self.aggregation = canonical_method(self.task_meta.get(AGGREGATION, "avg"))
+
+    @torch.no_grad()
+    def divergence_before_training(self, abort_signal: Signal) -> ClassDivergence:
+        """D_pre (§3.5 (a)): one pass over the training loader with the received model in eval mode."""
+        self.model.eval()
+        d_pre = ClassDivergence(self.class_counts)
+        batch_statistics = self.prior_bn_quirk and not self.prior_bn_updated
+        with self.prior.batch_statistics() if batch_statistics else nullcontext():
+            for batch in self.train_loader:
+                if abort_signal.triggered:
+                    raise TrainingAborted("abort signal received")
+                batch = to_device(batch, self.device)
+                _, _, p, _ = self.model.heads(batch["image"])
+                d_pre.update(prior_divergence(p, self.prior(batch["image"])), batch["label"])
+        self.prior_bn_updated |= batch_statistics
+        return d_pre
+
+    def train_step(self, model: torch.nn.Module, batch: Dict[str, torch.Tensor], loss_fn: Callable,
+                   optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """One step of §3.4; the batch's divergences (at the pre-step weights) are added to D_tr."""
+        optimizer.zero_grad(set_to_none=True)
+        images, labels = batch["image"], batch["label"]
+        _, z1, p, z2 = model.heads(images)
+        loss, d = loss_fn(z1, p, z2, self.prior(images), labels)
+        self.d_tr.update(d, labels)
+        self.apply_gradients(loss, model, optimizer)
+        return loss.detach()
+
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        d_pre = None if self.aggregation == "avg" else self.divergence_before_training(abort_signal)
+        self.d_tr = ClassDivergence(self.class_counts)
+        super().train_round(abort_signal, fl_ctx)
+        if d_pre is None:
+            return
+        try:
+            factor = robust_factor(d_pre.compute(), self.d_tr.compute(), inverse=self.aggregation == "mas_inv")
+        except ValueError as e:
+            raise DataError(f"cannot compute the robust factor: {e}", site=self.site) from None
+        self.report[ROBUST_FACTOR] = factor
+        self.log_metrics({"robust_factor": factor}, "fedmas", self.current_round)
+        self.log_info(fl_ctx, f"round {self.current_round}: robust factor r_k = {factor:.6f} ({self.aggregation})")
+
+    def result_meta(self, task_name: str) -> Dict[str, Any]:
+        return {**super().result_meta(task_name), PRIOR_SHA256: self.prior_sha256}
