@@ -21,6 +21,7 @@ Input layouts (``--source``), one folder per site under ``--input_dir``:
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -143,10 +144,7 @@ def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str]
     """Prepare every site; write datalists; return ``{site: {split: slice count}}``."""
     if abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
-    site_dirs = {s: input_dir / s for s in sites} if sites else {p.name: p for p in sorted(input_dir.iterdir()) if p.is_dir()}
-    if source == "msd" and not sites:
-        site_dirs = {"MSD": input_dir}
-    everything: Dict[str, List] = {split: [] for split in ("training", "validation", "testing")}
+    site_dirs = site_folders(input_dir, source, sites)
     summary = {}
     for site, site_dir in site_dirs.items():
         print(f"preparing {site} from {site_dir}", flush=True)
@@ -154,12 +152,35 @@ def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str]
         splits = split_cases(list(items), fractions, seed)
         datalist = {split: [item for case in cases for item in items[case]] for split, cases in splits.items()}
         atomic_write_json(datalist, output_dir / "datalist_2D" / f"client_{site}.json")
-        for split, entries in datalist.items():
-            everything[split].extend(entries)
         summary[site] = {split: len(entries) for split, entries in datalist.items()}
     if site_dirs:
-        atomic_write_json(everything, output_dir / "datalist_2D" / "client_All.json")
+        write_union_datalist(output_dir / "datalist_2D")
     return summary
+
+
+def site_folders(input_dir: Path, source: str, sites: Sequence[str]) -> Dict[str, Path]:
+    """``{site name: folder}``. ``sites`` entries are ``FOLDER`` or ``FOLDER:NAME`` (rename, e.g. SAML's
+    ``ISBI:NCI_ISBI_3T``); empty means every sub-folder (for ``msd``: the input folder itself, named MSD)."""
+    if not sites:
+        if source == "msd":
+            return {"MSD": input_dir}
+        return {p.name: p for p in sorted(input_dir.iterdir()) if p.is_dir()}
+    folders = {}
+    for entry in sites:
+        folder, _, name = entry.partition(":")
+        folders[name or folder] = input_dir if (source == "msd" and folder in (".", "")) else input_dir / folder
+    return folders
+
+
+def write_union_datalist(datalist_dir: Path) -> None:
+    """``client_All.json``: the union of every ``client_<site>.json`` in the folder (sites prepared by several
+    commands, e.g. SAML sites and MSD, end up in one pooled datalist)."""
+    union: Dict[str, List] = {split: [] for split in ("training", "validation", "testing")}
+    for path in sorted(datalist_dir.glob("client_*.json")):
+        if path.stem != "client_All":
+            for split, items in json.loads(path.read_text()).items():
+                union.setdefault(split, []).extend(items)
+    atomic_write_json(union, datalist_dir / "client_All.json")
 
 
 def main(argv=None) -> None:
@@ -167,8 +188,8 @@ def main(argv=None) -> None:
     parser.add_argument("--input_dir", type=Path, required=True, help="folder holding one sub-folder per site")
     parser.add_argument("--output_dir", type=Path, default=Path("data_preparation"))
     parser.add_argument("--source", choices=("saml", "msd", "image_mask"), default="saml")
-    parser.add_argument("--sites", nargs="*", default=(), help="site sub-folders to prepare (default: all; "
-                        "for --source msd the input folder itself is the site MSD)")
+    parser.add_argument("--sites", nargs="*", default=(), help="site sub-folders to prepare, as FOLDER or "
+                        "FOLDER:NAME to rename (default: all; for --source msd the input folder itself is site MSD)")
     parser.add_argument("--size", type=int, default=256, help="in-plane size after resizing; 0 keeps the size")
     parser.add_argument("--all_slices", action="store_true", help="keep slices without prostate too")
     parser.add_argument("--split", type=float, nargs=3, default=(0.5, 0.25, 0.25), metavar=("TRAIN", "VAL", "TEST"))

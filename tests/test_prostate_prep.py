@@ -84,3 +84,14 @@ def test_shape_mismatch_and_empty_site_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"\[NOTHING\].*no NIfTI volumes"):
         prepare(tmp_path / "empty", tmp_path / "out", source="saml")
     assert not (tmp_path / "out" / "datalist_2D").exists(), "a failed preparation must not leave datalists"
+
+
+def test_sites_prepared_by_two_commands_are_pooled_and_renamed(tmp_path):
+    make_demo_federation(tmp_path / "raw", cases_per_site=3)
+    prepare(tmp_path / "raw", tmp_path, source="saml", sites=["I2CVB", "NCI_ISBI_3T:ISBI"], size=16)
+    prepare(tmp_path / "raw", tmp_path, source="saml", sites=["MSD"], size=16)
+    names = sorted(p.name for p in (tmp_path / "datalist_2D").iterdir())
+    assert names == ["client_All.json", "client_I2CVB.json", "client_ISBI.json", "client_MSD.json"]
+    union = json.loads((tmp_path / "datalist_2D" / "client_All.json").read_text())
+    per_site = [json.loads((tmp_path / "datalist_2D" / n).read_text()) for n in names if n != "client_All.json"]
+    assert len(union["training"]) == sum(len(d["training"]) for d in per_site)

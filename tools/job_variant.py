@@ -31,13 +31,23 @@ def parse_assignments(pairs: List[str]) -> Dict[str, object]:
     return values
 
 
-def make_variant(source: Path, target: Path, server: Dict[str, object], train: Dict[str, object]) -> Path:
-    """Copy ``source`` to ``target`` (replacing it) and apply the overrides; return ``target``."""
+def make_variant(source: Path, target: Path, server: Dict[str, object], train: Dict[str, object],
+                 keep_links: bool = False) -> Path:
+    """Copy ``source`` to ``target`` (replacing it) and apply the overrides; return ``target``.
+
+    With ``keep_links`` the code in ``app/custom`` stays symlinked (re-pointed to absolute paths), as in the
+    repository's own job folders; otherwise the files are copied.
+    """
     if not (source / "meta.json").is_file():
         raise SystemExit(f"error: {source} is not a job folder (no meta.json)")
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source, target, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source, target, symlinks=keep_links, ignore=shutil.ignore_patterns("__pycache__"))
+    if keep_links:
+        for link in (p for p in (target / "app" / "custom").rglob("*") if p.is_symlink()):
+            real = (source / link.relative_to(target)).resolve()
+            link.unlink()
+            link.symlink_to(real)
     config_dir = target / "app" / "config"
     server_path = config_dir / "config_fed_server.json"
     config = json.loads(server_path.read_text())

@@ -39,7 +39,7 @@ def _as_torch(obj):
     """Numpy arrays (nested in dicts) as tensors, so that state files load with ``weights_only=True``."""
     if isinstance(obj, dict):
         return {k: _as_torch(v) for k, v in obj.items()}
-    return torch.as_tensor(obj) if isinstance(obj, np.ndarray) else obj
+    return torch.as_tensor(obj) if isinstance(obj, (np.ndarray, np.generic)) else obj
 
 
 def _as_numpy(obj):

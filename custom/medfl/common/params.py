@@ -54,6 +54,6 @@ def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
     mean = {}
     for key, first in params[0].items():
-        acc = sum(np.asarray(p[key], dtype=np.float64) * (w / total) for p, w in zip(params, weights))
+        acc = np.asarray(sum(np.asarray(p[key], dtype=np.float64) * (w / total) for p, w in zip(params, weights)))
         mean[key] = np.rint(acc).astype(first.dtype) if np.issubdtype(first.dtype, np.integer) else acc.astype(first.dtype)
     return mean

@@ -1,0 +1,68 @@
+"""Run an NVFlare simulator job and measure its wall time and peak resident memory (whole process tree)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "custom"))
+from job_variant import make_variant  # noqa: E402
+
+
+@dataclass
+class SimulatorRun:
+    workspace: Path
+    wall_s: float
+    peak_rss_bytes: int
+
+    @property
+    def app_server(self) -> Path:
+        return self.workspace / "server" / "simulate_job" / "app_server"
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, server: Dict, train: Dict,
+            edit_client_config: Optional[Callable[[dict], None]] = None, poll_s: float = 0.5) -> SimulatorRun:
+    """Make a variant of ``jobs/<job>`` under ``work`` (``edit_client_config`` may change its
+    ``config_fed_client.json``), run it in the simulator, return its wall time and peak memory."""
+    variant = make_variant(ROOT / "jobs" / job, work / "jobs" / job, server, train)
+    if edit_client_config is not None:
+        path = variant / "app" / "config" / "config_fed_client.json"
+        config = json.loads(path.read_text())
+        edit_client_config(config)
+        path.write_text(json.dumps(config, indent=2))
+    workspace = work / "ws" / job
+    log = work / f"{job}.log"
+    env = {**os.environ, "DATASET_ROOT": str(dataset_root), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    start, peak = time.perf_counter(), 0
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["nvflare", "simulator", str(variant), "-w", str(workspace), "-c", ",".join(clients),
+                                 "-t", str(len(clients))], stdout=out, stderr=subprocess.STDOUT, env=env)
+        handle = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(handle))
+            time.sleep(poll_s)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"simulator run of {job} failed ({proc.returncode}); see {log}")
+    return SimulatorRun(workspace, wall, peak)
