@@ -76,7 +76,8 @@ def evaluate_sites(models_dir: Path, kind: str = "best", clients: Sequence[str] 
         dataset = executor.build_split("testing")
         loader = DataLoader(dataset, batch_size=int(config.get("batch_size", 16)))
         results[client] = executor.score(model, loader)
-        print(f"{client}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[client].items()) + f" ({len(dataset)} samples)")
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in results[client].items())
+        print(f"{client}: {scores} ({len(dataset)} samples)")
     columns: List[str] = list(next(iter(results.values())))
     mean = {k: sum(r[k] for r in results.values()) / len(results) for k in columns}
     print(f"mean over {len(results)} sites, {kind} global model: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))

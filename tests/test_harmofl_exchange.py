@@ -71,7 +71,8 @@ def exchange(executors):
 
 def test_only_the_mean_amplitude_of_the_training_images_travels(prostate_root):
     # one batch holding every (unaugmented) training image: the amplitude must be their mean |FFT|
-    executor = start(HarmoFLProstateExecutor(), "client_HK", prostate_config(prostate_root, augment=False, batch_size=512))
+    config = prostate_config(prostate_root, augment=False, batch_size=512)
+    executor = start(HarmoFLProstateExecutor(), "client_HK", config)
     reply = run_task(executor, AMPLITUDE_TASK, FLModel(params={}))
     assert set(reply.params) == {AMPLITUDE_KEY} and reply.metrics is None
     assert set(reply.meta) <= {NUM_TRAIN_SAMPLES, "client_name", "props"}

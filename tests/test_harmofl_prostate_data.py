@@ -19,7 +19,8 @@ def test_extra_demo_sites_leave_the_original_three_unchanged(tmp_path):
     make_demo_federation(tmp_path / "harmofl", cases_per_site=1, seed=0, sites=("UCL", "I2CVB", "MSD", "BIDMC"))
     for site in ("I2CVB", "MSD"):
         for name in ("Case00.nii.gz", "Case00_segmentation.nii.gz"):
-            assert (tmp_path / "default" / site / name).read_bytes() == (tmp_path / "harmofl" / site / name).read_bytes()
+            default, extended = (tmp_path / run / site / name for run in ("default", "harmofl"))
+            assert default.read_bytes() == extended.read_bytes()
     assert sorted(p.name for p in (tmp_path / "default").iterdir()) == sorted(SITE_STYLES)
     with pytest.raises(ValueError, match="unknown demo site"):
         make_demo_federation(tmp_path / "bad", sites=("Nowhere",))

@@ -243,7 +243,8 @@ class AmplitudeAverager:
         """Fold one ``(B, C, *spatial)`` batch into the running amplitude and return it."""
         if batch.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"expected a batch (B, C, *spatial) with {self.spatial_dims} spatial axes, got shape {tuple(batch.shape)}"
+                f"expected a batch (B, C, *spatial) with {self.spatial_dims} spatial axes, "
+                f"got shape {tuple(batch.shape)}"
             )
         batch_mean = amplitude_spectrum(batch, self.spatial_dims).mean(dim=0)
         if self._value is None:

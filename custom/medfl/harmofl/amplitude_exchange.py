@@ -48,7 +48,8 @@ def average_amplitudes(replies: Mapping[str, Mapping[str, np.ndarray]]) -> np.nd
     arrays: Dict[str, np.ndarray] = {}
     for client, params in sorted(replies.items()):
         if set(params) != {AMPLITUDE_KEY}:
-            raise DataError(f"the amplitude reply must hold exactly {{'{AMPLITUDE_KEY}'}}, got {sorted(params)}", site=client)
+            raise DataError(f"the amplitude reply must hold exactly {{'{AMPLITUDE_KEY}'}}, got {sorted(params)}",
+                            site=client)
         amplitude = np.asarray(params[AMPLITUDE_KEY], dtype=np.float64)
         if amplitude.ndim < 3 or not np.isfinite(amplitude).all() or (amplitude < 0).any():
             raise DataError(f"expected a finite non-negative (C, *spatial) amplitude, got shape {amplitude.shape}",
@@ -61,6 +62,7 @@ def average_amplitudes(replies: Mapping[str, Mapping[str, np.ndarray]]) -> np.nd
 
 
 def amplitude_normalizer(config: Mapping[str, Any], reference: np.ndarray) -> AmplitudeNormalize:
-    """The transform ``config_train.json`` asks for (``amplitude_mode``, ``amplitude_window_ratio``) around ``reference``."""
+    """The transform that ``config_train.json`` asks for (``amplitude_mode``, ``amplitude_window_ratio``)
+    around ``reference``."""
     return AmplitudeNormalize(reference, mode=config.get("amplitude_mode", DEFAULT_AMPLITUDE_MODE),
                               window_ratio=config.get("amplitude_window_ratio"))

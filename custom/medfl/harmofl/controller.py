@@ -65,7 +65,8 @@ class HarmoFLController(FedAvgController):
                 self.panic(f"amplitude exchange: {e}")
                 return False
             self.min_train_samples = min(int(r.meta[NUM_TRAIN_SAMPLES]) for r in replies.values())
-            self.info(f"averaged the amplitude spectra {self.amplitude.shape} of {len(replies)} clients with equal weights")
+            self.info(f"averaged the amplitude spectra {self.amplitude.shape} of {len(replies)} clients "
+                      f"with equal weights")
         digest = amplitude_digest(self.amplitude)
         broadcast = FLModel(params={AMPLITUDE_KEY: self.amplitude}, meta={MIN_TRAIN_SAMPLES: self.min_train_samples})
         replies = self._ask_all(self.reference_task, broadcast, clients)

@@ -29,7 +29,8 @@ FLIP_CHOICES = 4
 
 def prostate_train_augmentation() -> Compose:
     """The released training augmentation on ``{"image": (3, H, W), "label": (1, H, W)}``."""
-    flips = [Identityd(KEYS), Flipd(KEYS, spatial_axis=0), Flipd(KEYS, spatial_axis=1), Flipd(KEYS, spatial_axis=(0, 1))]
+    flips = [Identityd(KEYS), Flipd(KEYS, spatial_axis=0), Flipd(KEYS, spatial_axis=1),
+             Flipd(KEYS, spatial_axis=(0, 1))]
     return Compose([
         RandRotate90d(KEYS, prob=ROTATE_PROB, max_k=3),
         OneOf(flips, weights=[1.0 / FLIP_CHOICES] * FLIP_CHOICES),

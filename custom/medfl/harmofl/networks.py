@@ -40,7 +40,8 @@ def _without_batch_norm_affine(module: torch.nn.Module) -> torch.nn.Module:
     """
     for name, child in module.named_children():
         if isinstance(child, _BATCH_NORMS):
-            replacement = type(child)(child.num_features, eps=child.eps, momentum=child.momentum, **HARMOFL_BATCH_NORM_ARGS)
+            replacement = type(child)(child.num_features, eps=child.eps, momentum=child.momentum,
+                                      **HARMOFL_BATCH_NORM_ARGS)
             setattr(module, name, replacement)
         else:
             _without_batch_norm_affine(child)
@@ -78,7 +79,7 @@ def build_harmofl_network(name: str, in_channels: int, out_channels: int, **kwar
 
 @register_network("harmofl_unet")
 def build_harmofl_unet(in_channels: int = 3, out_channels: int = 2, **kwargs: Any) -> torch.nn.Module:
-    """Config name ``harmofl_unet``: the prostate UNet of :func:`build_harmofl_network` (3-channel 2.5-D in, 2 classes)."""
+    """Config name ``harmofl_unet``: the prostate UNet of :func:`build_harmofl_network` (2.5-D in, 2 classes)."""
     return build_harmofl_network("unet", in_channels, out_channels, **kwargs)
 
 
