@@ -4,7 +4,8 @@
 their hooks (``execute`` for the two exchange tasks, ``train_step`` for the perturbed step): combine it with
 :class:`~medfl.common.segmentation.SegmentationExecutor` (:class:`HarmoFLSegmentationExecutor`, prostate and
 nuclei) or :class:`~medfl.common.classification.ClassificationExecutor` (:class:`HarmoFLClassificationExecutor`,
-Camelyon17). A task's data comes from :meth:`build_split`.
+Camelyon17). A task's data comes from :meth:`build_split`: :class:`HarmoFLProstateExecutor`,
+:class:`HarmoFLNucleiExecutor`, :class:`HarmoFLCamelyon17Executor`.
 
 ``config_train.json`` keys added by HarmoFL (defaults are the released code's):
 
@@ -53,7 +54,9 @@ from .amplitude_exchange import (
     amplitude_digest,
     amplitude_normalizer,
 )
-from .data_prostate import prostate_dataset
+from .data_camelyon17 import Camelyon17Dataset
+from .data_nuclei import NucleiDataset
+from .data_prostate import prostate_dataset, prostate_train_augmentation
 from .losses import harmofl_segmentation_loss, segmentation_dice_scores
 from .weight_perturbation import DEFAULT_ALPHA, WeightPerturbationOptimizer, weight_perturbation_step
 
@@ -220,10 +223,31 @@ class HarmoFLProstateExecutor(HarmoFLSegmentationExecutor):
         return prostate_dataset(read_datalist(datalist, split, self.site), base_dir, self.site, augment=augment)
 
 
+class HarmoFLNucleiExecutor(HarmoFLSegmentationExecutor):
+    """HarmoFL nuclei client: the per-site layout of ``prepare_nuclei.py`` (``dataset_root``, ``datalist``).
+
+    Every site must feed the network one image size (one amplitude reference): ``patch_size`` P serves random
+    P x P crops for training and the P x P tiles covering each image for validation and testing (``null``:
+    whole images, which must then share one size). ``channels`` and ``intensity`` as in
+    :class:`~medfl.harmofl.data_nuclei.NucleiDataset`; ``augment``: the prostate task's rotations and flips.
+    """
+
+    def build_split(self, split: str) -> Dataset:
+        datalist = datalist_path(config_path(self.config, "datalist", self.site), self.site)
+        training = split == "training"
+        patch_size = self.config.get("patch_size")
+        augment = prostate_train_augmentation() if training and self.config.get("augment", True) else None
+        base_dir = config_path(self.config, "dataset_root", self.site)
+        return NucleiDataset(read_datalist(datalist, split, self.site), base_dir, self.site,
+                             channels=int(self.config.get("channels", 3)),
+                             intensity=self.config.get("intensity", "dtype"), patch_size=patch_size,
+                             random_crop=training and patch_size is not None, transform=augment)
+
+
 class HarmoFLClassificationExecutor(HarmoFLClient, ClassificationExecutor):
     """HarmoFL classification client (Camelyon17: SGD 1e-3, momentum 0.9, weight decay 1e-4, batch 128, CE,
     accuracy): the common classification client with HarmoFL's exchange, normalisation and perturbed step.
-    Subclasses provide :meth:`build_split`.
+    Subclasses provide :meth:`build_split` (:class:`HarmoFLCamelyon17Executor`).
     """
 
     def build_datasets(self) -> Dict[str, Dataset]:
@@ -239,3 +263,13 @@ class HarmoFLClassificationExecutor(HarmoFLClient, ClassificationExecutor):
     def score(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, float]:
         probabilities, labels = predict_probabilities(model, loader, self.device)
         return classification_metrics(labels, probabilities)
+
+
+class HarmoFLCamelyon17Executor(HarmoFLClassificationExecutor):
+    """HarmoFL Camelyon17 client: 96 x 96 patches of the WILDS layout (``dataset_root``) and the datalists of
+    ``prepare_camelyon17.py`` (``datalist``); ``ToTensor()`` only, no augmentation, as the released code."""
+
+    def build_split(self, split: str) -> Dataset:
+        datalist = datalist_path(config_path(self.config, "datalist", self.site), self.site)
+        return Camelyon17Dataset(read_datalist(datalist, split, self.site),
+                                 config_path(self.config, "dataset_root", self.site), self.site)
