@@ -92,3 +92,19 @@ def test_harmofl_nuclei(tmp_path, shared_data):
                   network=SMALL_UNET, dataset_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE)
     for client in NUCLEI_SITES:
         assert re.search(rf"^{client}: dice_bg_fg [0-9.]+, dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
+
+
+    # resume: the stored reference is broadcast again (not recomputed) and training goes on from round 2
+    state_file = tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt"
+    digest = torch.load(state_file.parent / AMPLITUDE_FILE)[DIGEST_KEY]
+    resumed = make_job_variant("harmofl_nuclei", tmp_path / "resumed", {"num_rounds": 3, "resume_from": str(state_file)},
+                               {"num_threads": 1, "network": SMALL_UNET, "dataset_root": "DATASET_ROOT/raw/demo_nuclei",
+                                "patch_size": SIZE})
+    run_simulator(resumed, tmp_path / "ws2", NUCLEI_SITES, tmp_path)
+    server_log = (tmp_path / "ws2" / "server" / "log.txt").read_text()
+    assert "continuing at round 3/3" in server_log and "Sending task harmofl_amplitude" not in server_log
+    for client in NUCLEI_SITES:
+        before, after = ((tmp_path / ws / client / "log.txt").read_text() for ws in ("ws", "ws2"))
+        assert re.findall(r"froze the amplitude reference sha256=(\w+)", after) == [digest], client
+        validated = [re.search(r"round 2 validation of received models: (.*)", log)[1] for log in (before, after)]
+        assert validated[0] == validated[1], (client, validated)
