@@ -60,6 +60,10 @@ from .data_prostate import prostate_dataset, prostate_train_augmentation
 from .losses import harmofl_segmentation_loss, segmentation_dice_scores
 from .weight_perturbation import DEFAULT_ALPHA, WeightPerturbationOptimizer, weight_perturbation_step
 
+# The released prostate settings, used when config_train.json names none.
+SEGMENTATION_OPTIMIZER = {"name": "adam", "args": {"lr": 1e-4, "weight_decay": 1e-4}}
+SEGMENTATION_BATCH_SIZE = 16
+
 
 class HarmoFLClient(RoundExecutor):
     """HarmoFL's client side (Jiang et al., AAAI 2022), mixed into a common executor.
@@ -156,7 +160,6 @@ class HarmoFLClient(RoundExecutor):
             self.log_error(fl_ctx, f"cannot run task {task_name}: {self._setup_error}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         try:
-            received = FLModelUtils.from_shareable(shareable)
             if task_name == self.amplitude_task:
                 amplitude = self.local_amplitude()
                 self.log_info(fl_ctx, f"sending the mean amplitude {amplitude.shape} of "
@@ -164,6 +167,7 @@ class HarmoFLClient(RoundExecutor):
                 reply = FLModel(params={AMPLITUDE_KEY: amplitude},
                                 meta={NUM_TRAIN_SAMPLES: self.num_samples("training")})
             else:
+                received = FLModelUtils.from_shareable(shareable)
                 digest = self.freeze_reference(received.params or {}, received.meta or {})
                 self.log_info(fl_ctx, f"froze the amplitude reference sha256={digest}; training on "
                                       f"{self.num_samples('training')} samples")
@@ -187,13 +191,13 @@ class HarmoFLSegmentationExecutor(HarmoFLClient, SegmentationExecutor):
 
     def setup(self, fl_ctx: FLContext) -> None:
         self.datasets = {split: self.build_split(split) for split in ("training", "validation")}
-        batch_size = int(self.config.get("batch_size", 16))
+        batch_size = int(self.config.get("batch_size", SEGMENTATION_BATCH_SIZE))
         self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True)
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         self.loss_fn = harmofl_segmentation_loss()
         self.val_metric = self.config.get("val_metric", "dice_bg_fg")
         self.models = {name: self.build_model(name).to(self.device) for name in self.model_names}
-        spec = self.config.get("optimizer", {"name": "adam", "args": {"lr": 1e-4, "weight_decay": 1e-4}})
+        spec = self.config.get("optimizer", SEGMENTATION_OPTIMIZER)
         self.optimizers = {name: self.wrap_optimizer(build_optimizer(model.parameters(), spec))
                            for name, model in self.models.items()}
 
