@@ -8,6 +8,12 @@ scanners do. Output uses the SAML / PROMISE12 naming (``<site>/CaseNN.nii.gz`` a
     python data_preparation/make_demo_prostate.py --output_dir data_preparation/raw/demo_prostate
     python data_preparation/prepare_prostate_2d.py --source saml \
         --input_dir data_preparation/raw/demo_prostate --output_dir data_preparation
+
+By default the three sites of the FedSM / FedAvg jobs are written (:data:`SITE_STYLES`); ``--sites`` picks
+others (:data:`ALL_SITE_STYLES`), e.g. HarmoFL's six SAML sites::
+
+    python data_preparation/make_demo_prostate.py --output_dir data_preparation/raw/demo_harmofl_prostate \
+        --sites BIDMC HK I2CVB ISBI ISBI_1.5 UCL
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -44,6 +50,17 @@ SITE_STYLES: Dict[str, AcquisitionStyle] = {
     "MSD": AcquisitionStyle(80, 16, (1.2, 1.2, 3.6), 500.0, 1.3, 0.15, 0.06, 0.6),
     "NCI_ISBI_3T": AcquisitionStyle(112, 20, (0.85, 0.85, 3.0), 2600.0, 1.0, 0.30, 0.035, 1.5),
 }
+# Further sites named as in the SAML multi-site set (HarmoFL): endorectal-coil bias (BIDMC, ISBI_1.5),
+# low-SNR 1.5 T (HK), bright high-contrast 3 T (ISBI), a darker gamma (UCL).
+EXTRA_SITE_STYLES: Dict[str, AcquisitionStyle] = {
+    "BIDMC": AcquisitionStyle(96, 20, (1.0, 1.0, 3.0), 900.0, 0.9, 0.60, 0.03, 1.2),
+    "HK": AcquisitionStyle(80, 18, (1.2, 1.2, 3.3), 300.0, 1.1, 0.20, 0.07, 0.8),
+    "ISBI": AcquisitionStyle(104, 20, (0.9, 0.9, 3.0), 1800.0, 1.0, 0.30, 0.03, 1.3),
+    "ISBI_1.5": AcquisitionStyle(88, 16, (1.1, 1.1, 4.0), 700.0, 1.2, 0.50, 0.05, 1.0),
+    "UCL": AcquisitionStyle(96, 22, (1.0, 1.0, 3.0), 1500.0, 0.7, 0.25, 0.04, 1.1),
+}
+# Each site's random stream is seeded by its position here, so adding sites never changes existing ones.
+ALL_SITE_STYLES: Dict[str, AcquisitionStyle] = {**SITE_STYLES, **EXTRA_SITE_STYLES}
 
 
 def _ellipsoid(grid_mm, centre, radii) -> np.ndarray:
@@ -94,10 +111,15 @@ def write_nifti(array: np.ndarray, spacing: Tuple[float, ...], path: Path) -> No
         nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(tmp))
 
 
-def make_demo_federation(output_dir: Path, cases_per_site: int = 8, seed: int = 0) -> Dict[str, int]:
-    """Write ``cases_per_site`` synthetic cases for each site of :data:`SITE_STYLES`; return counts."""
+def make_demo_federation(output_dir: Path, cases_per_site: int = 8, seed: int = 0,
+                         sites: Sequence[str] = tuple(SITE_STYLES)) -> Dict[str, int]:
+    """Write ``cases_per_site`` synthetic cases for each of ``sites`` (keys of :data:`ALL_SITE_STYLES`)."""
+    unknown = sorted(set(sites) - set(ALL_SITE_STYLES))
+    if unknown:
+        raise ValueError(f"unknown demo site(s) {unknown}; known: {list(ALL_SITE_STYLES)}")
     counts = {}
-    for site_index, (site, style) in enumerate(SITE_STYLES.items()):
+    for site in sites:
+        style, site_index = ALL_SITE_STYLES[site], list(ALL_SITE_STYLES).index(site)
         rng = np.random.default_rng([seed, site_index])
         for case in range(cases_per_site):
             image, mask = synthesize_case(style, rng)
@@ -113,8 +135,10 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", type=Path, default=Path("data_preparation/raw/demo_prostate"))
     parser.add_argument("--cases_per_site", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sites", nargs="+", default=list(SITE_STYLES), choices=list(ALL_SITE_STYLES),
+                        help="sites to generate (default: the FedSM demo's three)")
     args = parser.parse_args(argv)
-    make_demo_federation(args.output_dir, args.cases_per_site, args.seed)
+    make_demo_federation(args.output_dir, args.cases_per_site, args.seed, args.sites)
     print(f"synthetic demo federation written to {args.output_dir}")
 
 

@@ -210,5 +210,6 @@ def test_prostate_slices_take_the_reference_means(shared_data):
     other_site = 0.5 * slices[:8] + 40.0  # a darker, offset "scanner"
     reference = mean_amplitude(other_site, mode="reference_code")
     out = AmplitudeNormalize(reference, mode="reference_code")(slices[8:])
-    np.testing.assert_allclose(out.mean(axis=(-2, -1)), np.broadcast_to(other_site.mean(axis=(0, -2, -1)), (8, 3)), rtol=1e-5)
+    target_means = np.broadcast_to(other_site.mean(axis=(0, -2, -1)), (8, 3))
+    np.testing.assert_allclose(out.mean(axis=(-2, -1)), target_means, rtol=1e-5)
     np.testing.assert_allclose(out.std(axis=(-2, -1)), slices[8:].std(axis=(-2, -1)), rtol=1e-4)

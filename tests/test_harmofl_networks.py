@@ -16,7 +16,8 @@ def batch_norms(net: torch.nn.Module) -> list[torch.nn.Module]:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 4, 8, 8, 16, 4), norm=HARMOFL_NORM),
+        lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 4, 8, 8, 16, 4),
+                          norm=HARMOFL_NORM),
         lambda: UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8), strides=(2,), norm=HARMOFL_NORM),
     ],
     ids=["BasicUNet", "UNet"],

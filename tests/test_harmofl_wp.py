@@ -89,7 +89,8 @@ def test_zero_radius_is_the_base_optimizer():
     plain_opt = torch.optim.Adam(plain.parameters(), lr=0.01)
     mse(plain, BATCH).backward()
     plain_opt.step()
-    perturbed_training_step(perturbed, WeightPerturbationOptimizer(torch.optim.Adam(perturbed.parameters(), lr=0.01), alpha=0.0), mse, BATCH)
+    unperturbed = WeightPerturbationOptimizer(torch.optim.Adam(perturbed.parameters(), lr=0.01), alpha=0.0)
+    perturbed_training_step(perturbed, unperturbed, mse, BATCH)
     for a, b in zip(plain.parameters(), perturbed.parameters()):
         torch.testing.assert_close(a, b)
 

@@ -83,7 +83,7 @@ class ClassificationExecutor(RoundExecutor):
         epochs = int(self.config.get("local_epochs", 1))
         for epoch in range(epochs):
             loss = train_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer, self.device,
-                               abort_signal=abort_signal)
+                               step=self.train_step, abort_signal=abort_signal)
             self.log_metrics({"global": loss}, "train_loss", self.current_round * epochs + epoch)
             self.log_info(fl_ctx, f"round {self.current_round} epoch {epoch + 1}/{epochs}: loss {loss:.4f}")
 

@@ -142,6 +142,13 @@ class RoundController(ModelController):
     def load_extra_state(self, state: dict) -> None:
         """Restore what :meth:`extra_state` returned."""
 
+    def before_rounds(self) -> bool:
+        """Work before the first round of this run, after a resume too (e.g. HarmoFL's amplitude exchange).
+
+        Return ``False`` to stop the workflow (after calling :meth:`panic` with the reason).
+        """
+        return True
+
     # ------------------------------------------------------------------ the loop
     def build_initial_params(self, network_key: str = "network") -> Params:
         """Parameters of a freshly initialised network described by ``config_train.json[network_key]``."""
@@ -157,7 +164,12 @@ class RoundController(ModelController):
         self.models = self.initial_models()
         if self.resume_from:
             self._resume(self.resume_from)
+<<<<<<< HEAD
         self.server_evaluate(self.start_round)
+=======
+        if not self.before_rounds():
+            return
+>>>>>>> harmofl
         for round_number in range(self.start_round, self.num_rounds):
             self.info(f"round {round_number + 1}/{self.num_rounds} started")
             results = self.scatter_and_gather(self.train_task, self.select_clients(round_number), round_number)

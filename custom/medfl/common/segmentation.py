@@ -82,7 +82,7 @@ class SegmentationExecutor(RoundExecutor):
         for name, model in self.models.items():
             for epoch in range(epochs):
                 loss = train_epoch(model, self.train_loader, self.loss_fn, self.optimizers[name], self.device,
-                                   abort_signal=abort_signal)
+                                   step=self.train_step, abort_signal=abort_signal)
                 step = self.current_round * epochs + epoch
                 self.log_metrics({name: loss}, "train_loss", step)
                 self.log_info(fl_ctx, f"round {self.current_round} {name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}")

@@ -1,4 +1,7 @@
-"""HarmoFL (Jiang et al., AAAI 2022): amplitude normalisation, weight perturbation, networks and losses."""
+"""HarmoFL (Jiang et al., AAAI 2022): amplitude normalisation, weight perturbation, networks and losses.
+
+The NVFlare parts live in ``medfl.harmofl.executor`` (clients) and ``medfl.harmofl.controller`` (server).
+"""
 
 from .amp_norm import (
     AMPLITUDE_MODES,
@@ -8,10 +11,11 @@ from .amp_norm import (
     AmplitudeNormalized,
     amplitude_spectrum,
     mean_amplitude,
+    normalize_inputs,
 )
-from .losses import harmofl_dice_metric, harmofl_segmentation_loss
+from .losses import harmofl_dice_metric, harmofl_segmentation_loss, segmentation_dice_scores
 from .networks import build_harmofl_network
-from .weight_perturbation import WeightPerturbationOptimizer, perturbed_training_step
+from .weight_perturbation import WeightPerturbationOptimizer, perturbed_training_step, weight_perturbation_step
 
 __all__ = [
     "AMPLITUDE_MODES",
@@ -25,5 +29,8 @@ __all__ = [
     "harmofl_dice_metric",
     "harmofl_segmentation_loss",
     "mean_amplitude",
+    "normalize_inputs",
     "perturbed_training_step",
+    "segmentation_dice_scores",
+    "weight_perturbation_step",
 ]

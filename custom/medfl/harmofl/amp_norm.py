@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from torch.utils.hooks import RemovableHandle
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,8 @@ class AmplitudeAverager:
         """Fold one ``(B, C, *spatial)`` batch into the running amplitude and return it."""
         if batch.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"expected a batch (B, C, *spatial) with {self.spatial_dims} spatial axes, got shape {tuple(batch.shape)}"
+                f"expected a batch (B, C, *spatial) with {self.spatial_dims} spatial axes, "
+                f"got shape {tuple(batch.shape)}"
             )
         batch_mean = amplitude_spectrum(batch, self.spatial_dims).mean(dim=0)
         if self._value is None:
@@ -283,3 +285,14 @@ def mean_amplitude(
         if momentum == 0.0:
             break
     return averager.value
+
+
+def normalize_inputs(model: torch.nn.Module, normalizer: Callable[[torch.Tensor], torch.Tensor]) -> RemovableHandle:
+    """Apply ``normalizer`` to the first input of every ``model(x, ...)`` call (a forward pre-hook).
+
+    This is where the released ``AmpNorm`` layer ran, inside ``forward``: on training batches (both
+    passes of the weight-perturbed step), validation and test batches alike. Unlike a layer it adds
+    nothing to the state dict, so the parameters exchanged are the network's own. Returns the hook's
+    handle (``handle.remove()`` detaches it).
+    """
+    return model.register_forward_pre_hook(lambda _module, args: (normalizer(args[0]), *args[1:]))

@@ -9,8 +9,14 @@ background included.
 
 from __future__ import annotations
 
+from typing import Dict, Iterable
+
+import torch
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+
+from medfl.common.train import Batch, to_device
 
 DICE_WEIGHT = 0.5
 CE_WEIGHT = 0.5
@@ -45,3 +51,26 @@ def harmofl_dice_metric() -> DiceMetric:
     mean over all samples instead of a mean of per-batch means (equal when all batches have one size).
     """
     return DiceMetric(include_background=True, reduction="mean")
+
+
+@torch.no_grad()
+def segmentation_dice_scores(model: torch.nn.Module, loader: Iterable[Batch], device: torch.device) -> Dict[str, float]:
+    """Dice of a softmax segmentation network over ``loader`` (``{"image", "label": (B, 1, H, W) class ids}``).
+
+    Returns ``dice_bg_fg``, the released metric (mean over background and foreground classes, see
+    :func:`harmofl_dice_metric`), and ``dice_fg``, the mean over the foreground classes only (the prostate
+    Dice usually reported). Both are means over samples of per-sample hard (argmax) Dice. The model is left
+    in eval mode; the released networks' BatchNorm uses batch statistics there, so scores depend on the
+    loader's batch size.
+    """
+    model.eval()
+    metrics = {"dice_bg_fg": harmofl_dice_metric(), "dice_fg": DiceMetric(include_background=False, reduction="mean")}
+    for batch in loader:
+        batch = to_device(batch, device)
+        logits = model(batch["image"])
+        num_classes = logits.shape[1]
+        prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
+        target = one_hot(batch["label"].long(), num_classes)
+        for metric in metrics.values():
+            metric(y_pred=prediction, y=target)
+    return {name: float(metric.aggregate().item()) for name, metric in metrics.items()}

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from monai.networks.nets import BasicUNet, DenseNet121
 
+from medfl.common.networks import register_network
+
 HARMOFL_BATCH_NORM_ARGS = {"affine": False, "track_running_stats": False}
 HARMOFL_NORM = ("batch", HARMOFL_BATCH_NORM_ARGS)
 
@@ -38,7 +40,8 @@ def _without_batch_norm_affine(module: torch.nn.Module) -> torch.nn.Module:
     """
     for name, child in module.named_children():
         if isinstance(child, _BATCH_NORMS):
-            replacement = type(child)(child.num_features, eps=child.eps, momentum=child.momentum, **HARMOFL_BATCH_NORM_ARGS)
+            replacement = type(child)(child.num_features, eps=child.eps, momentum=child.momentum,
+                                      **HARMOFL_BATCH_NORM_ARGS)
             setattr(module, name, replacement)
         else:
             _without_batch_norm_affine(child)
@@ -72,3 +75,15 @@ def build_harmofl_network(name: str, in_channels: int, out_channels: int, **kwar
         )
         return _without_batch_norm_affine(net)
     raise ValueError(f"unknown HarmoFL network {name!r}; expected 'unet' or 'densenet121'")
+
+
+@register_network("harmofl_unet")
+def build_harmofl_unet(in_channels: int = 3, out_channels: int = 2, **kwargs: Any) -> torch.nn.Module:
+    """Config name ``harmofl_unet``: the prostate UNet of :func:`build_harmofl_network` (2.5-D in, 2 classes)."""
+    return build_harmofl_network("unet", in_channels, out_channels, **kwargs)
+
+
+@register_network("harmofl_densenet121")
+def build_harmofl_densenet121(in_channels: int = 3, out_channels: int = 2, **kwargs: Any) -> torch.nn.Module:
+    """Config name ``harmofl_densenet121``: the Camelyon17 DenseNet-121 of :func:`build_harmofl_network`."""
+    return build_harmofl_network("densenet121", in_channels, out_channels, **kwargs)

@@ -118,3 +118,16 @@ def perturbed_training_step(
     loss_closure(model, batch).backward()
     optimizer.second_step()
     return loss.detach()
+
+
+def weight_perturbation_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: WeightPerturbationOptimizer,
+) -> torch.Tensor:
+    """:func:`perturbed_training_step` as a ``step`` of ``medfl.common.train.train_epoch``.
+
+    ``batch`` is ``{"image", "label"}``; the loss is ``loss_fn(model(image), label)`` at ``w`` and at ``w + delta``.
+    """
+    return perturbed_training_step(model, optimizer, lambda m, b: loss_fn(m(b["image"]), b["label"]), batch)
