@@ -164,12 +164,9 @@ class RoundController(ModelController):
         self.models = self.initial_models()
         if self.resume_from:
             self._resume(self.resume_from)
-<<<<<<< HEAD
-        self.server_evaluate(self.start_round)
-=======
         if not self.before_rounds():
             return
->>>>>>> harmofl
+        self.server_evaluate(self.start_round)
         for round_number in range(self.start_round, self.num_rounds):
             self.info(f"round {round_number + 1}/{self.num_rounds} started")
             results = self.scatter_and_gather(self.train_task, self.select_clients(round_number), round_number)

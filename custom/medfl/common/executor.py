@@ -106,17 +106,15 @@ class RoundExecutor(Executor):
     def num_samples(self, split: str) -> int:
         """Number of samples of a split (weights for the server's averages)."""
 
-<<<<<<< HEAD
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         """Extra entries for the meta of the reply to ``task_name`` (e.g. FedMAS's robust factor, PRR-FL's
         metrics after local training). Default: none."""
         return {}
-=======
+
     def train_step(self, model: torch.nn.Module, batch: Batch, loss_fn, optimizer) -> torch.Tensor:
         """One optimisation step of :func:`~medfl.common.train.train_epoch` (default: forward, backward,
         ``optimizer.step()``); a method that changes the step (HarmoFL's weight perturbation) overrides it."""
         return optimizer_step(model, batch, loss_fn, optimizer)
->>>>>>> harmofl
 
     # ------------------------------------------------------------------ NVFlare plumbing
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
