@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -48,6 +48,9 @@ class Recipe:
     batch_size: int
     seed: int = 0
     eval_batch_size: int = 16
+    drop_last: bool = False  # drop a last short training batch (as the classification clients, for BatchNorm)
+    # per-epoch learning-rate schedule (e.g. PRR-FL's decay every few rounds); None: constant
+    make_scheduler: Optional[Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]] = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -78,11 +81,15 @@ def train_selected(recipe: Recipe, training: Dataset, validation: Mapping[str, D
     seed_everything(recipe.seed)
     model = recipe.build_model().to(recipe.device)
     optimizer = recipe.make_optimizer(model)
-    train_loader = DataLoader(training, batch_size=recipe.batch_size, shuffle=True)
+    scheduler = recipe.make_scheduler(optimizer) if recipe.make_scheduler else None
+    train_loader = DataLoader(training, batch_size=recipe.batch_size, shuffle=True,
+                              drop_last=recipe.drop_last and len(training) > recipe.batch_size)
     sizes = {site: len(data) for site, data in validation.items()}
     best_score, best_state, curve = -float("inf"), None, []
     for _ in range(recipe.epochs):
         train_epoch(model, train_loader, recipe.loss_fn, optimizer, recipe.device)
+        if scheduler is not None:
+            scheduler.step()
         scores = {site: recipe.metric(model, _loader(data, recipe), recipe.device) for site, data in validation.items()}
         curve.append(_weighted_mean(scores, sizes))
         if curve[-1] > best_score:
