@@ -113,3 +113,28 @@ def test_runs_over_different_sites_are_an_error():
 def test_curves_png(tmp_path):
     path = plot_curves({"FedAvg": ([1, 2], [0.1, 0.2]), "local": ([1, 2], [0.2, 0.1])}, tmp_path / "c.png", "Dice")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_round_start_times_from_a_server_log(tmp_path):
+    from simrun import round_start_times
+
+    log = tmp_path / "server" / "log.txt"
+    log.parent.mkdir()
+    log.write_text("2026-11-25 13:00:00,000 - X - INFO - [wf=fedavg] - round 1/3 started\n"
+                   "2026-11-25 13:00:01,000 - X - INFO - other line\n"
+                   "2026-11-25 13:00:02,500 - X - INFO - [wf=fedavg] - round 2/3 started\n"
+                   "2026-11-25 13:00:04,000 - X - INFO - [wf=fedavg] - round 3/3 started\n")
+    assert round_start_times(tmp_path) == pytest.approx([0.0, 2.5, 4.0])
+
+
+def test_offline_fedavg_round_sends_the_unet_and_aggregates():
+    from offline import offline_round, payload_bytes
+    from medfl.common.params import unbundle
+
+    offline = offline_round("fedavg_prostate")
+    unet = offline.controller.models["global"]
+    assert payload_bytes(offline.controller.payload_for(offline.clients[0])) == sum(v.nbytes for v in unet.values())
+    offline.controller.aggregate(offline.results)  # equal sample counts: the plain mean of the updates
+    key = next(k for k, v in unet.items() if v.dtype.kind == "f")
+    updates = [unbundle(r.params)["global"][key] for r in offline.results.values()]
+    assert offline.controller.models["global"][key] == pytest.approx(sum(updates) / len(updates), abs=1e-5)
