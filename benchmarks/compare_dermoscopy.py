@@ -146,7 +146,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     caption = (f"Dermoscopy ({where}), {len(args.clients)} clients, {args.rounds} rounds x {per_epoch} local epochs, "
                f"seeds {args.seeds}: test macro-F1 (PRR-FL: personalised models; others: validation-selected)")
     markdown, table_csv = write_results(scores, output, "dermoscopy_results", caption)
-    plot = plot_curves(curves, output / "dermoscopy_validation.png", "mean validation macro-F1 (FedAvg: received model)")
+    plot = plot_curves(curves, output / "dermoscopy_validation.png", "mean validation macro-F1")
     print(caption)
     print(markdown_table(scores))
     print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))

@@ -120,7 +120,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     caption = (f"MedMNIST ({where}), {rounds} rounds x {config['local_epochs']} local epochs, seeds {args.seeds}: "
                f"accuracy on the official test split of the model each site ends with")
     markdown, table_csv = write_results(scores, output, "medmnist_results", caption)
-    plot = plot_curves(curves, output / "medmnist_validation.png", "mean validation accuracy (FedAvg: received model)")
+    plot = plot_curves(curves, output / "medmnist_validation.png", "mean validation accuracy")
     print(caption)
     print(markdown_table(scores))
     print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))

@@ -136,7 +136,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
                f"{len(args.clients)} sites, {args.rounds} rounds x {per_epoch} local epoch(s), seeds {args.seeds}: "
                f"test foreground Dice of the validation-selected model")
     markdown, table_csv = write_results(scores, output, "prostate_results", caption)
-    plot = plot_curves(curves, output / "prostate_validation.png", "mean validation Dice (FL: received global model)")
+    plot = plot_curves(curves, output / "prostate_validation.png", "mean validation Dice")
     print(caption)
     print(markdown_table(scores))
     print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
