@@ -131,9 +131,10 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
             tested = fl_test_scores(workspaces["PRR-FL"], workspaces["FedAvg"], data / "prrfl_ham10000")
         for method, by_client in tested.items():
             scores.setdefault(method, []).append(by_client)
-        if seed == args.seeds[0]:
-            steps, values = server_curve(workspaces["FedAvg"], "val_mean/global")
-            curves["FedAvg"] = ([s * per_epoch for s in steps], values)
+        if seed == args.seeds[0]:  # what each client holds at the start of round r, after r * local_epochs epochs
+            for method, tag in (("PRR-FL", "val_mean/personal_macro_f1"), ("FedAvg", "val_mean/global")):
+                steps, values = server_curve(workspaces[method], tag)
+                curves[method] = ([s * per_epoch for s in steps], values)
         sites = dermoscopy_sites(config, args.clients)
         recipe = dermoscopy_recipe(config, args.rounds, seed)
         torch.set_num_threads(1)
