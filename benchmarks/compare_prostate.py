@@ -1,7 +1,7 @@
 """Prostate federation: FedSM and FedAvg (NVFlare simulator) against local-only and centralised training, with the
 same UNet, seed and budget; writes a test-Dice table (markdown + CSV) and the validation curves (PNG).
 
-    python benchmarks/compare_prostate.py [--rounds 10] [--seeds 0 1 2] [--work /tmp/compare_prostate] \
+    python benchmarks/compare_prostate.py [--rounds 20] [--seeds 0 1 2] [--work /tmp/compare_prostate] \
         [--data <prepared root holding dataset_2D/ and datalist_2D/>]
 
 Without ``--data`` the synthetic demo federation is made and prepared at ``--size`` (see
@@ -44,7 +44,7 @@ from medfl.common.train import evaluate_dice  # noqa: E402
 
 CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
 DEMO_SIZE = 64
-DEMO_ROUNDS = 10
+DEMO_ROUNDS = 20
 SELECT_THRESHOLD = 0.9
 
 
