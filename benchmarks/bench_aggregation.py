@@ -87,7 +87,8 @@ def main(argv=None) -> Dict[str, Tuple[float, float]]:
         from compare_prostate import demo_prostate
 
         data = args.data or demo_prostate(args.work / "data")
-        workspace = run_job("fedsm_prostate", args.work, DEMO_CLIENTS, data, {"num_rounds": 4}, {"num_threads": 1}).workspace
+        run = run_job("fedsm_prostate", args.work, DEMO_CLIENTS, data, {"num_rounds": 4}, {"num_threads": 1})
+        workspace = run.workspace
     rounds = {"fedsm_prostate": (measured_round_seconds(workspace), "simulator, demo prostate 64x64")}
     for job in ("prrfl_dermoscopy", "fedmas_isic2019"):
         rounds[job] = (local_training_seconds(job, args.train_samples),

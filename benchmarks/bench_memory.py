@@ -6,9 +6,9 @@ Each job runs 2 rounds of 1 local epoch with one thread per client, its default 
 federation (made here from ``../shared/data`` or synthetic): prostate 64x64 slices (FedAvg, FedSM), the
 HarmoFL prostate preparation at ``--harmofl_size`` (the paper's 384 is too slow here), HAM10000-mini at the
 jobs' 128x128 (PRR-FL and its FedAvg), BreastMNIST (MedMNIST FedAvg). FedMAS is not run: its clients need a
-MoCo prior checkpoint (see docs/fedmas.md). The process tree is sampled every 0.5 s; the sum of its processes' RSS counts shared pages (libraries)
-once per process, so it overstates the memory the run really needs. Goal: FedSM <= 3 GB.
-The last line is FedSM's peak.
+MoCo prior checkpoint (see docs/fedmas.md). The process tree is sampled every 0.5 s; the sum of its
+processes' RSS counts shared pages (libraries) once per process, so it overstates the memory the run needs.
+Goal: FedSM <= 3 GB. The last line is FedSM's peak.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_overhead.py [--rounds 6] [--client client_I2CVB] [--work /tmp/bench_overhead]
 
-One client of the demo prostate federation (``--size`` slices, 64 by default) runs ``fedavg_prostate`` (the job's UNet, Adam,
-batch 8, one local epoch, one thread) for ``--rounds`` rounds; its round time is the median time between two
-round starts in the server log, the first round left out (it holds the client's setup). The plain loop does
+One client of the demo prostate federation (``--size`` slices, 64 by default) runs ``fedavg_prostate`` (the
+job's UNet, Adam, batch 8, one local epoch, one thread) for ``--rounds`` rounds; its round time is the median
+time between two round starts in the server log, the first round left out (it holds the client's setup). The plain loop does
 the same work per round with the same data, model and thread count: validate the model, train one epoch
 (:func:`baselines.train_selected`, the common ``train_epoch`` and ``evaluate_dice``). The difference is what
 NVFlare adds: serialising and sending the model both ways, the server's aggregation and checkpoints, TensorBoard

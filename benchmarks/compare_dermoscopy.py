@@ -70,7 +70,8 @@ def dermoscopy_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
     epochs_per_round = int(config["local_epochs"])
 
     def lr_factor(epoch: int) -> float:
-        return round_learning_rate(1.0, epoch // epochs_per_round, float(config["lr_decay"]), int(config["lr_decay_rounds"]))
+        return round_learning_rate(1.0, epoch // epochs_per_round, float(config["lr_decay"]),
+                                   int(config["lr_decay_rounds"]))
 
     return Recipe(build_model=lambda: build_network(network["name"], **network.get("args", {})),
                   loss_fn=torch.nn.CrossEntropyLoss(),

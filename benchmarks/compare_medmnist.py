@@ -84,7 +84,8 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     data = args.data or demo_medmnist(args.work / "data", args.clients)
     output = args.output or args.work / "results"
     job_config = ROOT / "jobs" / "fedavg_medmnist" / "app" / "config"
-    rounds = args.rounds or json.loads((job_config / "config_fed_server.json").read_text())["workflows"][0]["args"]["num_rounds"]
+    workflow = json.loads((job_config / "config_fed_server.json").read_text())["workflows"][0]
+    rounds = args.rounds or workflow["args"]["num_rounds"]
     clients = [site_name(i + 1) for i in range(args.clients)]
     paths = {"dataset": args.dataset, "npz_path": f"DATASET_ROOT/medmnist/{args.dataset}.npz",
              "split_dir": f"DATASET_ROOT/medmnist/splits_{args.dataset}"}

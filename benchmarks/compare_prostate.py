@@ -26,7 +26,6 @@ from typing import Dict, List, Sequence
 
 import torch
 from monai.losses import DiceLoss
-from torch.utils.data import DataLoader
 
 from simrun import ROOT, run_job, server_curve
 from baselines import BaselineResult, Recipe, SiteData, centralised, local_only
@@ -37,7 +36,8 @@ sys.path.insert(0, str(ROOT / "result_stat"))
 from make_demo_prostate import make_demo_federation  # noqa: E402
 from prepare_prostate_2d import prepare  # noqa: E402
 import prostate_2d_test_only  # noqa: E402
-from medfl.common.data import SegmentationSliceDataset, datalist_path, load_segmentation_pairs, read_datalist  # noqa: E402
+from medfl.common.data import (SegmentationSliceDataset, datalist_path, load_segmentation_pairs,  # noqa: E402
+                               read_datalist)
 from medfl.common.networks import build_network  # noqa: E402
 from medfl.common.segmentation import TRAIN_AUGMENTATION  # noqa: E402
 from medfl.common.train import evaluate_dice  # noqa: E402
@@ -67,8 +67,9 @@ def prostate_sites(data: Path, clients: Sequence[str], augment: bool) -> Dict[st
         datalist = datalist_path(data / "datalist_2D", client)
         splits = {split: load_segmentation_pairs(read_datalist(datalist, split, client), data / "dataset_2D", client)
                   for split in ("training", "validation", "testing")}
-        sites[client] = SiteData(SegmentationSliceDataset(splits["training"], TRAIN_AUGMENTATION if augment else None),
-                                 SegmentationSliceDataset(splits["validation"]), SegmentationSliceDataset(splits["testing"]))
+        training = SegmentationSliceDataset(splits["training"], TRAIN_AUGMENTATION if augment else None)
+        sites[client] = SiteData(training, SegmentationSliceDataset(splits["validation"]),
+                                 SegmentationSliceDataset(splits["testing"]))
     return sites
 
 
@@ -84,7 +85,8 @@ def prostate_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
 
 def test_scores(app_server: Path, data: Path) -> Dict[str, Dict[str, float]]:
     with contextlib.redirect_stdout(io.StringIO()):
-        return prostate_2d_test_only.main(["--models_dir", str(app_server), "--dataset_base_dir", str(data / "dataset_2D"),
+        return prostate_2d_test_only.main(["--models_dir", str(app_server),
+                                           "--dataset_base_dir", str(data / "dataset_2D"),
                                            "--datalist_json_path", str(data / "datalist_2D"),
                                            "--select_threshold", str(SELECT_THRESHOLD)])
 
