@@ -4,8 +4,8 @@
 
 One client of the demo prostate federation (``--size`` slices, 64 by default) runs ``fedavg_prostate`` (the
 job's UNet, Adam, batch 8, one local epoch, one thread) for ``--rounds`` rounds; its round time is the median
-time between two round starts in the server log, the first round left out (it holds the client's setup). The plain loop does
-the same work per round with the same data, model and thread count: validate the model, train one epoch
+time between two round starts in the server log, the first round left out (it holds the client's setup). The
+plain loop does the same work per round with the same data, model and thread count: validate the model, train one epoch
 (:func:`baselines.train_selected`, the common ``train_epoch`` and ``evaluate_dice``). The difference is what
 NVFlare adds: serialising and sending the model both ways, the server's aggregation and checkpoints, TensorBoard
 streaming, and the task polling (``task_check_period``). That cost is about fixed per round, so the ratio
