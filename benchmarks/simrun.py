@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
@@ -66,3 +68,30 @@ def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, se
     if proc.returncode != 0:
         raise RuntimeError(f"simulator run of {job} failed ({proc.returncode}); see {log}")
     return SimulatorRun(workspace, wall, peak)
+
+
+ROUND_STARTED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*round (\d+)/\d+ started")
+
+
+def round_start_times(workspace: Path) -> List[float]:
+    """Seconds (since the first) at which the server started each round, from ``<workspace>/server/log.txt``."""
+    stamps = []
+    for line in (workspace / "server" / "log.txt").read_text().splitlines():
+        match = ROUND_STARTED.search(line)
+        if match:
+            stamps.append(datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    if len(stamps) < 2:
+        raise RuntimeError(f"{workspace}: fewer than two 'round k/N started' lines in the server log")
+    return [s - stamps[0] for s in stamps]
+
+
+def server_curve(workspace: Path, tag: str) -> Tuple[List[int], List[float]]:
+    """``(rounds, values)`` of a scalar the server wrote (e.g. ``val_mean/global``, validation of what was sent)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workspace / "server" / "simulate_job" / "tb_events" / "server"))
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        raise RuntimeError(f"{workspace}: the server wrote no '{tag}' scalar")
+    scalars = events.Scalars(tag)
+    return [e.step for e in scalars], [e.value for e in scalars]

@@ -1,0 +1,120 @@
+"""The two non-federated baselines of every comparison: local-only training per site and centralised training on
+the pooled data, both with the project's common training loop (:func:`medfl.common.train.train_epoch`).
+
+The budget is the federated run's: ``epochs = num_rounds * local_epochs`` passes over the training data, the
+same network, optimizer, loss, batch size and seed. As the federated jobs keep the best model by validation,
+each baseline keeps the epoch whose validation metric is best and reports that model's test metric:
+
+* local-only: site k trains its own model on its own data and selects it on its own validation split;
+* centralised: one model trains on the union of the sites' training splits and is selected on the
+  validation-size weighted mean over the sites' validation splits (the server's ``val_mean``).
+
+No NVFlare is needed; datasets yield ``{"image", "label"}`` dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from medfl.common.executor import seed_everything
+from medfl.common.train import train_epoch
+
+MetricFn = Callable[[torch.nn.Module, DataLoader, torch.device], float]
+
+
+@dataclass
+class SiteData:
+    """One site's splits."""
+
+    training: Dataset
+    validation: Dataset
+    testing: Dataset
+
+
+@dataclass
+class Recipe:
+    """What a baseline shares with the federated run: model, loss, optimizer, metric and budget."""
+
+    build_model: Callable[[], torch.nn.Module]
+    loss_fn: Callable
+    make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    metric: MetricFn  # higher is better
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    eval_batch_size: int = 16
+    drop_last: bool = False  # drop a last short training batch (as the classification clients, for BatchNorm)
+    # per-epoch learning-rate schedule (e.g. PRR-FL's decay every few rounds); None: constant
+    make_scheduler: Optional[Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]] = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class BaselineResult:
+    """Test metric per site of the selected model(s) and the validation curve (one value per epoch)."""
+
+    test: Dict[str, float]
+    curve: List[float]
+
+
+def _loader(dataset: Dataset, recipe: Recipe) -> DataLoader:
+    return DataLoader(dataset, batch_size=recipe.eval_batch_size)
+
+
+def _weighted_mean(values: Mapping[str, float], sizes: Mapping[str, int]) -> float:
+    return sum(values[s] * sizes[s] for s in values) / sum(sizes[s] for s in values)
+
+
+def train_selected(recipe: Recipe, training: Dataset, validation: Mapping[str, Dataset]) -> tuple:
+    """Train one model for ``recipe.epochs`` epochs; after each, score it on every validation set.
+
+    Returns ``(model with the best epoch's weights, curve)``, the curve being the size-weighted mean validation
+    metric per epoch.
+    """
+    if recipe.epochs < 1:
+        raise ValueError(f"the budget must be at least one epoch, got {recipe.epochs}")
+    seed_everything(recipe.seed)
+    model = recipe.build_model().to(recipe.device)
+    optimizer = recipe.make_optimizer(model)
+    scheduler = recipe.make_scheduler(optimizer) if recipe.make_scheduler else None
+    train_loader = DataLoader(training, batch_size=recipe.batch_size, shuffle=True,
+                              drop_last=recipe.drop_last and len(training) > recipe.batch_size)
+    sizes = {site: len(data) for site, data in validation.items()}
+    best_score, best_state, curve = -float("inf"), None, []
+    for _ in range(recipe.epochs):
+        train_epoch(model, train_loader, recipe.loss_fn, optimizer, recipe.device)
+        if scheduler is not None:
+            scheduler.step()
+        scores = {site: recipe.metric(model, _loader(data, recipe), recipe.device) for site, data in validation.items()}
+        curve.append(_weighted_mean(scores, sizes))
+        if curve[-1] > best_score:
+            best_score, best_state = curve[-1], copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return model, curve
+
+
+def local_only(sites: Mapping[str, SiteData], recipe: Recipe) -> BaselineResult:
+    """Every site trains alone; its test metric is its own selected model's on its own test split.
+
+    The curve is the size-weighted mean over sites of each site's own validation metric per epoch.
+    """
+    test, curves = {}, {}
+    for site, data in sites.items():
+        model, curves[site] = train_selected(recipe, data.training, {site: data.validation})
+        test[site] = recipe.metric(model, _loader(data.testing, recipe), recipe.device)
+    sizes = {site: len(data.validation) for site, data in sites.items()}
+    curve = [_weighted_mean({site: curves[site][e] for site in sites}, sizes) for e in range(recipe.epochs)]
+    return BaselineResult(test, curve)
+
+
+def centralised(sites: Mapping[str, SiteData], recipe: Recipe) -> BaselineResult:
+    """One model on the pooled training data, selected on the pooled validation metric, tested per site."""
+    pooled = ConcatDataset([data.training for data in sites.values()])
+    model, curve = train_selected(recipe, pooled, {site: data.validation for site, data in sites.items()})
+    test = {site: recipe.metric(model, _loader(data.testing, recipe), recipe.device) for site, data in sites.items()}
+    return BaselineResult(test, curve)

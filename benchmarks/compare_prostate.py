@@ -1,0 +1,152 @@
+"""Prostate federation: FedSM and FedAvg (NVFlare simulator) against local-only and centralised training, with the
+same UNet, seed and budget; writes a test-Dice table (markdown + CSV) and the validation curves (PNG).
+
+    python benchmarks/compare_prostate.py [--rounds 20] [--seeds 0 1 2] [--work /tmp/compare_prostate] \
+        [--data <prepared root holding dataset_2D/ and datalist_2D/>]
+
+Without ``--data`` the synthetic demo federation is made and prepared at ``--size`` (see
+``data_preparation/make_demo_prostate.py``). The budget is ``--rounds`` rounds of the jobs' ``local_epochs``;
+the baselines train ``rounds * local_epochs`` epochs with the jobs' network, Adam learning rate, batch size and
+augmentation (``--train`` overrides any ``config_train.json`` key for every method alike, e.g. a smaller UNet).
+Every method's model is selected on validation Dice; the table reports foreground Dice on each site's testing
+split (FedSM: the super model, threshold 0.9, and its global model). HarmoFL is not run here: its job uses
+its own 3-channel UNet on its own six-site preparation, so it would not compare the same model on the same data.
+The last line printed is the figure to track: FedSM's mean test Dice minus FedAvg's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+from monai.losses import DiceLoss
+
+from simrun import ROOT, run_job, server_curve
+from baselines import BaselineResult, Recipe, SiteData, centralised, local_only
+from results_table import markdown_table, plot_curves, write_results
+
+sys.path.insert(0, str(ROOT / "data_preparation"))
+sys.path.insert(0, str(ROOT / "result_stat"))
+from make_demo_prostate import make_demo_federation  # noqa: E402
+from prepare_prostate_2d import prepare  # noqa: E402
+import prostate_2d_test_only  # noqa: E402
+from medfl.common.data import (SegmentationSliceDataset, datalist_path, load_segmentation_pairs,  # noqa: E402
+                               read_datalist)
+from medfl.common.networks import build_network  # noqa: E402
+from medfl.common.segmentation import TRAIN_AUGMENTATION  # noqa: E402
+from medfl.common.train import evaluate_dice  # noqa: E402
+
+CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
+DEMO_SIZE = 64
+DEMO_ROUNDS = 20
+SELECT_THRESHOLD = 0.9
+
+
+def demo_prostate(root: Path, size: int = DEMO_SIZE) -> Path:
+    """The demo prostate federation prepared under ``root`` (kept if already there)."""
+    if not (root / "datalist_2D" / "client_All.json").is_file():
+        make_demo_federation(root / "raw")
+        prepare(root / "raw", root, source="saml", size=size)
+    return root
+
+
+def job_train_config(job: str, overrides: Dict) -> Dict:
+    return {**json.loads((ROOT / "jobs" / job / "app" / "config" / "config_train.json").read_text()), **overrides}
+
+
+def prostate_sites(data: Path, clients: Sequence[str], augment: bool) -> Dict[str, SiteData]:
+    """Each client's training (augmented as the jobs do), validation and testing slices."""
+    sites = {}
+    for client in clients:
+        datalist = datalist_path(data / "datalist_2D", client)
+        splits = {split: load_segmentation_pairs(read_datalist(datalist, split, client), data / "dataset_2D", client)
+                  for split in ("training", "validation", "testing")}
+        training = SegmentationSliceDataset(splits["training"], TRAIN_AUGMENTATION if augment else None)
+        sites[client] = SiteData(training, SegmentationSliceDataset(splits["validation"]),
+                                 SegmentationSliceDataset(splits["testing"]))
+    return sites
+
+
+def prostate_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
+    """The FedAvg job's client recipe (``SegmentationExecutor``) as a plain training budget."""
+    network = config["network"]
+    return Recipe(build_model=lambda: build_network(network["name"], **network.get("args", {})),
+                  loss_fn=DiceLoss(sigmoid=True),
+                  make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=float(config["learning_rate"])),
+                  metric=evaluate_dice, epochs=rounds * int(config["local_epochs"]),
+                  batch_size=int(config["batch_size"]), seed=seed)
+
+
+def test_scores(app_server: Path, data: Path) -> Dict[str, Dict[str, float]]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return prostate_2d_test_only.main(["--models_dir", str(app_server),
+                                           "--dataset_base_dir", str(data / "dataset_2D"),
+                                           "--datalist_json_path", str(data / "datalist_2D"),
+                                           "--select_threshold", str(SELECT_THRESHOLD)])
+
+
+def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="prepared data root (default: the demo federation)")
+    parser.add_argument("--clients", nargs="+", default=list(CLIENTS))
+    parser.add_argument("--rounds", type=int, default=DEMO_ROUNDS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--size", type=int, default=DEMO_SIZE, help="slice size of the demo federation")
+    parser.add_argument("--train", type=json.loads, default={}, help="config_train.json overrides, as JSON")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/compare_prostate"))
+    parser.add_argument("--output", type=Path, default=None, help="table and plot folder (default: <work>/results)")
+    args = parser.parse_args(argv)
+    data = args.data or demo_prostate(args.work / "data", args.size)
+    output = args.output or args.work / "results"
+    server = {"num_rounds": args.rounds}
+
+    scores: Dict[str, List[Dict[str, float]]] = {}
+    curves, walls = {}, {}
+    for seed in args.seeds:
+        train = {"num_threads": 1, **args.train, "seed": seed}
+        config = job_train_config("fedavg_prostate", train)
+        per_epoch = int(config["local_epochs"])
+        for job, rows in (("fedavg_prostate", {"FedAvg": "global"}),
+                          ("fedsm_prostate", {"FedSM (super model)": "super", "FedSM (global model)": "global"})):
+            run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, server, train)
+            walls.setdefault(job, []).append(run.wall_s)
+            tested = test_scores(run.app_server, data)
+            for row, key in rows.items():
+                scores.setdefault(row, []).append({client: s[key] for client, s in tested.items()})
+            if seed == args.seeds[0]:
+                for row, key in rows.items():
+                    if key == "global":
+                        steps, values = server_curve(run.workspace, "val_mean/global")
+                        curves[row] = ([s * per_epoch for s in steps], values)
+        sites = prostate_sites(data, args.clients, bool(config.get("augment", True)))
+        recipe = prostate_recipe(config, args.rounds, seed)
+        torch.set_num_threads(max(int(config["num_threads"]), 1))
+        baselines: Dict[str, BaselineResult] = {"local only": local_only(sites, recipe),
+                                                "centralised": centralised(sites, recipe)}
+        for row, result in baselines.items():
+            scores.setdefault(row, []).append(result.test)
+            if seed == args.seeds[0]:
+                curves[row] = (list(range(1, recipe.epochs + 1)), result.curve)
+
+    caption = (f"Prostate ({'demo federation, %dx%d slices' % (args.size, args.size) if args.data is None else data}), "
+               f"{len(args.clients)} sites, {args.rounds} rounds x {per_epoch} local epoch(s), seeds {args.seeds}: "
+               f"test foreground Dice of the validation-selected model")
+    markdown, table_csv = write_results(scores, output, "prostate_results", caption)
+    plot = plot_curves(curves, output / "prostate_validation.png", "mean validation Dice")
+    print(caption)
+    print(markdown_table(scores))
+    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
+    print(f"written: {markdown}, {table_csv}, {plot}")
+    means = {row: sum(sum(run.values()) / len(run) for run in runs) / len(runs) for row, runs in scores.items()}
+    print(f"FedSM super-model mean test Dice - FedAvg: {means['FedSM (super model)'] - means['FedAvg']:+.4f}")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

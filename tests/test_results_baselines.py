@@ -1,0 +1,140 @@
+"""Local-only and centralised baselines (benchmarks/baselines.py) and the results table writer
+(benchmarks/results_table.py), on tiny tensors."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from baselines import Recipe, SiteData, centralised, local_only, train_selected  # noqa: E402
+from results_table import markdown_table, mean_std, plot_curves, summarise, write_results  # noqa: E402
+
+
+class Tensors(Dataset):
+    """``n`` 1x4x4 images whose label is a fixed function of the image (a learnable target)."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(n, 1, 4, 4, generator=g)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": 2.0 * self.images[i]}
+
+
+def negative_mse(model, loader, device):
+    with torch.no_grad():
+        errors = [torch.mean((model(b["image"]) - b["label"]) ** 2).item() for b in loader]
+    return -sum(errors) / len(errors)
+
+
+def recipe(epochs=3, metric=negative_mse):
+    return Recipe(build_model=lambda: torch.nn.Conv2d(1, 1, 1), loss_fn=torch.nn.MSELoss(),
+                  make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.5), metric=metric,
+                  epochs=epochs, batch_size=4, seed=0)
+
+
+SITES = {name: SiteData(Tensors(8, i), Tensors(4, 10 + i), Tensors(4, 20 + i)) for i, name in enumerate(("a", "b"))}
+
+
+def test_local_only_trains_one_model_per_site_and_learns():
+    result = local_only(SITES, recipe(epochs=4))
+    assert set(result.test) == {"a", "b"} and len(result.curve) == 4
+    assert result.curve[-1] > result.curve[0], "training must reduce the validation error"
+
+
+def test_centralised_pools_the_training_data_and_tests_per_site():
+    seen = []
+
+    class CountingLoss(torch.nn.MSELoss):
+        def forward(self, prediction, target):
+            seen.append(len(prediction))
+            return super().forward(prediction, target)
+
+    r = recipe(epochs=1)
+    r.loss_fn = CountingLoss()
+    result = centralised(SITES, r)
+    assert sum(seen) == 16, "one epoch must see every site's training images"
+    assert set(result.test) == {"a", "b"} and len(result.curve) == 1
+
+
+def test_the_best_validation_epoch_is_kept():
+    scores, states = iter([0.1, 0.9, 0.3]), []
+
+    def scripted(model, loader, device):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    model, curve = train_selected(recipe(epochs=3, metric=scripted), SITES["a"].training, {"a": SITES["a"].validation})
+    assert curve == [0.1, 0.9, 0.3]
+    assert all(torch.equal(model.state_dict()[k], states[1][k]) for k in states[1])
+
+
+def test_a_zero_budget_is_refused():
+    with pytest.raises(ValueError, match="at least one epoch"):
+        train_selected(recipe(epochs=0), SITES["a"].training, {"a": SITES["a"].validation})
+
+
+SCORES = {"FedAvg": [{"s1": 0.5, "s2": 0.7}, {"s1": 0.7, "s2": 0.9}], "local": [{"s1": 0.2, "s2": 0.4}]}
+
+
+def test_summary_mean_and_sample_std_over_seeds():
+    assert mean_std([1.0]) == (1.0, 0.0)
+    sites, table = summarise(SCORES)
+    assert sites == ["s1", "s2"]
+    mean, std, seeds = table["FedAvg"]["mean"]
+    assert mean == pytest.approx(0.7) and std == pytest.approx(0.1414, abs=1e-4) and seeds == 2
+    assert table["local"]["mean"] == (pytest.approx(0.3), 0.0, 1)
+
+
+def test_markdown_and_csv(tmp_path):
+    text = markdown_table(SCORES, digits=2)
+    assert text.splitlines()[0] == "| method | s1 | s2 | mean |"
+    assert "| FedAvg | 0.60 ± 0.14 | 0.80 ± 0.14 | 0.70 ± 0.14 |" in text
+    assert "| local | 0.20 | 0.40 | 0.30 |" in text
+    markdown, table_csv = write_results(SCORES, tmp_path, "demo", caption="Demo federation")
+    assert markdown.read_text().startswith("Demo federation\n\n| method |")
+    rows = list(csv.DictReader(table_csv.open()))
+    assert len(rows) == 6 and rows[2] == {"method": "FedAvg", "site": "mean", "mean": "0.700000",
+                                          "std": "0.141421", "seeds": "2"}
+
+
+def test_runs_over_different_sites_are_an_error():
+    with pytest.raises(ValueError, match="local: sites"):
+        summarise({"FedAvg": [{"s1": 0.5}], "local": [{"s2": 0.5}]})
+
+
+def test_curves_png(tmp_path):
+    path = plot_curves({"FedAvg": ([1, 2], [0.1, 0.2]), "local": ([1, 2], [0.2, 0.1])}, tmp_path / "c.png", "Dice")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_round_start_times_from_a_server_log(tmp_path):
+    from simrun import round_start_times
+
+    log = tmp_path / "server" / "log.txt"
+    log.parent.mkdir()
+    log.write_text("2026-11-25 13:00:00,000 - X - INFO - [wf=fedavg] - round 1/3 started\n"
+                   "2026-11-25 13:00:01,000 - X - INFO - other line\n"
+                   "2026-11-25 13:00:02,500 - X - INFO - [wf=fedavg] - round 2/3 started\n"
+                   "2026-11-25 13:00:04,000 - X - INFO - [wf=fedavg] - round 3/3 started\n")
+    assert round_start_times(tmp_path) == pytest.approx([0.0, 2.5, 4.0])
+
+
+def test_offline_fedavg_round_sends_the_unet_and_aggregates():
+    from offline import offline_round, payload_bytes
+    from medfl.common.params import unbundle
+
+    offline = offline_round("fedavg_prostate")
+    unet = offline.controller.models["global"]
+    assert payload_bytes(offline.controller.payload_for(offline.clients[0])) == sum(v.nbytes for v in unet.values())
+    offline.controller.aggregate(offline.results)  # equal sample counts: the plain mean of the updates
+    key = next(k for k, v in unet.items() if v.dtype.kind == "f")
+    updates = [unbundle(r.params)["global"][key] for r in offline.results.values()]
+    assert offline.controller.models["global"][key] == pytest.approx(sum(updates) / len(updates), abs=1e-5)
