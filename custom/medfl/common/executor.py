@@ -19,6 +19,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+from monai.transforms import Randomizable
+from torch.utils.data import Subset
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
@@ -49,6 +51,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_random_transforms(datasets: Dict[str, Any], seed: int) -> int:
+    """Seed the MONAI random transforms of every dataset (``dataset.transform``, through ``Subset``s).
+
+    MONAI's ``Randomizable`` transforms draw from their own ``RandomState``, which neither ``torch.manual_seed``
+    nor ``np.random.seed`` reaches; without this, augmentation differs between runs with the same seed.
+    Returns the number of transforms seeded.
+    """
+    seeded = 0
+    for dataset in datasets.values():
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        transform = getattr(dataset, "transform", None)
+        if isinstance(transform, Randomizable):
+            transform.set_random_state(seed=seed)
+            seeded += 1
+    return seeded
 
 
 class RoundExecutor(Executor):
@@ -141,6 +161,7 @@ class RoundExecutor(Executor):
             if self.analytic_sender_id:
                 self.writer = engine.get_component(self.analytic_sender_id)
             self.setup(fl_ctx)
+            seed_random_transforms(getattr(self, "datasets", {}), int(self.config.get("seed", 0)))
         except (DataError, ValueError, KeyError) as e:
             self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"
             self.log_error(fl_ctx, f"cannot start: {self._setup_error}")
