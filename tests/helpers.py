@@ -58,9 +58,20 @@ class PocDeployment:
     def nvflare(self, *args, timeout: int = 300, check: bool = True):
         return run([BIN / "nvflare", *args], env=self.env, timeout=timeout, check=check)
 
+    @property
+    def kits(self) -> Path:
+        """The folder of the participants' startup kits (the server's is ``POC_SERVER``)."""
+        return next((self.root / "poc").glob("*/prod_00"))
+
     def __enter__(self) -> "PocDeployment":
-        self.nvflare("poc", "prepare", "-c", *self.clients, "--force")
-        self.nvflare("poc", "start", "--timeout", "120")
+        # free ports (another deployment on this machine may hold NVFlare's defaults), so a project file
+        project = poc_project(self.clients, self.root / "project.yml")
+        try:
+            self.nvflare("poc", "prepare", "-i", project, "--force")
+            self.nvflare("poc", "start", "--timeout", "120")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,6 +106,19 @@ def with_free_ports(project_file: Path, target: Path) -> Path:
             participant["fed_learn_port"], participant["admin_port"] = free_port(), free_port()
     target.write_text(yaml.safe_dump(project))
     return target
+
+
+POC_SERVER = "localhost"
+
+
+def poc_project(clients: Sequence[str], target: Path) -> Path:
+    """A POC project file: ``deploy/project.yml``'s server (on free ports), admin and builders, with ``clients``."""
+    project = yaml.safe_load((PROJECT_ROOT / "deploy" / "project.yml").read_text())
+    others = [p for p in project["participants"] if p["type"] != "client"]
+    project["name"] = "medfl_poc"
+    project["participants"] = others + [{"name": c, "type": "client", "org": "demo"} for c in clients]
+    target.write_text(yaml.safe_dump(project))
+    return with_free_ports(target, target)
 
 
 class ProvisionedDeployment:
