@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -47,9 +48,11 @@ class PocDeployment:
     Use as a context manager; every process is stopped on exit, also when a test fails.
     """
 
-    def __init__(self, root: Path, clients: Sequence[str], env: Optional[Dict[str, str]] = None):
+    def __init__(self, root: Path, clients: Sequence[str], env: Optional[Dict[str, str]] = None,
+                 heart_beat_timeout: Optional[int] = None):
         self.root = root
         self.clients = list(clients)
+        self.heart_beat_timeout = heart_beat_timeout
         for sub in ("home", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.env = {"HOME": str(root / "home"), "TMPDIR": str(root / "tmp"),
@@ -68,11 +71,21 @@ class PocDeployment:
         project = poc_project(self.clients, self.root / "project.yml")
         try:
             self.nvflare("poc", "prepare", "-i", project, "--force")
+            if self.heart_beat_timeout:
+                self.set_heart_beat_timeout(self.heart_beat_timeout)
             self.nvflare("poc", "start", "--timeout", "120")
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def set_heart_beat_timeout(self, seconds: int) -> None:
+        """Seconds without a heartbeat after which the server drops a site (the server's local resources.json;
+        NVFlare's default 600)."""
+        resources = self.kits / POC_SERVER / "local" / "resources.json"
+        config = json.loads(resources.read_text())
+        config["servers"][0]["heart_beat_timeout"] = seconds
+        resources.write_text(json.dumps(config, indent=2))
 
     def __exit__(self, *exc) -> None:
         self.nvflare("poc", "stop", timeout=120, check=False)
