@@ -252,3 +252,28 @@ def test_grey_images_are_converted_where_the_original_converts(job, prepared, tm
     client = make_client(job, FAMILIES[family][2], tmp_path / "app")
     client.setup(None)
     load_everything(client)
+
+
+def _poison(client) -> int:
+    """Fill every parameter of every model the client holds with NaN; return how many models."""
+    models = [m for value in vars(client).values()
+              for m in (value.values() if isinstance(value, dict) else [value]) if isinstance(m, torch.nn.Module)]
+    with torch.no_grad():
+        for model in models:
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+    return len(models)
+
+
+@pytest.mark.parametrize("job", sorted(FAMILY_OF))
+def test_nan_loss_stops_training_with_one_line(job, prepared, tmp_path, monkeypatch):
+    from nvflare.apis.signal import Signal
+
+    family = FAMILY_OF[job]
+    monkeypatch.setenv("DATASET_ROOT", str(prepared(family)))
+    client = make_client(job, FAMILIES[family][2], tmp_path / "app")
+    client.setup(None)
+    assert _poison(client), "no model found"
+    with pytest.raises(FloatingPointError) as error:
+        client.train_round(Signal(), None)
+    assert "\n" not in str(error.value) and "nan" in str(error.value).lower(), str(error.value)
