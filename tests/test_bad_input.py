@@ -19,20 +19,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from helpers import PROJECT_ROOT, run
+from helpers import PROJECT_ROOT
 from medfl.common.errors import DataError
-from test_deploy_poc import FEDERATIONS, TRUNK, _camelyon17, _dermoscopy, _harmofl_prostate, _medmnist, _nuclei, \
-    _prostate
-
-
-def _isic2019_data(root: Path, shared: Path) -> None:
-    """The ISIC2019 demo federation and a trunk file (no MoCo prior: the FedMAS job is left out, see below)."""
-    from medfl.fedmas.networks import resnet_trunk
-
-    run(["python", "data_preparation/prepare_isic2019.py", "demo", "--ham-dir", shared / "ham10000_mini",
-         "--out", root / "fed_isic2019", "--image-size", "32"])
-    (root / TRUNK).parent.mkdir(parents=True)
-    torch.save(resnet_trunk(18).state_dict(), root / TRUNK)
+from test_deploy_poc import FEDERATIONS, _camelyon17, _dermoscopy, _harmofl_prostate, _isic2019, _medmnist, \
+    _nuclei, _prostate
 
 
 # family: (builder, jobs, site, the site's datalist, the folder its entries are relative to, segmentation?)
@@ -44,7 +34,7 @@ FAMILIES: Dict[str, Tuple[Callable, List[str], str, str, str, bool]] = {
     "nuclei": (_nuclei, ["harmofl_nuclei"], "dapi_blue", "datalist_nuclei/dapi_blue.json", "raw/demo_nuclei", True),
     "camelyon17": (_camelyon17, ["harmofl_camelyon17"], "hospital1", "datalist_camelyon17/hospital1.json",
                    "raw/demo_camelyon17", False),
-    "isic2019": (_isic2019_data, ["fedavg_isic2019", "fedavg_bsm_isic2019"], "center_1",
+    "isic2019": (_isic2019, ["fedmas_isic2019", "fedavg_isic2019", "fedavg_bsm_isic2019"], "center_1",
                  "fed_isic2019/center_1/train.csv", "fed_isic2019/center_1", False),
     "dermoscopy": (_dermoscopy, ["prrfl_dermoscopy", "fedavg_dermoscopy"], "clientA",
                    "prrfl_ham10000/clientA/train_clientA.csv", "prrfl_ham10000", False),
@@ -79,7 +69,6 @@ def make_client(job: str, site: str, app_dir: Path):
     client.site, client.app_dir = site, str(app_dir)
     client.config = {**json.loads((config_dir / "config_train.json").read_text()), **TRAIN_OVERRIDES.get(job, {}),
                      "num_threads": 1}
-    client.config.pop("prior_checkpoint", None)
     return client
 
 
@@ -267,13 +256,16 @@ def _poison(client) -> int:
 
 @pytest.mark.parametrize("job", sorted(FAMILY_OF))
 def test_nan_loss_stops_training_with_one_line(job, prepared, tmp_path, monkeypatch):
+    from nvflare.apis.fl_context import FLContext
     from nvflare.apis.signal import Signal
 
     family = FAMILY_OF[job]
     monkeypatch.setenv("DATASET_ROOT", str(prepared(family)))
     client = make_client(job, FAMILIES[family][2], tmp_path / "app")
     client.setup(None)
+    client.task_meta = {"site_label": 0}  # what FedSM's server sends beside the payload; the others ignore it
+    client.load_payload(client.export_params(FLContext()), FLContext())  # a round's payload: its own initial models
     assert _poison(client), "no model found"
     with pytest.raises(FloatingPointError) as error:
-        client.train_round(Signal(), None)
+        client.train_round(Signal(), FLContext())
     assert "\n" not in str(error.value) and "nan" in str(error.value).lower(), str(error.value)
