@@ -14,7 +14,7 @@ WORK        := workspaces
 SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv demo demo-fedavg demo-data sync test test-all clean
+.PHONY: venv demo demo-fedavg demo-data sync test test-unit test-deploy clean
 
 venv: $(BIN)/nvflare
 $(BIN)/nvflare: requirements.txt
@@ -51,8 +51,16 @@ demo-fedavg: demo-data
 sync: venv
 	$(BIN)/python tools/sync_job_code.py
 
+# unit tests and every job end to end in the simulator (about 12 minutes on 2 cores)
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not deploy"
+
+test-unit: venv
+	$(BIN)/python -m pytest -q -m "not deploy and not e2e"
+
+# the jobs in POC / provisioned deployments on loopback (CI runs this after `make test`)
+test-deploy: venv
+	$(BIN)/python -m pytest -q -m deploy
 
 clean:
 	rm -rf $(WORK) results $(DATA)/dataset_2D $(DATA)/datalist_2D $(DATA)/raw

@@ -7,7 +7,7 @@ FedAvg baselines use this class as it is, and methods override the loss, the ste
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -49,8 +49,9 @@ class ClassificationExecutor(RoundExecutor):
         network = self.config["network"]
         return build_network(network["name"], **network.get("args", {}))
 
-    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits, labels)
+    def build_loss(self) -> Callable:
+        """The training loss ``loss(model_output, labels)`` (default: cross-entropy); built after the data."""
+        return torch.nn.functional.cross_entropy
 
     def setup(self, fl_ctx: FLContext) -> None:
         self.datasets = self.build_datasets()
@@ -64,6 +65,7 @@ class ClassificationExecutor(RoundExecutor):
         self.model = self.build_model().to(self.device)
         self.optimizer = build_optimizer(self.model.parameters(), self.config.get("optimizer", {"name": "sgd", "args": {"lr": 0.01}}))
         self.val_metric = self.config.get("val_metric", "accuracy")
+        self.loss_fn = self.build_loss()
 
     def num_samples(self, split: str) -> int:
         return len(self.datasets[split])

@@ -25,6 +25,7 @@ import torch
 
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
+from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
 from .executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, seed_everything
@@ -71,6 +72,8 @@ class RoundController(ModelController):
             the ``network`` and ``seed`` entries from it to build the initial models.
         task_check_period: seconds between two checks for finished client tasks (NVFlare's default 0.5); every
             round waits up to about twice this long after its last result.
+        memory_gc_rounds: every this many rounds, release freed memory to the OS (NVFlare's
+            ``cleanup_memory``: ``gc.collect`` + ``malloc_trim``); 0 disables it.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class RoundController(ModelController):
         resume_from: str = "",
         config_train_filename: str = "config_train.json",
         task_check_period: float = 0.5,
+        memory_gc_rounds: int = 1,
     ):
         super().__init__(persistor_id="", task_check_period=task_check_period)
         if num_rounds < 1:
@@ -96,6 +100,7 @@ class RoundController(ModelController):
         self.final_validation = final_validation
         self.resume_from = resume_from
         self.config_train_filename = config_train_filename
+        self.memory_gc_rounds = memory_gc_rounds
         self.train_config: dict = {}
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
@@ -179,6 +184,8 @@ class RoundController(ModelController):
             self.save_state(round_number)
             self.info(f"round {round_number + 1}/{self.num_rounds} finished with {len(results)} clients")
             self.server_evaluate(round_number + 1)
+            if self.memory_gc_rounds and (round_number + 1) % self.memory_gc_rounds == 0:
+                cleanup_memory()
         if self.final_validation:
             results = self.scatter_and_gather(self.validate_task, self.select_clients(self.num_rounds), self.num_rounds)
             if results is not None:

@@ -28,6 +28,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
 from .errors import DataError
@@ -58,6 +59,7 @@ class RoundExecutor(Executor):
         analytic_sender_id: id of an NVFlare ``TBWriter`` component; metrics are streamed to the server's
             TensorBoard through it. Empty to disable.
         train_task / validate_task: task names sent by the server's controller.
+        memory_gc: after each task, release freed memory to the OS (NVFlare's ``cleanup_memory``).
     """
 
     def __init__(
@@ -66,8 +68,10 @@ class RoundExecutor(Executor):
         analytic_sender_id: str = "analytic_sender",
         train_task: str = "train",
         validate_task: str = "validate",
+        memory_gc: bool = True,
     ):
         super().__init__()
+        self.memory_gc = memory_gc
         self.config_train_filename = config_train_filename
         self.analytic_sender_id = analytic_sender_id
         self.train_task = train_task
@@ -181,3 +185,6 @@ class RoundExecutor(Executor):
         except (DataError, FloatingPointError) as e:
             self.log_error(fl_ctx, f"[{self.site}] round {self.current_round}: {e}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        finally:
+            if self.memory_gc:
+                cleanup_memory()

@@ -23,7 +23,7 @@ from medfl.common.config import config_path
 from medfl.common.errors import DataError
 from medfl.common.metrics import predict_probabilities
 from medfl.common.params import Params
-from medfl.common.train import TrainingAborted, to_device, train_epoch
+from medfl.common.train import TrainingAborted, to_device
 
 from . import networks  # noqa: F401  (registers resnet_classifier and free_head_resnet)
 from .aggregation import canonical_method, robust_factor
@@ -56,26 +56,27 @@ class SkinLesionExecutor(ClassificationExecutor):
     """
 
     def build_datasets(self) -> Dict[str, Dataset]:
+        """The centre's splits; also sets ``self.class_counts`` (training split), which the losses need."""
         folder = config_path(self.config, "dataset_base_dir", self.site) / self.site
         if not folder.is_dir():
             raise DataError("no data folder for this client: client names must be the prepared centre folders "
                             "(center_0 ... center_5, see docs/fedmas.md)", path=folder, site=self.site)
         size = int(self.config.get("image_size", DEFAULT_IMAGE_SIZE))
-        return {split: SkinLesionDataset(folder / name, image_size=size, train=split == "training", site=self.site)
-                for split, name in SPLIT_FILES.items()}
+        datasets = {split: SkinLesionDataset(folder / name, image_size=size, train=split == "training", site=self.site)
+                    for split, name in SPLIT_FILES.items()}
+        self.class_counts = datasets["training"].class_counts()
+        return datasets
 
     def setup(self, fl_ctx: FLContext) -> None:
         super().setup(fl_ctx)
         if len(self.datasets[TESTING]) == 0:
             raise DataError("the 'testing' split is empty", site=self.site)
-        self.class_counts = self.datasets["training"].class_counts()
         self.n_classes = len(self.class_counts)
         self.test_loader = DataLoader(self.datasets[TESTING], batch_size=self.train_loader.batch_size)
         self.grad_clip_norm = float(self.config.get("grad_clip_norm", 0.0))
-        self.criterion = self.build_criterion()
         self.report: Dict[str, Any] = {}
 
-    def build_criterion(self) -> Callable:
+    def build_loss(self) -> Callable:
         loss = str(self.config.get("loss", "bsm")).lower()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -121,14 +122,6 @@ class SkinLesionExecutor(ClassificationExecutor):
             clip_grad_norm_(model.parameters(), self.grad_clip_norm)
         optimizer.step()
 
-    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        epochs = int(self.config.get("local_epochs", 1))
-        for epoch in range(epochs):
-            loss = train_epoch(self.model, self.train_loader, self.criterion, self.optimizer, self.device,
-                               step=self.train_step, abort_signal=abort_signal)
-            self.log_metrics({"global": loss}, "train_loss", self.current_round * epochs + epoch)
-            self.log_info(fl_ctx, f"round {self.current_round} epoch {epoch + 1}/{epochs}: loss {loss:.4f}")
-
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         return {SAMPLES_PER_EPOCH: self.samples_per_epoch(), **self.report}
 
@@ -165,7 +158,7 @@ class FedMASExecutor(SkinLesionExecutor):
         self.prior_bn_updated = False
         self.d_tr: Optional[ClassDivergence] = None
 
-    def build_criterion(self) -> Callable:
+    def build_loss(self) -> Callable:
         loss = str(self.config.get("loss", "bsm")).lower()
         if loss != "bsm":
             raise ValueError(f"FedMAS trains with Balanced Softmax: loss must be 'bsm', got {loss!r}")
