@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -47,9 +48,11 @@ class PocDeployment:
     Use as a context manager; every process is stopped on exit, also when a test fails.
     """
 
-    def __init__(self, root: Path, clients: Sequence[str], env: Optional[Dict[str, str]] = None):
+    def __init__(self, root: Path, clients: Sequence[str], env: Optional[Dict[str, str]] = None,
+                 heart_beat_timeout: Optional[int] = None):
         self.root = root
         self.clients = list(clients)
+        self.heart_beat_timeout = heart_beat_timeout
         for sub in ("home", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.env = {"HOME": str(root / "home"), "TMPDIR": str(root / "tmp"),
@@ -58,10 +61,31 @@ class PocDeployment:
     def nvflare(self, *args, timeout: int = 300, check: bool = True):
         return run([BIN / "nvflare", *args], env=self.env, timeout=timeout, check=check)
 
+    @property
+    def kits(self) -> Path:
+        """The folder of the participants' startup kits (the server's is ``POC_SERVER``)."""
+        return next((self.root / "poc").glob("*/prod_00"))
+
     def __enter__(self) -> "PocDeployment":
-        self.nvflare("poc", "prepare", "-c", *self.clients, "--force")
-        self.nvflare("poc", "start", "--timeout", "120")
+        # free ports (another deployment on this machine may hold NVFlare's defaults), so a project file
+        project = poc_project(self.clients, self.root / "project.yml")
+        try:
+            self.nvflare("poc", "prepare", "-i", project, "--force")
+            if self.heart_beat_timeout:
+                self.set_heart_beat_timeout(self.heart_beat_timeout)
+            self.nvflare("poc", "start", "--timeout", "120")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
+
+    def set_heart_beat_timeout(self, seconds: int) -> None:
+        """Seconds without a heartbeat after which the server drops a site (the server's local resources.json;
+        NVFlare's default 600)."""
+        resources = self.kits / POC_SERVER / "local" / "resources.json"
+        config = json.loads(resources.read_text())
+        config["servers"][0]["heart_beat_timeout"] = seconds
+        resources.write_text(json.dumps(config, indent=2))
 
     def __exit__(self, *exc) -> None:
         self.nvflare("poc", "stop", timeout=120, check=False)
@@ -95,6 +119,19 @@ def with_free_ports(project_file: Path, target: Path) -> Path:
             participant["fed_learn_port"], participant["admin_port"] = free_port(), free_port()
     target.write_text(yaml.safe_dump(project))
     return target
+
+
+POC_SERVER = "localhost"
+
+
+def poc_project(clients: Sequence[str], target: Path) -> Path:
+    """A POC project file: ``deploy/project.yml``'s server (on free ports), admin and builders, with ``clients``."""
+    project = yaml.safe_load((PROJECT_ROOT / "deploy" / "project.yml").read_text())
+    others = [p for p in project["participants"] if p["type"] != "client"]
+    project["name"] = "medfl_poc"
+    project["participants"] = others + [{"name": c, "type": "client", "org": "demo"} for c in clients]
+    target.write_text(yaml.safe_dump(project))
+    return with_free_ports(target, target)
 
 
 class ProvisionedDeployment:

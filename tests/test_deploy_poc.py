@@ -1,23 +1,184 @@
-"""Deployment smoke test: the prostate jobs, as committed (code linked from custom/), run in a POC deployment."""
+"""Deployment: every job in ``jobs/``, as committed (code linked from custom/), runs in a POC deployment.
+
+One POC deployment per federation (the jobs that share client names share it); each job is submitted as a tiny
+1-round variant on its demo federation (the e2e tests' recipes), downloaded, and its server outputs checked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Tuple
 
 import pytest
 import torch
 
 from conftest import PROSTATE_CLIENTS
-from helpers import PocDeployment, make_job_variant
+from helpers import PROJECT_ROOT, PocDeployment, make_job_variant, run
 
 pytestmark = pytest.mark.deploy
 
+TINY_UNET = {"name": "unet", "args": {"in_channels": 1, "out_channels": 1, "channels": [4, 8], "strides": [2],
+                                      "num_res_units": 0}}
+HARMOFL_UNET = {"name": "harmofl_unet",
+                "args": {"in_channels": 3, "out_channels": 2, "features": [4, 8, 8, 16, 16, 4]}}
+HARMOFL_DENSENET = {"name": "harmofl_densenet121",
+                    "args": {"in_channels": 3, "out_channels": 2, "init_features": 8, "growth_rate": 4,
+                             "block_config": [1, 1, 1, 1]}}
+SIZE = 32
+PRIOR, TRUNK = "pretrained/moco_r18.pth.tar", "pretrained/resnet18.pth"
+ISIC_SMALL = {"image_size": SIZE, "batch_size": 16, "trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
+PRRFL_SMALL = {"image_size": SIZE, "local_epochs": 1,
+               "network": {"name": "medfl.prrfl.networks:vgg16_slim",
+                           "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
 
-def test_prostate_jobs_run_in_poc(tmp_path, demo_prostate):
-    jobs = {job: make_job_variant(job, tmp_path / "jobs" / job, {"num_rounds": 1}, {"num_threads": 1}, keep_links=True)
-            for job in ("fedavg_prostate", "fedsm_prostate")}
-    for job in jobs.values():
-        assert any(p.is_symlink() for p in (job / "app" / "custom").rglob("*.py")), "submit the linked layout"
-    with PocDeployment(tmp_path / "deploy", PROSTATE_CLIENTS, env={"DATASET_ROOT": str(demo_prostate)}) as poc:
-        fedavg = poc.submit_and_wait(jobs["fedavg_prostate"])
-        assert torch.load(fedavg / "app_server" / "best_global_model.pt")["state_dict"]
-        fedsm = poc.submit_and_wait(jobs["fedsm_prostate"])
-        for client in PROSTATE_CLIENTS:
-            assert (fedsm / "app_server" / f"last_personal_{client}_model.pt").is_file()
-        assert (fedsm / "tb_events" / "client_MSD").is_dir(), "client metrics are streamed to the server"
+
+# ---------------------------------------------------------------------- demo federations (the e2e recipes)
+def _prostate(root: Path, shared: Path) -> None:
+    from make_demo_prostate import make_demo_federation
+    from prepare_prostate_2d import prepare
+
+    make_demo_federation(root / "raw", cases_per_site=6, seed=0)
+    prepare(root / "raw", root, source="saml", size=SIZE)
+
+
+def _harmofl_prostate(root: Path, shared: Path) -> None:
+    from make_demo_prostate import make_demo_federation
+    from prepare_harmofl_prostate import HARMOFL_PROSTATE_SITES, prepare
+
+    make_demo_federation(root / "raw", cases_per_site=6, seed=0, sites=HARMOFL_PROSTATE_SITES)
+    prepare(root / "raw", root, size=SIZE)
+
+
+def _camelyon17(root: Path, shared: Path) -> None:
+    from make_demo_camelyon17 import make_demo_camelyon17
+    from prepare_camelyon17 import prepare
+
+    make_demo_camelyon17(root / "raw" / "demo_camelyon17", slides_per_hospital=4, patches_per_slide=6)
+    prepare(root / "raw" / "demo_camelyon17", root)
+
+
+def _nuclei(root: Path, shared: Path) -> None:
+    from make_demo_nuclei import make_demo_nuclei
+    from prepare_nuclei import prepare
+
+    make_demo_nuclei(shared / "nuclei_dsb2018", root / "raw" / "demo_nuclei")
+    prepare(root / "raw" / "demo_nuclei", root)
+
+
+def _isic2019(root: Path, shared: Path) -> None:
+    from medfl.fedmas.networks import resnet_trunk
+
+    ham = shared / "ham10000_mini"
+    run(["python", "data_preparation/prepare_isic2019.py", "demo", "--ham-dir", ham,
+         "--out", root / "fed_isic2019", "--image-size", str(SIZE)])
+    run(["python", "data_preparation/pretrain_moco.py", "--images", ham / "images", "--output", root / PRIOR,
+         "--depth", "18", "--image-size", str(SIZE), "--epochs", "1", "--batch-size", "32", "--queue-size", "256",
+         "--bn-splits", "2", "--max-images", "64"])
+    torch.save(resnet_trunk(18).state_dict(), root / TRUNK)
+
+
+def _dermoscopy(root: Path, shared: Path) -> None:
+    from prepare_ham10000_prrfl import prepare_federation
+
+    prepare_federation(shared / "ham10000_mini", root / "prrfl_ham10000", image_size=SIZE, log=lambda message: None)
+
+
+def _medmnist(root: Path, shared: Path) -> None:
+    from medfl.fedavg_medmnist.splits import prepare_client_splits
+
+    (root / "medmnist").mkdir()
+    (root / "medmnist" / "breastmnist.npz").symlink_to(shared / "medmnist" / "breastmnist.npz")
+    prepare_client_splits(root / "medmnist" / "breastmnist.npz", root / "medmnist" / "splits_breastmnist",
+                          num_clients=4, alpha=1000.0, seed=0, dataset="breastmnist")
+
+
+@dataclass
+class Federation:
+    """Client names, how to build the demo ``DATASET_ROOT``, and each job's (server, train) overrides."""
+
+    clients: Tuple[str, ...]
+    build: Callable[[Path, Path], None]
+    jobs: Dict[str, Tuple[dict, dict]] = field(default_factory=dict)
+
+
+HARMOFL_PROSTATE_CLIENTS = ("client_BIDMC", "client_HK", "client_I2CVB", "client_ISBI", "client_ISBI_1_5",
+                            "client_UCL")
+FEDERATIONS = {
+    "prostate": Federation(PROSTATE_CLIENTS, _prostate, {
+        "fedavg_prostate": ({}, {"network": TINY_UNET}),
+        "fedsm_prostate": ({}, {"network": TINY_UNET}),
+    }),
+    "harmofl_prostate": Federation(HARMOFL_PROSTATE_CLIENTS, _harmofl_prostate, {
+        "harmofl_prostate": ({}, {"network": HARMOFL_UNET}),
+    }),
+    "camelyon17": Federation(tuple(f"hospital{i}" for i in range(1, 6)), _camelyon17, {
+        "harmofl_camelyon17": ({}, {"network": HARMOFL_DENSENET, "dataset_root": "DATASET_ROOT/raw/demo_camelyon17"}),
+    }),
+    "nuclei": Federation(("brightfield_purple", "confocal_green", "dapi_blue", "widefield_grey"), _nuclei, {
+        "harmofl_nuclei": ({}, {"network": HARMOFL_UNET, "dataset_root": "DATASET_ROOT/raw/demo_nuclei",
+                                "patch_size": SIZE}),
+    }),
+    "isic2019": Federation(("center_1", "center_2", "center_3", "center_5"), _isic2019, {
+        "fedmas_isic2019": ({}, {**ISIC_SMALL, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
+                                 "network": {"name": "free_head_resnet",
+                                             "args": {"n_classes": 8, "prior_dim": 512, "depth": 18}}}),
+        "fedavg_bsm_isic2019": ({}, ISIC_SMALL),
+        "fedavg_isic2019": ({}, ISIC_SMALL),
+    }),
+    "dermoscopy": Federation(("clientA", "clientB", "clientC", "clientD"), _dermoscopy, {
+        "prrfl_dermoscopy": ({}, PRRFL_SMALL),
+        "fedavg_dermoscopy": ({}, PRRFL_SMALL),
+    }),
+    "medmnist": Federation(("site-1", "site-2", "site-3", "site-4"), _medmnist, {
+        "fedavg_medmnist": ({"fraction_fit": 0.5, "min_fit_clients": 1},
+                            {"dataset": "breastmnist", "npz_path": "DATASET_ROOT/medmnist/breastmnist.npz",
+                             "split_dir": "DATASET_ROOT/medmnist/splits_breastmnist", "local_epochs": 1}),
+    }),
+}
+
+
+def poc_variant(job: str, target: Path, clients: Tuple[str, ...], server: dict, train: dict) -> Path:
+    """A 1-round, 1-thread variant of ``job`` with its code still linked; its ``meta.json`` asks for no more
+    clients than the demo federation has (FLamby's ISIC2019 has 6 centres, the demo 4)."""
+    variant = make_job_variant(job, target, {"num_rounds": 1, **server}, {"num_threads": 1, **train},
+                               keep_links=True)
+    assert any(p.is_symlink() for p in (variant / "app" / "custom").rglob("*.py")), "submit the linked layout"
+    meta_file = variant / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["min_clients"] = min(meta.get("min_clients", len(clients)), len(clients))
+    meta_file.write_text(json.dumps(meta, indent=2))
+    return variant
+
+
+def check_outputs(workspace: Path, clients: Tuple[str, ...]) -> None:
+    """Round 0 was aggregated and checkpointed, and client metrics were streamed to the server."""
+    app_server = workspace / "app_server"
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 0
+    last = list(app_server.glob("last_*_model.pt"))
+    assert last and all(torch.load(p, weights_only=True)["state_dict"] for p in last), sorted(app_server.iterdir())
+    assert any((workspace / "tb_events" / client).is_dir() for client in clients), "client metrics reach the server"
+
+
+def test_every_job_has_a_federation():
+    jobs = {p.name for p in (PROJECT_ROOT / "jobs").iterdir() if (p / "meta.json").is_file()}
+    covered = {job for federation in FEDERATIONS.values() for job in federation.jobs}
+    assert covered == jobs, f"jobs without a POC test: {sorted(jobs - covered)}; unknown: {sorted(covered - jobs)}"
+
+
+@pytest.mark.parametrize("name", list(FEDERATIONS))
+def test_jobs_run_in_poc(name, tmp_path, shared_data):
+    federation = FEDERATIONS[name]
+    dataset_root = tmp_path / "data"
+    dataset_root.mkdir()
+    federation.build(dataset_root, shared_data)
+    variants = {job: poc_variant(job, tmp_path / "jobs" / job, federation.clients, *overrides)
+                for job, overrides in federation.jobs.items()}
+    with PocDeployment(tmp_path / "deploy", federation.clients, env={"DATASET_ROOT": str(dataset_root)}) as poc:
+        for job, variant in variants.items():
+            workspace = poc.submit_and_wait(variant)
+            check_outputs(workspace, federation.clients)
+            if job == "fedsm_prostate":
+                for client in federation.clients:
+                    assert (workspace / "app_server" / f"last_personal_{client}_model.pt").is_file(), client

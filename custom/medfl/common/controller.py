@@ -59,8 +59,9 @@ class RoundController(ModelController):
 
     Args:
         num_rounds: number of training rounds.
-        min_clients: results needed to aggregate a round; fewer stops the run with a clear message.
-            ``0`` means every selected client.
+        min_clients: results needed to aggregate a round; fewer stops the run with a clear message naming the
+            missing clients. ``0`` means every selected client. To go on without a dead site, set it (and
+            ``min_clients`` in the job's ``meta.json``, below which NVFlare aborts the job) to what may remain.
         train_task / validate_task: task names understood by the clients' executors.
         task_timeout: seconds a client may take for one task (0: no limit).
         final_validation: after the last round, ask clients to validate the final models (so that the
@@ -195,26 +196,39 @@ class RoundController(ModelController):
         """Send every client its own payload in parallel and wait for all results.
 
         Returns ``{client: FLModel}``, or ``None`` when the run was aborted or too few clients answered
-        (the workflow then stops with a message naming the missing clients).
+        (the workflow then stops with a message naming the missing clients). A client whose job NVFlare has
+        deemed dead (no heartbeat for the dead-client grace period, ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``) gets no
+        task and counts as missing; one that dies during the round fails its task once NVFlare deems it dead.
         """
         self._results = {}
-        for client in clients:
+        disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
+        if disconnected:
+            self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
+        for client in (c for c in clients if c not in disconnected):
             payload = FLModel(params=self.payload_for(client), current_round=round_number,
                               total_rounds=self.num_rounds, meta=self.payload_meta(client))
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.task_timeout,
                             callback=self._collect)
         while self.get_num_standing_tasks():
             if self.abort_signal.triggered:
-                self.info("abort signal received: stopping")
+                self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
                 return None
             time.sleep(self._task_check_period)
         needed = self.min_clients or len(clients)
         if len(self._results) < needed:
-            missing = sorted(set(clients) - set(self._results))
             self.panic(f"round {round_number}: task '{task}' got {len(self._results)} results, needs {needed}; "
-                       f"no result from {missing}")
+                       f"{self._missing_clients(clients)}")
             return None
+        if len(self._results) < len(clients):
+            self.warning(f"round {round_number}: continuing with {len(self._results)} of {len(clients)} clients "
+                         f"(min_clients={self.min_clients}); {self._missing_clients(clients)}")
         return dict(self._results)
+
+    def _missing_clients(self, clients: List[str]) -> str:
+        """Which of ``clients`` sent no result, and which of those NVFlare deems disconnected (dead job)."""
+        missing = sorted(set(clients) - set(self._results))
+        disconnected = [c for c in missing if self.get_client_disconnect_time(c)]
+        return f"no result from {missing} (disconnected: {disconnected})"
 
     def _collect(self, result: FLModel) -> None:
         self._results[result.meta["client_name"]] = result

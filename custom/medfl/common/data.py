@@ -7,7 +7,7 @@ A datalist is the JSON file written by ``data_preparation/prepare_prostate_2d.py
      "testing":    [...]}
 
 Paths are relative to the dataset base directory. Every problem (missing file, empty split, unreadable
-image, image/label shape mismatch) raises :class:`DataError` naming the site and the file.
+image, image/label shape mismatch, negative or fractional mask values) raises :class:`DataError` naming the site and the file.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def load_nifti(path: os.PathLike, site: Optional[str] = None) -> np.ndarray:
         raise DataError(f"cannot read NIfTI file ({type(e).__name__}: {e})", path=path, site=site) from None
 
 
+def check_mask(label: np.ndarray, path: os.PathLike, site: Optional[str] = None) -> None:
+    """A mask holds non-negative integers (0 = background, > 0 = foreground, binarised by the loaders)."""
+    if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+        raise DataError("mask holds non-integer values; expected 0 (background) and positive labels", path=path,
+                        site=site)
+    if label.size and label.min() < 0:
+        raise DataError(f"mask value {label.min():g} out of range: expected labels >= 0", path=path, site=site)
+
+
 def load_segmentation_pairs(items: Sequence[Dict], base_dir: os.PathLike, site: Optional[str] = None) -> List[Dict]:
     """Load every ``{"image", "label"}`` pair of 2D slices into memory as ``(1, H, W)`` float32 arrays.
 
@@ -81,6 +90,7 @@ def load_segmentation_pairs(items: Sequence[Dict], base_dir: os.PathLike, site: 
             )
         if image.ndim != 2:
             raise DataError(f"expected a 2D slice, got shape {image.shape}", path=image_path, site=site)
+        check_mask(label, label_path, site)
         pairs.append({"image": image[None], "label": (label[None] > 0).astype(np.float32), "id": item["image"]})
     return pairs
 

@@ -171,6 +171,9 @@ def read_client_split(path: PathType, num_source_samples: int, site: Optional[st
     val = _check_indices(path, site, "val", content["val"], num_source_samples)
     if np.intersect1d(train, val).size:
         raise DataError("train and val share indices", path, site)
+    empty = [key for key, indices in (("train", train), ("val", val)) if not indices.size]
+    if empty:
+        raise DataError(f"the {'/'.join(empty)} list is empty", path, site)
     params = {key: value for key, value in content.items() if key not in ("train", "val")}
     return ClientSplit(site=content["site"], train=train, val=val, params=params)
 

@@ -66,6 +66,8 @@ def read_datalist(
             if not 0 <= label < n_classes:
                 raise DataError(f"line {line}: label {label} outside 0..{n_classes - 1}", path=file, site=site)
             rows.append((file.parent / row["image"], label))
+    if not rows:
+        raise DataError("the datalist has no rows", path=file, site=site)
     return rows
 
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from monai.transforms import Compose, Flipd, Identityd, OneOf, RandRotate90d
 
-from medfl.common.data import SegmentationSliceDataset, load_nifti
+from medfl.common.data import SegmentationSliceDataset, check_mask, load_nifti
 from medfl.common.errors import DataError
 
 KEYS = ("image", "label")
@@ -53,6 +53,7 @@ def load_prostate_samples(items: Sequence[Dict], base_dir: os.PathLike, site: Op
             if image.shape != label.shape or image.ndim != 3:
                 raise DataError(f"expected image and label volumes (H, W, D) of one shape, got {image.shape} and "
                                 f"{label.shape}", path=base_dir / item["image"], site=site)
+            check_mask(label, base_dir / item["label"], site)
             volumes[key] = (image.astype(np.uint8), (label > 0).astype(np.uint8))
         image, label = volumes[key]
         z = int(item["slice"])

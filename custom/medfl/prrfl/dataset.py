@@ -166,8 +166,11 @@ class SkinLesionDataset(Dataset):
         path, label = self.samples[index]
         if not path.is_file():
             raise self._error(f"image listed in {self.csv_path.name} is missing", path)
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / PIXEL_MAX
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / PIXEL_MAX
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files
+            raise self._error(f"cannot read image ({type(e).__name__}: {e})", path) from None
         if self.image_size is not None and pixels.shape[:2] != (self.image_size, self.image_size):
             raise self._error(
                 f"image is {pixels.shape[1]}x{pixels.shape[0]}, expected {self.image_size}x{self.image_size} "
