@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from simrun import ROOT, run_job, server_curve
 from baselines import Recipe, SiteData, centralised, local_only
-from results_table import markdown_table, plot_curves, write_results
+from results_table import report
 
 sys.path.insert(0, str(ROOT / "data_preparation"))
 sys.path.insert(0, str(ROOT / "result_stat"))
@@ -147,13 +147,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     where = f"HAM10000-mini demo, {args.size}x{args.size}" if args.data is None else str(data)
     caption = (f"Dermoscopy ({where}), {len(args.clients)} clients, {args.rounds} rounds x {per_epoch} local epochs, "
                f"seeds {args.seeds}: test macro-F1 (PRR-FL: personalised models; others: validation-selected)")
-    markdown, table_csv = write_results(scores, output, "dermoscopy_results", caption)
-    plot = plot_curves(curves, output / "dermoscopy_validation.png", "mean validation macro-F1")
-    print(caption)
-    print(markdown_table(scores))
-    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
-    print(f"written: {markdown}, {table_csv}, {plot}")
-    means = {m: sum(sum(run.values()) / len(run) for run in runs) / len(runs) for m, runs in scores.items()}
+    means = report(scores, curves, walls, output, "dermoscopy", caption, "mean validation macro-F1")
     print(f"PRR-FL mean test macro-F1 - FedAvg: {means['PRR-FL'] - means['FedAvg']:+.4f}")
     return scores
 

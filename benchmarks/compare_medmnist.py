@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from simrun import ROOT, run_job, server_curve
 from baselines import Recipe, SiteData, centralised, local_only
-from results_table import markdown_table, plot_curves, write_results
+from results_table import report
 
 sys.path.insert(0, str(ROOT / "result_stat"))
 import medmnist_test_only  # noqa: E402
@@ -120,13 +120,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     where = f"{args.dataset} sample, {args.clients} near-IID sites" if args.data is None else str(data)
     caption = (f"MedMNIST ({where}), {rounds} rounds x {config['local_epochs']} local epochs, seeds {args.seeds}: "
                f"accuracy on the official test split of the model each site ends with")
-    markdown, table_csv = write_results(scores, output, "medmnist_results", caption)
-    plot = plot_curves(curves, output / "medmnist_validation.png", "mean validation accuracy")
-    print(caption)
-    print(markdown_table(scores))
-    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
-    print(f"written: {markdown}, {table_csv}, {plot}")
-    means = {m: sum(sum(run.values()) / len(run) for run in runs) / len(runs) for m, runs in scores.items()}
+    means = report(scores, curves, walls, output, "medmnist", caption, "mean validation accuracy")
     print(f"FedAvg mean test accuracy - local only: {means['FedAvg'] - means['local only']:+.4f}")
     return scores
 

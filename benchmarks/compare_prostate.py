@@ -29,7 +29,7 @@ from monai.losses import DiceLoss
 
 from simrun import ROOT, run_job, server_curve
 from baselines import BaselineResult, Recipe, SiteData, centralised, local_only
-from results_table import markdown_table, plot_curves, write_results
+from results_table import report
 
 sys.path.insert(0, str(ROOT / "data_preparation"))
 sys.path.insert(0, str(ROOT / "result_stat"))
@@ -137,13 +137,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     caption = (f"Prostate ({'demo federation, %dx%d slices' % (args.size, args.size) if args.data is None else data}), "
                f"{len(args.clients)} sites, {args.rounds} rounds x {per_epoch} local epoch(s), seeds {args.seeds}: "
                f"test foreground Dice of the validation-selected model")
-    markdown, table_csv = write_results(scores, output, "prostate_results", caption)
-    plot = plot_curves(curves, output / "prostate_validation.png", "mean validation Dice")
-    print(caption)
-    print(markdown_table(scores))
-    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
-    print(f"written: {markdown}, {table_csv}, {plot}")
-    means = {row: sum(sum(run.values()) / len(run) for run in runs) / len(runs) for row, runs in scores.items()}
+    means = report(scores, curves, walls, output, "prostate", caption, "mean validation Dice")
     print(f"FedSM super-model mean test Dice - FedAvg: {means['FedSM (super model)'] - means['FedAvg']:+.4f}")
     return scores
 

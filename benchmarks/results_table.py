@@ -94,3 +94,16 @@ def plot_curves(curves: Curves, output: Path, ylabel: str, xlabel: str = "epochs
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return output
+
+
+def report(scores: Scores, curves: Curves, walls: Mapping[str, Sequence[float]], output_dir: Path, name: str,
+           caption: str, ylabel: str) -> Dict[str, float]:
+    """Write ``<name>_results.{md,csv}`` and ``<name>_validation.png``, print the table, the simulator wall
+    times and the files; return each method's mean over sites and seeds (for the figure a command prints last)."""
+    markdown, table_csv = write_results(scores, output_dir, f"{name}_results", caption)
+    plot = plot_curves(curves, output_dir / f"{name}_validation.png", ylabel)
+    print(caption)
+    print(markdown_table(scores))
+    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
+    print(f"written: {markdown}, {table_csv}, {plot}")
+    return {m: sum(sum(run.values()) / len(run) for run in runs) / len(runs) for m, runs in scores.items()}
