@@ -103,15 +103,21 @@ def load_trunk_state(trunk: nn.Module, state: Mapping[str, torch.Tensor], source
     trunk.load_state_dict(weights)
 
 
+def load_checkpoint_file(file: Path, what: str):
+    """``torch.load`` of a weights-only checkpoint, with a :class:`DataError` naming ``file`` when it is
+    missing or unreadable (``what`` names the kind of file in the message)."""
+    if not file.is_file():
+        raise DataError(f"{what} not found", path=file)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in several types
+        raise DataError(f"cannot be read as a torch checkpoint ({err})", path=file) from err
+
+
 def read_torchvision_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a torchvision ResNet checkpoint: a plain state dict, or one wrapped as ``{"state_dict": ...}``."""
     file = Path(path)
-    if not file.is_file():
-        raise DataError("ResNet checkpoint not found", path=file)
-    try:
-        content = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in several types
-        raise DataError(f"cannot be read as a torch checkpoint ({err})", path=file) from err
+    content = load_checkpoint_file(file, "ResNet checkpoint")
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):

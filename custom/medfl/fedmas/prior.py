@@ -18,7 +18,7 @@ from torch import nn
 
 from medfl.common.errors import DataError
 
-from .networks import HEAD_PREFIX, depth_from_keys, load_trunk_state, resnet_trunk, trunk_features
+from .networks import HEAD_PREFIX, depth_from_keys, load_checkpoint_file, load_trunk_state, resnet_trunk, trunk_features
 
 MOCO_QUERY_PREFIX = "module.encoder_q."
 MAX_KEYS_IN_ERROR = 5
@@ -84,12 +84,7 @@ def load_moco_prior(path: str | os.PathLike, depth: int | None = None) -> Frozen
     file and what was found.
     """
     file = Path(path)
-    if not file.is_file():
-        raise DataError("MoCo-v2 prior checkpoint not found", path=file)
-    try:
-        content = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in several types
-        raise DataError(f"cannot be read as a torch checkpoint ({err})", path=file) from err
+    content = load_checkpoint_file(file, "MoCo-v2 prior checkpoint")
     weights = _moco_query_state(content, file)
     found_depth = depth_from_keys(weights, source=str(file))
     if depth is not None and depth != found_depth:
