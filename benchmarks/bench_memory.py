@@ -3,10 +3,13 @@
     python benchmarks/bench_memory.py [--jobs fedavg_prostate fedsm_prostate ...] [--work /tmp/bench_memory]
 
 Each job runs 2 rounds of 1 local epoch with one thread per client, its default network, on its demo
-federation (made here from ``../shared/data`` or synthetic): prostate 64x64 slices (FedAvg, FedSM), the
-HarmoFL prostate preparation at ``--harmofl_size`` (the paper's 384 is too slow here), HAM10000-mini at the
-jobs' 128x128 (PRR-FL and its FedAvg), BreastMNIST (MedMNIST FedAvg). FedMAS is not run: its clients need a
-MoCo prior checkpoint (see docs/fedmas.md). The process tree is sampled every 0.5 s; the sum of its
+federation (made here from ``../shared/data`` or synthetic), three of its sites: prostate 64x64 slices (FedAvg,
+FedSM), the HarmoFL prostate preparation at ``--harmofl_size`` (the paper's 384 is too slow here), synthetic
+Camelyon17 96x96 patches and DSB2018 nuclei tiles (HarmoFL, the jobs' DenseNet121 and UNet), HAM10000-mini at the
+jobs' 128x128 (PRR-FL and its FedAvg) and as the Fed-ISIC2019 demo at 128x128 (FedMAS, BSM-FL, FedAvg:
+ResNet18 trunk, batch 64; FedMAS's prior is pre-trained here for one epoch by ``pretrain_moco.py``, the trunk
+weights are random, standing in for ImageNet's), BreastMNIST (MedMNIST FedAvg). The process tree is sampled
+every 0.5 s; the sum of its
 processes' RSS counts shared pages (libraries) once per process, so it overstates the memory the run needs.
 Goal: FedSM <= 3 GB. The last line is FedSM's peak.
 """
@@ -22,14 +25,28 @@ from simrun import ROOT, run_job
 from compare_prostate import CLIENTS as PROSTATE_CLIENTS, demo_prostate
 
 sys.path.insert(0, str(ROOT / "data_preparation"))
+from make_demo_camelyon17 import make_demo_camelyon17  # noqa: E402
+from make_demo_nuclei import make_demo_nuclei  # noqa: E402
 from make_demo_prostate import make_demo_federation  # noqa: E402
+from prepare_camelyon17 import prepare as prepare_camelyon17  # noqa: E402
 from prepare_harmofl_prostate import client_name, prepare as prepare_harmofl  # noqa: E402
 from prepare_ham10000_prrfl import prepare_federation  # noqa: E402
+from prepare_isic2019 import main as prepare_isic2019  # noqa: E402
+from prepare_nuclei import prepare as prepare_nuclei  # noqa: E402
+from pretrain_moco import main as pretrain_moco  # noqa: E402
+import torch  # noqa: E402
 from medfl.fedavg_medmnist.splits import prepare_client_splits  # noqa: E402
+from medfl.fedmas.networks import resnet_trunk  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 HARMOFL_SITES = ("BIDMC", "HK", "I2CVB")
 DERMOSCOPY_CLIENTS = ("clientA", "clientB", "clientC")
+CAMELYON17_CLIENTS = ("hospital1", "hospital2", "hospital3")
+NUCLEI_CLIENTS = ("brightfield_purple", "confocal_green", "dapi_blue")
+ISIC_CLIENTS = ("center_1", "center_2", "center_3")  # FLamby centres of HAM10000's sources
+ISIC_DEPTH = 18
+ISIC_SIZE = 128  # the paper's 224 is too slow here
+PRIOR, TRUNK = "pretrained/moco_r18.pth.tar", "pretrained/resnet18.pth"
 MEDMNIST_CLIENTS = ("site-1", "site-2", "site-3")
 FEDSM_GOAL_GB = 3.0
 # job -> (data maker(work, args) -> (DATASET_ROOT, clients), config_train overrides)
@@ -55,6 +72,36 @@ def dermoscopy(work: Path, args) -> Tuple[Path, List[str]]:
     return root, list(DERMOSCOPY_CLIENTS)
 
 
+def camelyon17(work: Path, args) -> Tuple[Path, List[str]]:
+    root = work / "camelyon17"
+    if not (root / "datalist_camelyon17").is_dir():
+        make_demo_camelyon17(root / "raw", slides_per_hospital=4, patches_per_slide=10)
+        prepare_camelyon17(root / "raw", root)
+    return root, list(CAMELYON17_CLIENTS)
+
+
+def nuclei(work: Path, args) -> Tuple[Path, List[str]]:
+    root = work / "nuclei"
+    if not (root / "datalist_nuclei").is_dir():
+        make_demo_nuclei(args.shared_data / "nuclei_dsb2018", root / "raw")
+        prepare_nuclei(root / "raw", root)
+    return root, list(NUCLEI_CLIENTS)
+
+
+def isic2019(work: Path, args) -> Tuple[Path, List[str]]:
+    root = work / "isic2019"
+    if not (root / PRIOR).is_file():
+        ham = args.shared_data / "ham10000_mini"
+        prepare_isic2019(["demo", "--ham-dir", str(ham), "--out", str(root / "fed_isic2019"),
+                          "--image-size", str(ISIC_SIZE)])
+        (root / TRUNK).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(resnet_trunk(ISIC_DEPTH).state_dict(), root / TRUNK)
+        pretrain_moco(["--images", str(ham / "images"), "--output", str(root / PRIOR), "--depth", str(ISIC_DEPTH),
+                       "--image-size", str(ISIC_SIZE), "--epochs", "1", "--max-images", "128",
+                       "--batch-size", "32", "--queue-size", "256"])
+    return root, list(ISIC_CLIENTS)
+
+
 def medmnist(work: Path, args) -> Tuple[Path, List[str]]:
     root = work / "medmnist"
     npz = root / "medmnist" / "breastmnist.npz"
@@ -68,12 +115,20 @@ def medmnist(work: Path, args) -> Tuple[Path, List[str]]:
 
 MEDMNIST_TRAIN = {"dataset": "breastmnist", "npz_path": "DATASET_ROOT/medmnist/breastmnist.npz",
                   "split_dir": "DATASET_ROOT/medmnist/splits_breastmnist"}
+ISIC_TRAIN = {"trunk_checkpoint": f"DATASET_ROOT/{TRUNK}", "image_size": ISIC_SIZE}
+FEDMAS_TRAIN = {**ISIC_TRAIN, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
+                "network": {"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 512, "depth": ISIC_DEPTH}}}
 JOBS: Dict[str, Tuple[Setup, Dict]] = {
     "fedavg_prostate": (prostate, {}),
     "fedsm_prostate": (prostate, {}),
     "harmofl_prostate": (harmofl, {}),
+    "harmofl_camelyon17": (camelyon17, {"dataset_root": "DATASET_ROOT/raw"}),
+    "harmofl_nuclei": (nuclei, {"dataset_root": "DATASET_ROOT/raw", "patch_size": 64}),
     "prrfl_dermoscopy": (dermoscopy, {}),
     "fedavg_dermoscopy": (dermoscopy, {}),
+    "fedmas_isic2019": (isic2019, FEDMAS_TRAIN),
+    "fedavg_bsm_isic2019": (isic2019, ISIC_TRAIN),
+    "fedavg_isic2019": (isic2019, ISIC_TRAIN),
     "fedavg_medmnist": (medmnist, MEDMNIST_TRAIN),
 }
 
