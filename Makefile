@@ -14,7 +14,7 @@ WORK        := workspaces
 SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv demo demo-fedavg demo-data sync test test-unit test-deploy clean
+.PHONY: venv demo demo-fedavg demo-data sync test test-unit test-deploy test-bench clean
 
 venv: $(BIN)/nvflare
 $(BIN)/nvflare: requirements.txt
@@ -53,14 +53,18 @@ sync: venv
 
 # unit tests and every job end to end in the simulator (about 12 minutes on 2 cores)
 test: venv
-	$(BIN)/python -m pytest -q -m "not deploy"
+	$(BIN)/python -m pytest -q -m "not deploy and not bench"
 
 test-unit: venv
-	$(BIN)/python -m pytest -q -m "not deploy and not e2e"
+	$(BIN)/python -m pytest -q -m "not deploy and not bench and not e2e"
 
 # the jobs in POC / provisioned deployments on loopback (CI runs this after `make test`)
 test-deploy: venv
 	$(BIN)/python -m pytest -q -m deploy
+
+# the benchmark and comparison commands at a tiny budget (CI runs this too)
+test-bench: venv
+	$(BIN)/python -m pytest -q -m bench
 
 clean:
 	rm -rf $(WORK) results $(DATA)/dataset_2D $(DATA)/datalist_2D $(DATA)/raw

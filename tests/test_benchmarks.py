@@ -1,0 +1,84 @@
+"""The benchmark and comparison commands run from the command line on their demo federations at a tiny budget,
+write what they promise and print their figure last (``make test-bench``)."""
+
+import csv
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+pytestmark = pytest.mark.bench
+
+NUMBER = r"[-+]?\d+(?:\.\d+)?"
+
+
+def run_command(script: str, *args) -> str:
+    """Run ``benchmarks/<script>`` with the project's interpreter; return its output; fail with it on error."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def read_table(path: Path) -> dict:
+    """``{method: {site: mean}}`` of a results CSV."""
+    table = {}
+    with open(path, newline="") as rows:
+        for row in csv.DictReader(rows):
+            table.setdefault(row["method"], {})[row["site"]] = float(row["mean"])
+    return table
+
+
+def test_compare_medmnist_writes_the_table_and_curves(tmp_path, shared_data):
+    from compare_medmnist import demo_medmnist
+
+    data = demo_medmnist(tmp_path / "data", clients=3, shared_data=shared_data)
+    out = run_command("compare_medmnist.py", "--data", data, "--clients", 3, "--rounds", 1, "--work", tmp_path)
+    results = tmp_path / "results"
+    table = read_table(results / "medmnist_results.csv")
+    assert set(table) == {"FedAvg", "local only", "centralised"}
+    for method, row in table.items():
+        assert len(row) == 4 and all(0 <= value <= 1 for value in row.values()), (method, row)
+    assert (results / "medmnist_results.md").read_text().count("| FedAvg |") == 1
+    assert (results / "medmnist_validation.png").read_bytes()[:4] == b"\x89PNG"
+    assert re.fullmatch(rf"FedAvg mean test accuracy - local only: {NUMBER}", last_line(out)), out
+
+
+def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
+    out = run_command("bench_memory.py", "--jobs", "fedsm_prostate", "--work", tmp_path)
+    row = re.search(rf"^fedsm_prostate\s+3\s+\d+\s+({NUMBER})$", out, re.M)
+    assert row and 0.2 < float(row[1]) < 16, out
+    assert re.fullmatch(rf"FedSM simulator peak RSS with 3 clients: {NUMBER} GB .*goal <= 3 GB\)", last_line(out)), out
+
+
+def test_payload_benchmark_lists_every_method():
+    out = run_command("bench_payload.py")
+    rows = re.findall(rf"^(.+?)\s+(\w+)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
+    assert {row[1] for row in rows} >= {"fedavg_prostate", "fedsm_prostate", "harmofl_prostate", "prrfl_dermoscopy",
+                                        "fedmas_isic2019", "fedavg_medmnist"}, out
+    for row in rows:
+        assert math.isclose(float(row[2]) + float(row[3]), float(row[4]), abs_tol=0.02), row
+    assert last_line(out).startswith("largest traffic per client per round: FedMAS"), out
+
+
+def test_ampnorm_benchmark_prints_the_speed_up():
+    out = run_command("bench_ampnorm.py", "--n", 8, "--size", 32, "--repeats", 1)
+    ratio = re.fullmatch(rf"ratio: ({NUMBER})x \(goal >= 10x\)", last_line(out))
+    assert ratio and float(ratio[1]) > 0, out
+
+
+def test_aggregation_benchmark_prints_each_share(tmp_path):
+    out = run_command("bench_aggregation.py", "--repeats", 1, "--work", tmp_path)
+    for method in ("SoftPull", "PFA", "MAS"):
+        assert re.search(rf"^{method}\b.*?({NUMBER}) ?%", out, re.M), (method, out)
+    assert re.search(rf"{NUMBER} ?%", last_line(out)), out
