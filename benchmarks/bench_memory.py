@@ -17,6 +17,8 @@ Goal: FedSM <= 3 GB. The last line is FedSM's peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -144,7 +146,8 @@ def main(argv=None) -> Dict[str, int]:
     print(f"{'job':20s} {'clients':>7s} {'wall s':>7s} {'peak RSS GiB':>13s}")
     for job in args.jobs:
         setup, overrides = JOBS[job]
-        data, clients = setup(args.work / "data", args)
+        with contextlib.redirect_stdout(io.StringIO()):  # the preparation's progress would split the table
+            data, clients = setup(args.work / "data", args)
         server = {"num_rounds": 2, **({"min_fit_clients": len(clients)} if job == "fedavg_medmnist" else {})}
         run = run_job(job, args.work / job, clients, data, server, {"num_threads": 1, "local_epochs": 1, **overrides})
         peaks[job] = run.peak_rss_bytes
