@@ -27,6 +27,7 @@ from medfl.harmofl.amplitude_exchange import (
 from medfl.harmofl.executor import HarmoFLClassificationExecutor, HarmoFLProstateExecutor, HarmoFLSliceExecutor
 from medfl.harmofl.weight_perturbation import WeightPerturbationOptimizer
 from prepare_harmofl_prostate import client_name, prepare
+from test_deploy_poc import TINY_UNET as SLICE_UNET
 
 SITES = ("HK", "UCL")
 SIZE = 16
@@ -145,10 +146,6 @@ def test_server_average_rejects_anything_but_amplitudes():
 
 
 # ---------------------------------------------------------------------------------------------- common 2D slices
-SLICE_UNET = {"name": "unet", "args": {"in_channels": 1, "out_channels": 1, "channels": [4, 8], "strides": [2],
-                                       "num_res_units": 0}}
-
-
 def test_slice_client_is_fedavgs_prostate_client_with_harmofl_added(demo_prostate):
     """HarmoFLSliceExecutor on the FedSM/FedAvg slices: the exchange over 1-channel slices, FedAvg's Adam wrapped
     by the perturbation, normalised inputs in both passes, and the test split and score harmofl_test_only uses."""
