@@ -1,5 +1,5 @@
-"""Prostate federation: FedSM and FedAvg (NVFlare simulator) against local-only and centralised training, with the
-same UNet, seed and budget; writes a test-Dice table (markdown + CSV) and the validation curves (PNG).
+"""Prostate federation: FedSM, HarmoFL and FedAvg (NVFlare simulator) against local-only and centralised training,
+with the same UNet, seed and budget; writes a test-Dice table (markdown + CSV) and the validation curves (PNG).
 
     python benchmarks/compare_prostate.py [--rounds 20] [--seeds 0 1 2] [--work /tmp/compare_prostate] \
         [--data <prepared root holding dataset_2D/ and datalist_2D/>]
@@ -9,9 +9,12 @@ Without ``--data`` the synthetic demo federation is made and prepared at ``--siz
 the baselines train ``rounds * local_epochs`` epochs with the jobs' network, Adam learning rate, batch size and
 augmentation (``--train`` overrides any ``config_train.json`` key for every method alike, e.g. a smaller UNet).
 Every method's model is selected on validation Dice; the table reports foreground Dice on each site's testing
-split (FedSM: the super model, threshold 0.9, and its global model). HarmoFL is not run here: its job uses
-its own 3-channel UNet on its own six-site preparation, so it would not compare the same model on the same data.
-The last line printed is the figure to track: FedSM's mean test Dice minus FedAvg's.
+split (FedSM: the super model, threshold 0.9, and its global model). HarmoFL runs as ``jobs/harmofl_prostate_2d``:
+FedAvg's client with HarmoFL's amplitude exchange, amplitude normalisation and weight-perturbed Adam, and
+HarmoFL's equal client weights and truncation of every client's training set to the smallest one; its global
+model is tested with the amplitude reference the server saved (``result_stat/harmofl_test_only.py``).
+The two last lines printed are HarmoFL's mean test Dice minus FedAvg's, then the figure to track: FedSM's mean
+test Dice minus FedAvg's.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
+from unittest import mock
 
 import torch
 from monai.losses import DiceLoss
@@ -35,7 +40,9 @@ sys.path.insert(0, str(ROOT / "data_preparation"))
 sys.path.insert(0, str(ROOT / "result_stat"))
 from make_demo_prostate import make_demo_federation  # noqa: E402
 from prepare_prostate_2d import prepare  # noqa: E402
+import harmofl_test_only  # noqa: E402
 import prostate_2d_test_only  # noqa: E402
+from medfl.common.config import PLACEHOLDER  # noqa: E402
 from medfl.common.data import (SegmentationSliceDataset, datalist_path, load_segmentation_pairs,  # noqa: E402
                                read_datalist)
 from medfl.common.networks import build_network  # noqa: E402
@@ -83,12 +90,32 @@ def prostate_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
                   batch_size=int(config["batch_size"]), seed=seed)
 
 
+TestScores = Callable[[Path, Path], Dict[str, Dict[str, float]]]
+
+
 def test_scores(app_server: Path, data: Path) -> Dict[str, Dict[str, float]]:
+    """``{client: {"global"[, "super"]: test Dice}}`` of a FedAvg or FedSM run's best models."""
     with contextlib.redirect_stdout(io.StringIO()):
         return prostate_2d_test_only.main(["--models_dir", str(app_server),
                                            "--dataset_base_dir", str(data / "dataset_2D"),
                                            "--datalist_json_path", str(data / "datalist_2D"),
                                            "--select_threshold", str(SELECT_THRESHOLD)])
+
+
+def harmofl_scores(app_server: Path, data: Path) -> Dict[str, Dict[str, float]]:
+    """``{client: {"global": test Dice}}`` of a HarmoFL run's best global model, its inputs amplitude-normalised
+    with the saved reference; the job's paths hold ``DATASET_ROOT``, resolved here to ``data``."""
+    with mock.patch.dict(os.environ, {PLACEHOLDER: str(data)}), contextlib.redirect_stdout(io.StringIO()):
+        tested = harmofl_test_only.evaluate_sites(app_server)
+    return {client: {"global": scores["dice_fg"]} for client, scores in tested.items()}
+
+
+# each federated job: how its best models are tested, and {table row: the model the row reports}
+FL_JOBS: Dict[str, Tuple[TestScores, Dict[str, str]]] = {
+    "fedavg_prostate": (test_scores, {"FedAvg": "global"}),
+    "fedsm_prostate": (test_scores, {"FedSM (super model)": "super", "FedSM (global model)": "global"}),
+    "harmofl_prostate_2d": (harmofl_scores, {"HarmoFL": "global"}),
+}
 
 
 def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
@@ -112,11 +139,10 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
         train = {"num_threads": 1, **args.train, "seed": seed}
         config = job_train_config("fedavg_prostate", train)
         per_epoch = int(config["local_epochs"])
-        for job, rows in (("fedavg_prostate", {"FedAvg": "global"}),
-                          ("fedsm_prostate", {"FedSM (super model)": "super", "FedSM (global model)": "global"})):
+        for job, (tester, rows) in FL_JOBS.items():
             run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, server, train)
             walls.setdefault(job, []).append(run.wall_s)
-            tested = test_scores(run.app_server, data)
+            tested = tester(run.app_server, data)
             for row, key in rows.items():
                 scores.setdefault(row, []).append({client: s[key] for client, s in tested.items()})
             if seed == args.seeds[0]:
@@ -138,6 +164,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
                f"{len(args.clients)} sites, {args.rounds} rounds x {per_epoch} local epoch(s), seeds {args.seeds}: "
                f"test foreground Dice of the validation-selected model")
     means = report(scores, curves, walls, output, "prostate", caption, "mean validation Dice")
+    print(f"HarmoFL mean test Dice - FedAvg: {means['HarmoFL'] - means['FedAvg']:+.4f}")
     print(f"FedSM super-model mean test Dice - FedAvg: {means['FedSM (super model)'] - means['FedAvg']:+.4f}")
     return scores
 

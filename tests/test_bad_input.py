@@ -27,8 +27,8 @@ from test_deploy_poc import FEDERATIONS, _camelyon17, _dermoscopy, _harmofl_pros
 
 # family: (builder, jobs, site, the site's datalist, the folder its entries are relative to, segmentation?)
 FAMILIES: Dict[str, Tuple[Callable, List[str], str, str, str, bool]] = {
-    "prostate": (_prostate, ["fedavg_prostate", "fedsm_prostate"], "client_MSD", "datalist_2D/client_MSD.json",
-                 "dataset_2D", True),
+    "prostate": (_prostate, ["fedavg_prostate", "fedsm_prostate", "harmofl_prostate_2d"], "client_MSD",
+                 "datalist_2D/client_MSD.json", "dataset_2D", True),
     "harmofl_prostate": (_harmofl_prostate, ["harmofl_prostate"], "client_UCL",
                          "datalist_harmofl_prostate/client_UCL.json", "dataset_harmofl_prostate", True),
     "nuclei": (_nuclei, ["harmofl_nuclei"], "dapi_blue", "datalist_nuclei/dapi_blue.json", "raw/demo_nuclei", True),

@@ -109,6 +109,7 @@ FEDERATIONS = {
     "prostate": Federation(PROSTATE_CLIENTS, _prostate, {
         "fedavg_prostate": ({}, {"network": TINY_UNET}),
         "fedsm_prostate": ({}, {"network": TINY_UNET}),
+        "harmofl_prostate_2d": ({}, {"network": TINY_UNET}),
     }),
     "harmofl_prostate": Federation(HARMOFL_PROSTATE_CLIENTS, _harmofl_prostate, {
         "harmofl_prostate": ({}, {"network": HARMOFL_UNET}),

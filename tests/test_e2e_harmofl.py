@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from conftest import PROSTATE_CLIENTS as SLICE_CLIENTS
 from helpers import make_job_variant, run, run_simulator
 from make_demo_camelyon17 import make_demo_camelyon17
 from make_demo_nuclei import make_demo_nuclei
@@ -13,6 +14,7 @@ from medfl.harmofl.amplitude_exchange import AMPLITUDE_FILE, AMPLITUDE_KEY, DIGE
 from prepare_camelyon17 import prepare as prepare_camelyon17
 from prepare_harmofl_prostate import HARMOFL_PROSTATE_SITES, client_name, prepare
 from prepare_nuclei import prepare as prepare_nuclei
+from test_deploy_poc import TINY_UNET
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +37,10 @@ def demo_harmofl_prostate(tmp_path_factory):
     return root
 
 
-def run_job(job, tmp_path, clients, data_dir, size, validation_pattern, **train):
-    """Run a 2-round variant with ``DATASET_ROOT=data_dir``; check models, the amplitude exchange on every client
-    and TensorBoard events; return the output of the test script."""
+def run_job(job, tmp_path, clients, data_dir, size, validation_pattern, image_channels=3, **train):
+    """Run a 2-round variant with ``DATASET_ROOT=data_dir``; check models, the amplitude exchange of
+    ``(image_channels, size, size)`` spectra on every client and TensorBoard events; return the output of the test
+    script."""
     variant = make_job_variant(job, tmp_path / "job", {"num_rounds": 2}, {"num_threads": 1, **train})
     workspace = tmp_path / "ws"
     run_simulator(variant, workspace, clients, data_dir)
@@ -50,14 +53,14 @@ def run_job(job, tmp_path, clients, data_dir, size, validation_pattern, **train)
     # the exchange: one (C, H, W) reference, saved and in the resume state, frozen by every client
     exchange = torch.load(app_server / AMPLITUDE_FILE)
     reference = exchange[AMPLITUDE_KEY]
-    assert reference.shape == (3, size, size) and sorted(exchange["clients"]) == sorted(clients)
+    assert reference.shape == (image_channels, size, size) and sorted(exchange["clients"]) == sorted(clients)
     assert torch.equal(state["extra"][AMPLITUDE_KEY], reference)
     assert exchange[DIGEST_KEY] == amplitude_digest(reference.numpy())
     frozen = {}
     for client in clients:
         log = (workspace / client / "log.txt").read_text()
         frozen[client] = re.findall(r"froze the amplitude reference sha256=(\w+)", log)
-        assert re.search(rf"sending the mean amplitude \(3, {size}, {size}\)", log), client
+        assert re.search(rf"sending the mean amplitude \({image_channels}, {size}, {size}\)", log), client
         assert re.search(rf"round 1 validation of received models: {validation_pattern}", log), client
         assert list((workspace / "server" / "simulate_job" / "tb_events" / client).glob("events.*")), client
     assert all(digests == [exchange[DIGEST_KEY]] for digests in frozen.values()), frozen
@@ -71,6 +74,15 @@ def test_harmofl_prostate(tmp_path, demo_harmofl_prostate):
     for client in PROSTATE_CLIENTS:
         assert re.search(rf"^{client}: dice_bg_fg [0-9.]+, dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
     assert "mean over 6 sites, best global model: dice_bg_fg" in out
+
+
+def test_harmofl_prostate_2d(tmp_path, demo_prostate):
+    """HarmoFL on the FedSM / FedAvg slices (one channel) with FedAvg's client recipe and a light UNet."""
+    out = run_job("harmofl_prostate_2d", tmp_path, SLICE_CLIENTS, demo_prostate, SIZE, r"global=[0-9.]+\n",
+                  image_channels=1, network=TINY_UNET)
+    for client in SLICE_CLIENTS:
+        assert re.search(rf"^{client}: dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
+    assert "mean over 3 sites, best global model: dice_fg" in out
 
 
 def test_harmofl_camelyon17(tmp_path):

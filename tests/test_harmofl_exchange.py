@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -13,18 +13,21 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
+from conftest import PROSTATE_CLIENTS
 from helpers import PROJECT_ROOT
 from make_demo_prostate import make_demo_federation
 from medfl.common.errors import DataError
 from medfl.common.executor import NUM_TRAIN_SAMPLES
 from medfl.common.networks import register_network
 from medfl.common.params import bundle, to_numpy
+from medfl.common.train import evaluate_dice
 from medfl.harmofl.amp_norm import amplitude_spectrum
 from medfl.harmofl.amplitude_exchange import (
     AMPLITUDE_KEY, AMPLITUDE_TASK, DIGEST_KEY, MIN_TRAIN_SAMPLES, REFERENCE_TASK, amplitude_digest, average_amplitudes)
-from medfl.harmofl.executor import HarmoFLClassificationExecutor, HarmoFLProstateExecutor
+from medfl.harmofl.executor import HarmoFLClassificationExecutor, HarmoFLProstateExecutor, HarmoFLSliceExecutor
 from medfl.harmofl.weight_perturbation import WeightPerturbationOptimizer
 from prepare_harmofl_prostate import client_name, prepare
+from test_deploy_poc import TINY_UNET as SLICE_UNET
 
 SITES = ("HK", "UCL")
 SIZE = 16
@@ -140,6 +143,45 @@ def test_server_average_rejects_anything_but_amplitudes():
         average_amplitudes({"a": {AMPLITUDE_KEY: amplitude}, "b": {AMPLITUDE_KEY: amplitude[:, :2]}})
     with pytest.raises(DataError, match=r"\[a\].*non-negative"):
         average_amplitudes({"a": {AMPLITUDE_KEY: -amplitude}})
+
+
+# ---------------------------------------------------------------------------------------------- common 2D slices
+def test_slice_client_is_fedavgs_prostate_client_with_harmofl_added(demo_prostate):
+    """HarmoFLSliceExecutor on the FedSM/FedAvg slices: the exchange over 1-channel slices, FedAvg's Adam wrapped
+    by the perturbation, normalised inputs in both passes, and the test split and score harmofl_test_only uses."""
+    config = json.loads((PROJECT_ROOT / "jobs/harmofl_prostate_2d/app/config/config_train.json").read_text())
+    config.update({"dataset_base_dir": str(demo_prostate / "dataset_2D"),
+                   "datalist_json_path": str(demo_prostate / "datalist_2D"), "network": SLICE_UNET,
+                   "device": "cpu", "amplitude_mode": "reference_code"})
+    executors = {client: start(HarmoFLSliceExecutor(), client, config) for client in PROSTATE_CLIENTS}
+    sizes = {client: ex.num_samples("training") for client, ex in executors.items()}
+    _, reference, acks = exchange(executors)
+    size = executors["client_MSD"].datasets["training"][0]["image"].shape[-1]
+    assert reference.shape == (1, size, size)
+    assert {ack.meta[DIGEST_KEY] for ack in acks.values()} == {amplitude_digest(reference)}
+    assert {ex.num_samples("training") for ex in executors.values()} == {min(sizes.values())}
+
+    executor = executors["client_MSD"]
+    optimizer = executor.optimizers["global"]
+    assert isinstance(optimizer, WeightPerturbationOptimizer) and optimizer.alpha == config["perturbation_alpha"]
+    assert isinstance(optimizer.base_optimizer, torch.optim.Adam)
+    assert optimizer.base_optimizer.defaults["lr"] == config["learning_rate"]
+    model = executor.models["global"]
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].mean(dim=(0, 2, 3))))
+    task = FLModel(params=bundle({"global": to_numpy(model.state_dict())}), current_round=0)
+    result = run_task(executor, "train", task)
+    assert set(result.metrics) == {"global"} and 0 <= result.metrics["global"] <= 1
+    # reference_code mode replaces DC only: every input has the reference's mean intensity
+    target = torch.from_numpy(reference[:, 0, 0] / size ** 2)
+    assert seen and all(torch.allclose(means, target, rtol=1e-4) for means in seen)
+    batches = -(-executor.num_samples("training") // config["batch_size"])
+    validation_batches = -(-executor.num_samples("validation") // config["batch_size"])
+    assert len(seen) == validation_batches + 2 * batches, "two passes per weight-perturbed step"
+
+    testing = DataLoader(executor.build_split("testing"), batch_size=config["batch_size"])
+    assert len(testing.dataset) > 0 and testing.dataset.transform is None, "test slices are not augmented"
+    assert executor.score(model, testing) == {"dice_fg": evaluate_dice(model, testing, executor.device)}
 
 
 # ---------------------------------------------------------------------------------------------- classification

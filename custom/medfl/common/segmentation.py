@@ -42,14 +42,16 @@ class SegmentationExecutor(RoundExecutor):
 
     model_names = ("global",)
 
-    def setup(self, fl_ctx: FLContext) -> None:
+    def build_split(self, split: str) -> SegmentationSliceDataset:
+        """The slices of ``split`` in this site's datalist (``training`` augmented unless ``augment`` is false)."""
         base_dir = config_path(self.config, "dataset_base_dir", self.site)
         datalist = datalist_path(config_path(self.config, "datalist_json_path", self.site), self.site)
-        self.datasets = {}
-        for split in ("training", "validation"):
-            pairs = load_segmentation_pairs(read_datalist(datalist, split, self.site), base_dir, self.site)
-            transform = TRAIN_AUGMENTATION if split == "training" and self.config.get("augment", True) else None
-            self.datasets[split] = SegmentationSliceDataset(pairs, transform)
+        pairs = load_segmentation_pairs(read_datalist(datalist, split, self.site), base_dir, self.site)
+        augment = split == "training" and self.config.get("augment", True)
+        return SegmentationSliceDataset(pairs, TRAIN_AUGMENTATION if augment else None)
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        self.datasets = {split: self.build_split(split) for split in ("training", "validation")}
         batch_size = int(self.config.get("batch_size", 8))
         self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True)
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)

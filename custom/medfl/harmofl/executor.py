@@ -3,9 +3,10 @@
 :class:`HarmoFLClient` holds what HarmoFL adds to any client and plugs into the common executors through
 their hooks (``execute`` for the two exchange tasks, ``train_step`` for the perturbed step): combine it with
 :class:`~medfl.common.segmentation.SegmentationExecutor` (:class:`HarmoFLSegmentationExecutor`, prostate and
-nuclei) or :class:`~medfl.common.classification.ClassificationExecutor` (:class:`HarmoFLClassificationExecutor`,
-Camelyon17). A task's data comes from :meth:`build_split`: :class:`HarmoFLProstateExecutor`,
-:class:`HarmoFLNucleiExecutor`, :class:`HarmoFLCamelyon17Executor`.
+nuclei; :class:`HarmoFLSliceExecutor`, FedAvg's prostate client) or
+:class:`~medfl.common.classification.ClassificationExecutor` (:class:`HarmoFLClassificationExecutor`, Camelyon17).
+A task's data comes from :meth:`build_split`: :class:`HarmoFLProstateExecutor`, :class:`HarmoFLNucleiExecutor`,
+:class:`HarmoFLCamelyon17Executor`, :class:`HarmoFLSliceExecutor`.
 
 ``config_train.json`` keys added by HarmoFL (defaults are the released code's):
 
@@ -15,7 +16,7 @@ Camelyon17). A task's data comes from :meth:`build_split`: :class:`HarmoFLProsta
 * ``truncate_to_smallest_client``: train every client on the first ``min_k n_k`` training samples, as the
   released code does unless ``--imbalance`` (true).
 * ``optimizer``: ``{"name", "args"}`` of the base optimizer the perturbation wraps; its state persists across
-  rounds.
+  rounds (not read by :class:`HarmoFLSliceExecutor`, which wraps FedAvg's Adam ``learning_rate``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from medfl.common.errors import DataError
 from medfl.common.executor import NUM_TRAIN_SAMPLES, RoundExecutor
 from medfl.common.metrics import classification_metrics, predict_probabilities
 from medfl.common.segmentation import SegmentationExecutor
-from medfl.common.train import Batch
+from medfl.common.train import Batch, evaluate_dice
 
 from . import networks  # noqa: F401  (registers harmofl_unet, harmofl_densenet121)
 from .amp_norm import DEFAULT_AMPLITUDE_MODE, AmplitudeNormalize, mean_amplitude, normalize_inputs
@@ -246,6 +247,30 @@ class HarmoFLNucleiExecutor(HarmoFLSegmentationExecutor):
                              channels=int(self.config.get("channels", 3)),
                              intensity=self.config.get("intensity", "dtype"), patch_size=patch_size,
                              random_crop=training and patch_size is not None, transform=augment)
+
+
+class HarmoFLSliceExecutor(HarmoFLClient, SegmentationExecutor):
+    """HarmoFL on the common 2D prostate slices (``jobs/harmofl_prostate_2d``): FedAvg's prostate client
+    (:class:`~medfl.common.segmentation.SegmentationExecutor`: its network, ``DiceLoss(sigmoid)``, Adam with
+    ``learning_rate``, ``batch_size``, augmentation, validation by foreground Dice) plus HarmoFL's amplitude
+    exchange, amplitude-normalised inputs and weight-perturbed Adam steps, so that HarmoFL is compared with
+    FedAvg and FedSM on the same data with the same model.
+
+    ``config_train.json``: :class:`~medfl.common.segmentation.SegmentationExecutor`'s keys and the HarmoFL keys
+    of the module docstring except ``optimizer``. :meth:`score` reports ``dice_fg`` (foreground Dice).
+    """
+
+    build_split = SegmentationExecutor.build_split  # the common slices (HarmoFLClient declares it abstract)
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        super().setup(fl_ctx)
+        self.optimizers = {name: self.wrap_optimizer(optimizer) for name, optimizer in self.optimizers.items()}
+
+    def harmofl_models(self) -> List[torch.nn.Module]:
+        return list(self.models.values())
+
+    def score(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, float]:
+        return {"dice_fg": evaluate_dice(model, loader, self.device)}
 
 
 class HarmoFLClassificationExecutor(HarmoFLClient, ClassificationExecutor):
