@@ -11,7 +11,7 @@ from conftest import PROSTATE_CLIENTS
 from helpers import run
 from test_deploy_poc import TINY_UNET
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.bench  # make test-bench
 
 METHODS = ("FedAvg", "FedSM (super model)", "FedSM (global model)", "HarmoFL", "local only", "centralised")
 
