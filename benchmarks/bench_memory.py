@@ -2,15 +2,14 @@
 
     python benchmarks/bench_memory.py [--jobs fedavg_prostate fedsm_prostate ...] [--work /tmp/bench_memory]
 
-Each job runs 2 rounds of 1 local epoch with one thread per client, its default network, on its demo
-federation (made here from ``../shared/data`` or synthetic), three of its sites: prostate 64x64 slices (FedAvg,
-FedSM), the HarmoFL prostate preparation at ``--harmofl_size`` (the paper's 384 is too slow here), synthetic
-Camelyon17 96x96 patches and DSB2018 nuclei tiles (HarmoFL, the jobs' DenseNet121 and UNet), HAM10000-mini at the
-jobs' 128x128 (PRR-FL and its FedAvg) and as the Fed-ISIC2019 demo at 128x128 (FedMAS, BSM-FL, FedAvg:
-ResNet18 trunk, batch 64; FedMAS's prior is pre-trained here for one epoch by ``pretrain_moco.py``, the trunk
-weights are random, standing in for ImageNet's), BreastMNIST (MedMNIST FedAvg). The process tree is sampled
-every 0.5 s; the sum of its
-processes' RSS counts shared pages (libraries) once per process, so it overstates the memory the run needs.
+Each job runs 2 rounds of 1 local epoch with one thread per client, its default network, on its demo federation
+(made here from ``../shared/data`` or synthetic), three of its sites: prostate 64x64 slices (FedAvg, FedSM, HarmoFL
+2D), the HarmoFL prostate preparation at ``--harmofl_size`` (the paper's 384 is too slow here), synthetic Camelyon17
+96x96 patches and DSB2018 nuclei tiles (HarmoFL, the jobs' DenseNet121 and UNet), HAM10000-mini at the jobs' 128x128
+(PRR-FL and its FedAvg) and as the Fed-ISIC2019 demo at 128x128 (FedMAS, BSM-FL, FedAvg: ResNet18 trunk, batch 64;
+FedMAS's prior is pre-trained here for one epoch by ``pretrain_moco.py``, the trunk weights are random, standing in
+for ImageNet's), BreastMNIST (MedMNIST FedAvg). The process tree is sampled every 0.5 s; the sum of its processes'
+RSS counts shared pages (libraries) once per process, so it overstates the memory the run needs.
 Goal: FedSM <= 3 GB. The last line is FedSM's peak.
 """
 
@@ -124,6 +123,7 @@ JOBS: Dict[str, Tuple[Setup, Dict]] = {
     "fedavg_prostate": (prostate, {}),
     "fedsm_prostate": (prostate, {}),
     "harmofl_prostate": (harmofl, {}),
+    "harmofl_prostate_2d": (prostate, {}),
     "harmofl_camelyon17": (camelyon17, {"dataset_root": "DATASET_ROOT/raw"}),
     "harmofl_nuclei": (nuclei, {"dataset_root": "DATASET_ROOT/raw", "patch_size": 64}),
     "prrfl_dermoscopy": (dermoscopy, {}),

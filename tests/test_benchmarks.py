@@ -54,6 +54,12 @@ def test_compare_medmnist_writes_the_table_and_curves(tmp_path, shared_data):
     assert re.fullmatch(rf"FedAvg mean test accuracy - local only: {NUMBER}", last_line(out)), out
 
 
+def test_memory_benchmark_covers_every_job():
+    from bench_memory import JOBS
+
+    assert set(JOBS) == {job.name for job in (ROOT / "jobs").iterdir() if (job / "meta.json").is_file()}
+
+
 def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
     out = run_command("bench_memory.py", "--jobs", "fedsm_prostate", "--work", tmp_path)
     row = re.search(rf"^fedsm_prostate\s+3\s+\d+\s+({NUMBER})$", out, re.M)
