@@ -10,7 +10,7 @@ Without ``--data`` the HAM10000-mini sample (``../shared/data/ham10000_mini``, 4
 replaces these overrides, ``--train '{}'`` keeps the jobs' paper settings). The baselines train
 ``rounds * local_epochs`` epochs with cross-entropy and the jobs' SGD, learning rate halved every
 ``lr_decay_rounds`` rounds, batch size and augmentation. Test macro-F1 per client, as the original reports
-it: PRR-FL's personalised model selected by the server (best), FedAvg's best global model, the baselines'
+it: PRR-FL's personalised model selected by the server (best), FedAvg's and FedMAS's best global models, the baselines'
 validation-selected models.
 
 FedMAS (``jobs/fedmas_dermoscopy``) trains the same slim VGG with FedMAS's projector head (its ``fc1`` features
@@ -18,8 +18,9 @@ FedMAS (``jobs/fedmas_dermoscopy``) trains the same slim VGG with FedMAS's proje
 selected on the clients' mean validation macro-F1, as FedAvg's. Its frozen prior is a MoCo-v2 ResNet-18
 pre-trained by ``data_preparation/pretrain_moco.py`` on the federation's pooled training images at the training
 image size for ``--prior-epochs`` epochs (made once per ``--work`` folder and reused): the original uses a public
-MoCo-v2 ResNet-50 pre-trained on ImageNet for 800 epochs, which the demo has no access to. No labels reach the
-prior, but its images are the clients' pooled, which a real federation would not share.
+MoCo-v2 ResNet-50 pre-trained on ImageNet for 800 epochs, which the demo has no access to (on the demo, 5 epochs
+leave the MoCo loss at its chance level: see docs/RESULTS.md). No labels reach the prior, but its images are the
+clients' pooled, which a real federation would not share.
 
 The last two lines are FedMAS's and PRR-FL's mean test macro-F1 minus FedAvg's; the last one is PRR-FL's.
 """

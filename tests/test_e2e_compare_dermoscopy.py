@@ -4,6 +4,7 @@ once per work folder."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -24,8 +25,6 @@ METHODS = {"PRR-FL", "FedMAS", "FedAvg", "local only", "centralised"}
 
 
 def test_comparison_has_a_fedmas_row_with_finite_scores(tmp_path, capsys):
-    import json
-
     args = ["--work", str(tmp_path), "--clients", *CLIENTS, "--rounds", "1", "--seeds", "0", "--prior-epochs", "1",
             "--train", json.dumps(TRAIN)]
     scores = compare_dermoscopy.main(args)
