@@ -1,18 +1,28 @@
-"""Dermoscopy federation (HAM10000's acquisition sources): PRR-FL and FedAvg (NVFlare simulator) against
+"""Dermoscopy federation (HAM10000's acquisition sources): PRR-FL, FedMAS and FedAvg (NVFlare simulator) against
 local-only and centralised training, with the same slim VGG, seed, SGD schedule and budget; writes a test
 macro-F1 table (markdown + CSV) and the validation curves (PNG).
 
     python benchmarks/compare_dermoscopy.py [--rounds 10] [--seeds 0 1 2] [--work /tmp/compare_dermoscopy] \
-        [--data <a DATASET_ROOT holding prrfl_ham10000/, from data_preparation/prepare_ham10000_prrfl.py>]
+        [--prior-epochs 5] [--data <a DATASET_ROOT holding prrfl_ham10000/, from prepare_ham10000_prrfl.py>]
 
 Without ``--data`` the HAM10000-mini sample (``../shared/data/ham10000_mini``, 4 sources) is prepared at
 ``--size``. The demo shrinks the network and the images for every method alike (``DEMO_TRAIN``; ``--train``
 replaces these overrides, ``--train '{}'`` keeps the jobs' paper settings). The baselines train
 ``rounds * local_epochs`` epochs with cross-entropy and the jobs' SGD, learning rate halved every
 ``lr_decay_rounds`` rounds, batch size and augmentation. Test macro-F1 per client, as the original reports
-it: PRR-FL's personalised model selected by the server (best), FedAvg's best global model, the baselines'
-validation-selected models. FedMAS is not run here: it trains a ResNet with a MoCo prior on Fed-ISIC2019's
-eight classes, another model and task. The last line is PRR-FL's mean test macro-F1 minus FedAvg's.
+it: PRR-FL's personalised model selected by the server (best), FedAvg's and FedMAS's best global models, the baselines'
+validation-selected models.
+
+FedMAS (``jobs/fedmas_dermoscopy``) trains the same slim VGG with FedMAS's projector head (its ``fc1`` features
+-> prior space), Balanced Softmax and MAS aggregation, with the same SGD schedule, and its best global model is
+selected on the clients' mean validation macro-F1, as FedAvg's. Its frozen prior is a MoCo-v2 ResNet-18
+pre-trained by ``data_preparation/pretrain_moco.py`` on the federation's pooled training images at the training
+image size for ``--prior-epochs`` epochs (made once per ``--work`` folder and reused): the original uses a public
+MoCo-v2 ResNet-50 pre-trained on ImageNet for 800 epochs, which the demo has no access to (on the demo, 5 epochs
+leave the MoCo loss at its chance level: see docs/RESULTS.md). No labels reach the prior, but its images are the
+clients' pooled, which a real federation would not share.
+
+The last two lines are FedMAS's and PRR-FL's mean test macro-F1 minus FedAvg's; the last one is PRR-FL's.
 """
 
 from __future__ import annotations
@@ -35,11 +45,13 @@ from results_table import report
 sys.path.insert(0, str(ROOT / "data_preparation"))
 sys.path.insert(0, str(ROOT / "result_stat"))
 from prepare_ham10000_prrfl import prepare_federation  # noqa: E402
+import pretrain_moco  # noqa: E402
 import prrfl_dermoscopy_results as prrfl_results  # noqa: E402
 from medfl.common.controller import checkpoint_name  # noqa: E402
 from medfl.common.metrics import macro_f1, predict_probabilities  # noqa: E402
 from medfl.common.networks import build_network  # noqa: E402
-from medfl.prrfl.dataset import build_client_datasets  # noqa: E402
+from medfl.fedmas.networks import trunk_features  # noqa: E402
+from medfl.prrfl.dataset import build_client_datasets, split_csv_path  # noqa: E402
 from medfl.prrfl.executor import round_learning_rate  # noqa: E402
 
 CLIENTS = ("clientA", "clientB", "clientC", "clientD")
@@ -49,6 +61,17 @@ DEMO_ROUNDS = 10
 DEMO_TRAIN = {"image_size": DEMO_SIZE, "local_epochs": 2,
               "network": {"name": "medfl.prrfl.networks:vgg16_slim",
                           "args": {"blocks": [[8], [16], [16], [32], [32]], "hidden_features": 32}}}
+# (method, job); the FedMAS job's network is the comparison's VGG with FedMAS's projector head
+FL_JOBS = (("PRR-FL", "prrfl_dermoscopy"), ("FedMAS", "fedmas_dermoscopy"), ("FedAvg", "fedavg_dermoscopy"))
+VGG_NETWORK = "vgg16_slim"
+FEDMAS_NETWORK = "medfl.fedmas.dermoscopy:free_head_vgg16_slim"
+# the demo prior: a MoCo-v2 ResNet-18 (pretrain_moco.py with small-data settings), trained once per work folder
+PRIOR_DEPTH = 18
+PRIOR_EPOCHS = 5
+PRIOR_BATCH_SIZE = 32
+PRIOR_QUEUE_SIZE = 256
+PRIOR_BN_SPLITS = 4
+PRIOR_SEED = 0
 
 
 def demo_dermoscopy(root: Path, size: int = DEMO_SIZE, shared_data: Path = SHARED_DATA) -> Path:
@@ -89,16 +112,48 @@ def dermoscopy_sites(config: Dict, clients: List[str]) -> Dict[str, SiteData]:
     return sites
 
 
-def fl_test_scores(prrfl_ws: Path, fedavg_ws: Path, data_root: Path) -> Dict[str, Dict[str, float]]:
-    """``{"PRR-FL": {client: macro-F1}, "FedAvg": {...}}`` with the PRR-FL result script's loaders."""
-    fedavg_app = prrfl_results.simulate_job(fedavg_ws, "server") / "app_server"
-    fedavg_config = prrfl_results.read_config(fedavg_app)
-    fedavg = prrfl_results.load_model(fedavg_app / checkpoint_name("best", "global"), fedavg_config)
-    scores = {"PRR-FL": {}, "FedAvg": {}}
-    for client, (checkpoint, config) in prrfl_results.personal_models(prrfl_ws, "best").items():
-        personal = prrfl_results.load_model(checkpoint, config)
-        scores["PRR-FL"][client] = prrfl_results.test_metrics(personal, data_root, client, config)["macro_f1"]
-        scores["FedAvg"][client] = prrfl_results.test_metrics(fedavg, data_root, client, fedavg_config)["macro_f1"]
+def demo_prior(work: Path, data_root: Path, clients: List[str], image_size: int, epochs: int) -> Path:
+    """The FedMAS prior of the comparison: ``pretrain_moco.py`` on the clients' pooled training images (their
+    ``train_<client>.csv``), kept at ``<work>/prior/`` and reused while it holds all ``epochs`` epochs."""
+    prior = work / "prior" / f"moco_r{PRIOR_DEPTH}_{image_size}px_{epochs}ep.pth.tar"
+    if prior.is_file() and torch.load(prior, map_location="cpu", weights_only=True)["epoch"] == epochs:
+        return prior
+    datalists = [str(split_csv_path(data_root, client, "train")) for client in clients]
+    pretrain_moco.main(["--images", str(data_root), "--datalists", *datalists, "--output", str(prior),
+                        "--depth", str(PRIOR_DEPTH), "--image-size", str(image_size), "--epochs", str(epochs),
+                        "--batch-size", str(PRIOR_BATCH_SIZE), "--queue-size", str(PRIOR_QUEUE_SIZE),
+                        "--bn-splits", str(PRIOR_BN_SPLITS), "--seed", str(PRIOR_SEED)])
+    return prior
+
+
+def fedmas_train(train: Dict, prior: Path) -> Dict:
+    """``config_train.json`` overrides of the FedMAS job: ``train``'s, its slim VGG with the projector head to the
+    prior's feature width, and the prior."""
+    overrides = {**train, "prior_checkpoint": str(prior)}
+    if "network" in train:
+        network = train["network"]
+        if not network["name"].endswith(VGG_NETWORK):
+            raise ValueError(f"--train: the comparison's network must be a {VGG_NETWORK} (FedMAS adds its projector "
+                             f"head to it), got {network['name']!r}")
+        args = {**network.get("args", {}), "prior_dim": trunk_features(PRIOR_DEPTH)}
+        overrides["network"] = {"name": FEDMAS_NETWORK, "args": args}
+    return overrides
+
+
+def global_model_scores(workspace: Path, data_root: Path, clients: List[str]) -> Dict[str, float]:
+    """``{client: test macro-F1}`` of a job's validation-selected global model (``best_global_model.pt``)."""
+    app = prrfl_results.simulate_job(workspace, "server") / "app_server"
+    config = prrfl_results.read_config(app)
+    model = prrfl_results.load_model(app / checkpoint_name("best", "global"), config)
+    return {client: prrfl_results.test_metrics(model, data_root, client, config)["macro_f1"] for client in clients}
+
+
+def personal_model_scores(workspace: Path, data_root: Path) -> Dict[str, float]:
+    """``{client: test macro-F1}`` of each PRR-FL client's selected personalised model."""
+    scores = {}
+    for client, (checkpoint, config) in prrfl_results.personal_models(workspace, "best").items():
+        model = prrfl_results.load_model(checkpoint, config)
+        scores[client] = prrfl_results.test_metrics(model, data_root, client, config)["macro_f1"]
     return scores
 
 
@@ -110,9 +165,11 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--size", type=int, default=DEMO_SIZE, help="image size of the demo preparation")
     parser.add_argument("--train", type=json.loads, default=DEMO_TRAIN, help="config_train.json overrides (JSON)")
+    parser.add_argument("--prior-epochs", type=int, default=PRIOR_EPOCHS, help="MoCo-v2 epochs of the FedMAS prior")
     parser.add_argument("--work", type=Path, default=Path("/tmp/compare_dermoscopy"))
     parser.add_argument("--output", type=Path, default=None, help="table and plot folder (default: <work>/results)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the prior and the baselines, as the jobs' num_threads: far faster on shared cores
     data = args.data or demo_dermoscopy(args.work / "data", args.size)
     output = args.output or args.work / "results"
 
@@ -123,22 +180,25 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
         config = json.loads((ROOT / "jobs" / "fedavg_dermoscopy" / "app" / "config" / "config_train.json").read_text())
         config = {**config, **train, "data_root": str(data / "prrfl_ham10000")}
         per_epoch = int(config["local_epochs"])
-        workspaces = {}
-        for method, job in (("PRR-FL", "prrfl_dermoscopy"), ("FedAvg", "fedavg_dermoscopy")):
-            run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, {"num_rounds": args.rounds}, train)
+        prior = demo_prior(args.work, data / "prrfl_ham10000", args.clients, int(config["image_size"]),
+                           args.prior_epochs)
+        job_train = {"fedmas_dermoscopy": fedmas_train(train, prior)}
+        for method, job in FL_JOBS:
+            run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, {"num_rounds": args.rounds},
+                          job_train.get(job, train))
             walls.setdefault(job, []).append(run.wall_s)
-            workspaces[method] = run.workspace
-        with contextlib.redirect_stdout(io.StringIO()):
-            tested = fl_test_scores(workspaces["PRR-FL"], workspaces["FedAvg"], data / "prrfl_ham10000")
-        for method, by_client in tested.items():
-            scores.setdefault(method, []).append(by_client)
-        if seed == args.seeds[0]:  # what each client holds at the start of round r, after r * local_epochs epochs
-            for method, tag in (("PRR-FL", "val_mean/personal_macro_f1"), ("FedAvg", "val_mean/global")):
-                steps, values = server_curve(workspaces[method], tag)
+            with contextlib.redirect_stdout(io.StringIO()):
+                if method == "PRR-FL":
+                    tested = personal_model_scores(run.workspace, data / "prrfl_ham10000")
+                else:
+                    tested = global_model_scores(run.workspace, data / "prrfl_ham10000", args.clients)
+            scores.setdefault(method, []).append(tested)
+            if seed == args.seeds[0]:  # what each client holds at the start of round r, after r * local_epochs epochs
+                tag = "val_mean/personal_macro_f1" if method == "PRR-FL" else "val_mean/global"
+                steps, values = server_curve(run.workspace, tag)
                 curves[method] = ([s * per_epoch for s in steps], values)
         sites = dermoscopy_sites(config, args.clients)
         recipe = dermoscopy_recipe(config, args.rounds, seed)
-        torch.set_num_threads(1)
         for method, result in (("local only", local_only(sites, recipe)), ("centralised", centralised(sites, recipe))):
             scores.setdefault(method, []).append(result.test)
             if seed == args.seeds[0]:
@@ -146,8 +206,10 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
 
     where = f"HAM10000-mini demo, {args.size}x{args.size}" if args.data is None else str(data)
     caption = (f"Dermoscopy ({where}), {len(args.clients)} clients, {args.rounds} rounds x {per_epoch} local epochs, "
-               f"seeds {args.seeds}: test macro-F1 (PRR-FL: personalised models; others: validation-selected)")
+               f"seeds {args.seeds}: test macro-F1 (PRR-FL: personalised models; others: validation-selected); "
+               f"FedMAS prior: MoCo-v2 ResNet-{PRIOR_DEPTH}, {args.prior_epochs} epochs on the pooled training images")
     means = report(scores, curves, walls, output, "dermoscopy", caption, "mean validation macro-F1")
+    print(f"FedMAS mean test macro-F1 - FedAvg: {means['FedMAS'] - means['FedAvg']:+.4f}")
     print(f"PRR-FL mean test macro-F1 - FedAvg: {means['PRR-FL'] - means['FedAvg']:+.4f}")
     return scores
 

@@ -9,11 +9,17 @@ Example (the demo prior of docs/fedmas.md, CPU, seconds):
     python data_preparation/pretrain_moco.py --images ../shared/data/ham10000_mini/images \\
         --output data_preparation/demo_isic2019/pretrained/moco_r18.pth.tar --depth 18 --image-size 32 \\
         --epochs 1 --batch-size 32 --queue-size 256 --max-images 128
+
+``--datalists`` restricts the images to those a federation trains on (pooled over its clients), e.g. the
+training CSVs of the dermoscopy federation (their ``image`` column is relative to ``--images``):
+    python data_preparation/pretrain_moco.py --images $DATASET_ROOT/prrfl_ham10000 \\
+        --datalists $DATASET_ROOT/prrfl_ham10000/client*/train_client*.csv --output ... --depth 18
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 import time
@@ -48,14 +54,30 @@ DEPTH = 50
 IMAGE_SIZE = 224
 
 
-class TwoViews(Dataset):
-    """Every image file under ``folder`` (recursively; the first ``max_images`` in name order if > 0) -> two
-    independently augmented views."""
+def listed_images(folder: Path, datalists: Sequence[Path]) -> list[Path]:
+    """The files named in the ``image`` column of the ``datalists`` CSVs, relative to ``folder``."""
+    files = []
+    for datalist in datalists:
+        with open(datalist, newline="") as stream:
+            reader = csv.DictReader(stream)
+            if "image" not in (reader.fieldnames or []):
+                raise ValueError(f"{datalist}: no 'image' column (has {reader.fieldnames})")
+            files.extend(folder / row["image"] for row in reader)
+    return files
 
-    def __init__(self, folder: Path, augment: MoCoV2Augment, max_images: int = 0) -> None:
+
+class TwoViews(Dataset):
+    """Every image file under ``folder`` (recursively), or only those listed in ``datalists``; the first
+    ``max_images`` in name order if > 0 -> two independently augmented views."""
+
+    def __init__(self, folder: Path, augment: MoCoV2Augment, max_images: int = 0,
+                 datalists: Sequence[Path] = ()) -> None:
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {folder}")
-        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if datalists:
+            self.files = sorted(listed_images(folder, datalists))
+        else:
+            self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if max_images > 0:
             self.files = self.files[:max_images]
         if not self.files:
@@ -73,6 +95,8 @@ class TwoViews(Dataset):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="folder of unlabelled images (searched recursively)")
+    parser.add_argument("--datalists", type=Path, nargs="+", default=[],
+                        help="only the images in these CSVs' 'image' column (paths relative to --images)")
     parser.add_argument("--output", type=Path, required=True, help="checkpoint file to write")
     parser.add_argument("--max-images", type=int, default=0, help="use only the first N images (0: all)")
     parser.add_argument("--depth", type=int, default=DEPTH, choices=(18, 34, 50), help="ResNet depth")
@@ -94,7 +118,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    dataset = TwoViews(args.images, MoCoV2Augment(args.image_size), args.max_images)
+    dataset = TwoViews(args.images, MoCoV2Augment(args.image_size), args.max_images, args.datalists)
     if len(dataset) < args.batch_size:
         raise ValueError(f"{args.images}: {len(dataset)} images, fewer than --batch-size {args.batch_size}")
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)

@@ -36,7 +36,7 @@ FAMILIES: Dict[str, Tuple[Callable, List[str], str, str, str, bool]] = {
                    "raw/demo_camelyon17", False),
     "isic2019": (_isic2019, ["fedmas_isic2019", "fedavg_isic2019", "fedavg_bsm_isic2019"], "center_1",
                  "fed_isic2019/center_1/train.csv", "fed_isic2019/center_1", False),
-    "dermoscopy": (_dermoscopy, ["prrfl_dermoscopy", "fedavg_dermoscopy"], "clientA",
+    "dermoscopy": (_dermoscopy, ["prrfl_dermoscopy", "fedavg_dermoscopy", "fedmas_dermoscopy"], "clientA",
                    "prrfl_ham10000/clientA/train_clientA.csv", "prrfl_ham10000", False),
     "medmnist": (_medmnist, ["fedavg_medmnist"], "site-1", "medmnist/splits_breastmnist/site-1.json", "medmnist",
                  False),

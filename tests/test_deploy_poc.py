@@ -32,6 +32,9 @@ ISIC_SMALL = {"image_size": SIZE, "batch_size": 16, "trunk_checkpoint": f"DATASE
 PRRFL_SMALL = {"image_size": SIZE, "local_epochs": 1,
                "network": {"name": "medfl.prrfl.networks:vgg16_slim",
                            "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
+FEDMAS_DERMOSCOPY_SMALL = {**PRRFL_SMALL, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
+                           "network": {"name": "medfl.fedmas.dermoscopy:free_head_vgg16_slim",
+                                       "args": {**PRRFL_SMALL["network"]["args"], "prior_dim": 512}}}
 
 
 # ---------------------------------------------------------------------- demo federations (the e2e recipes)
@@ -67,22 +70,30 @@ def _nuclei(root: Path, shared: Path) -> None:
     prepare(root / "raw" / "demo_nuclei", root)
 
 
+def _demo_prior(images: Path, root: Path, *datalists: Path) -> None:
+    """A MoCo-v2 ResNet-18 prior at ``root / PRIOR``: one epoch on 64 images (``datalists``: only those listed)."""
+    run(["python", "data_preparation/pretrain_moco.py", "--images", images, "--output", root / PRIOR,
+         "--depth", "18", "--image-size", str(SIZE), "--epochs", "1", "--batch-size", "32", "--queue-size", "256",
+         "--bn-splits", "2", "--max-images", "64", *(["--datalists", *datalists] if datalists else [])])
+
+
 def _isic2019(root: Path, shared: Path) -> None:
     from medfl.fedmas.networks import resnet_trunk
 
     ham = shared / "ham10000_mini"
     run(["python", "data_preparation/prepare_isic2019.py", "demo", "--ham-dir", ham,
          "--out", root / "fed_isic2019", "--image-size", str(SIZE)])
-    run(["python", "data_preparation/pretrain_moco.py", "--images", ham / "images", "--output", root / PRIOR,
-         "--depth", "18", "--image-size", str(SIZE), "--epochs", "1", "--batch-size", "32", "--queue-size", "256",
-         "--bn-splits", "2", "--max-images", "64"])
+    _demo_prior(ham / "images", root)
     torch.save(resnet_trunk(18).state_dict(), root / TRUNK)
 
 
 def _dermoscopy(root: Path, shared: Path) -> None:
+    """The federation, and the FedMAS prior pre-trained on its pooled training images."""
     from prepare_ham10000_prrfl import prepare_federation
 
-    prepare_federation(shared / "ham10000_mini", root / "prrfl_ham10000", image_size=SIZE, log=lambda message: None)
+    federation = root / "prrfl_ham10000"
+    prepare_federation(shared / "ham10000_mini", federation, image_size=SIZE, log=lambda message: None)
+    _demo_prior(federation, root, *sorted(federation.glob("client*/train_client*.csv")))
 
 
 def _medmnist(root: Path, shared: Path) -> None:
@@ -131,6 +142,7 @@ FEDERATIONS = {
     "dermoscopy": Federation(("clientA", "clientB", "clientC", "clientD"), _dermoscopy, {
         "prrfl_dermoscopy": ({}, PRRFL_SMALL),
         "fedavg_dermoscopy": ({}, PRRFL_SMALL),
+        "fedmas_dermoscopy": ({}, FEDMAS_DERMOSCOPY_SMALL),
     }),
     "medmnist": Federation(("site-1", "site-2", "site-3", "site-4"), _medmnist, {
         "fedavg_medmnist": ({"fraction_fit": 0.5, "min_fit_clients": 1},

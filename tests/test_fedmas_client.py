@@ -147,7 +147,7 @@ def test_configuration_errors_are_clear(dataset_root):
                     network={"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 2048}})
     with pytest.raises(DataError, match=r"\[center_3\] .*absent\.pth\.tar: MoCo-v2 prior checkpoint not found"):
         make_client(FedMASExecutor, dataset_root, prior_checkpoint=str(dataset_root / "absent.pth.tar"))
-    with pytest.raises(ValueError, match="FedMAS needs the network 'free_head_resnet'"):
+    with pytest.raises(ValueError, match="FedMAS needs a network with the projector head"):
         make_client(FedMASExecutor, dataset_root, network={"name": "resnet_classifier", "args": {}})
     with pytest.raises(DataError, match=r"\[center_3\] .*center_3: no data folder for this client"):
         make_client(SkinLesionExecutor, dataset_root, dataset_base_dir=str(dataset_root))

@@ -44,6 +44,18 @@ def test_one_epoch_writes_a_checkpoint_the_prior_loader_reads(image_folder, tmp_
     assert prior(torch.rand(2, 3, 32, 32)).shape == (2, 512)
 
 
+def test_datalists_restrict_the_images_to_those_listed(image_folder, tmp_path):
+    names = sorted(p.name for p in image_folder.iterdir())[:3]
+    datalist = tmp_path / "train.csv"
+    datalist.write_text("image,label\n" + "".join(f"{name},0\n" for name in reversed(names)))
+    script = load_script()
+    assert [p.name for p in script.TwoViews(image_folder, MoCoV2Augment(16), datalists=[datalist]).files] == names
+    unnamed = tmp_path / "unnamed.csv"
+    unnamed.write_text("path,label\nx.jpg,0\n")
+    with pytest.raises(ValueError, match=r"unnamed\.csv: no 'image' column"):
+        script.TwoViews(image_folder, MoCoV2Augment(16), datalists=[unnamed])
+
+
 def test_too_few_images_for_a_batch_is_an_error(image_folder, tmp_path):
     args = ["--images", str(image_folder), "--output", str(tmp_path / "p.pth.tar"), "--batch-size", "64"]
     with pytest.raises(ValueError, match=r"unlabelled: 8 images, fewer than --batch-size 64"):

@@ -1,7 +1,9 @@
-"""Fed-ISIC2019 server: MAS aggregation (§3.5 (d)) and pooled balanced accuracy every round (§3.7).
+"""FedMAS servers: MAS aggregation (§3.5 (d)), and on Fed-ISIC2019 pooled balanced accuracy every round (§3.7).
 
-One workflow serves the three jobs: FedMAS (``aggregation="mas"``; ``mas_inv`` and ``mas_DRW`` are the
-original's variants) and the BSM-FL and FedAvg baselines (``aggregation="avg"``: weights n_k / sum n).
+:class:`FedMASController` serves the three Fed-ISIC2019 jobs: FedMAS (``aggregation="mas"``; ``mas_inv`` and
+``mas_DRW`` are the original's variants) and the BSM-FL and FedAvg baselines (``aggregation="avg"``: weights
+n_k / sum n). :class:`MASController` is the aggregation alone, with the common best-model tracking (the clients'
+reported validation metric), for a federation that compares methods on their own metric (``fedmas_dermoscopy``).
 """
 
 from __future__ import annotations
@@ -29,20 +31,16 @@ TEST_SELECTED = "best_test_selected"  # checkpoint kind of the original's test-s
 SPLITS = (VALIDATION, TESTING)
 
 
-class FedMASController(RoundController):
-    """FedMAS server: ``theta <- sum_k alpha_k theta_k`` over every state-dict entry with
-    ``alpha_k = aggregation_weights(aggregation, n_k, r_k, round, num_rounds)``.
-
-    Every round the clients report per-class counts of the model they received on their validation and test
-    splits. The server computes balanced accuracy per client and pooled over clients (from the summed
-    counts), keeps ``best_global_model.pt`` by pooled **validation** balanced accuracy, and, labelled as the
-    original's protocol, ``best_test_selected_global_model.pt`` by pooled **test** balanced accuracy (an
-    optimistic number). Every round goes to ``balanced_accuracy.json`` in the server's app folder, with the
-    selected rounds, the aggregation weights and the robust factors.
+class MASController(RoundController):
+    """MAS aggregation (§3.5 (d)): ``theta <- sum_k alpha_k theta_k`` over every state-dict entry with
+    ``alpha_k = aggregation_weights(aggregation, n_k, r_k, round, num_rounds)``; clients receive the global model
+    every round and are told the aggregation method in the payload meta. Every client must hold the same prior
+    (checked by its SHA-256). The best global model is kept by the clients' validation metric
+    (:meth:`RoundController.track_best`).
 
     ``config_train.json`` (read by the server too): ``network`` and ``seed`` build the initial model;
     ``trunk_checkpoint`` (optional, ``DATASET_ROOT`` allowed) initialises its trunk from a torchvision ResNet
-    file, as the original's ImageNet initialisation. Clients receive the global model every round.
+    file, as the original's ImageNet initialisation.
 
     Args:
         aggregation: ``"mas"``, ``"avg"``, ``"mas_inv"`` or ``"mas_DRW"`` (case-insensitive).
@@ -52,8 +50,6 @@ class FedMASController(RoundController):
     def __init__(self, aggregation: str = "mas", **kwargs):
         super().__init__(**kwargs)
         self.aggregation = canonical_method(aggregation)
-        self.history: List[dict] = []
-        self.best_test_score = float("-inf")  # kept apart from best_scores, which hold validation scores
 
     def initial_models(self) -> Dict[str, Params]:
         seed_everything(int(self.train_config.get("seed", 0)))
@@ -71,7 +67,6 @@ class FedMASController(RoundController):
     def payload_meta(self, client: str) -> dict:
         return {AGGREGATION: self.aggregation}
 
-    # ------------------------------------------------------------------ aggregation
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         clients = sorted(results)
         self._check_same_prior(results)
@@ -91,8 +86,11 @@ class FedMASController(RoundController):
                 self._add_scalar(f"robust_factor/{client}", factors[index], round_number)
         self.info(f"round {round_number} {self.aggregation} weights: "
                   + ", ".join(f"{c}={w:.4f}" for c, w in zip(clients, weights)))
-        self._record(round_number)["aggregation"] = summary
-        self._write_history()
+        self.record_aggregation(round_number, summary)
+
+    def record_aggregation(self, round_number: int, summary: Dict[str, dict]) -> None:
+        """Keep a round's ``{client: {"weight", "samples_per_epoch"[, "robust_factor"]}}`` (default: only the
+        TensorBoard scalars and the log line of :meth:`aggregate`)."""
 
     def _check_same_prior(self, results: Dict[str, FLModel]) -> None:
         hashes = {client: r.meta.get(PRIOR_SHA256) for client, r in sorted(results.items())}
@@ -100,6 +98,29 @@ class FedMASController(RoundController):
             raise DataError("clients hold different prior checkpoints (SHA-256 "
                             + ", ".join(f"{c}: {h[:12] if h else 'none'}" for c, h in hashes.items())
                             + "); MAS compares divergences across clients, so every client needs the same file")
+
+
+class FedMASController(MASController):
+    """FedMAS server of the Fed-ISIC2019 jobs: :class:`MASController`'s aggregation, and the original's evaluation.
+
+    Every round the clients report per-class counts of the model they received on their validation and test
+    splits. The server computes balanced accuracy per client and pooled over clients (from the summed
+    counts), keeps ``best_global_model.pt`` by pooled **validation** balanced accuracy, and, labelled as the
+    original's protocol, ``best_test_selected_global_model.pt`` by pooled **test** balanced accuracy (an
+    optimistic number). Every round goes to ``balanced_accuracy.json`` in the server's app folder, with the
+    selected rounds, the aggregation weights and the robust factors.
+
+    Args: those of :class:`MASController`.
+    """
+
+    def __init__(self, aggregation: str = "mas", **kwargs):
+        super().__init__(aggregation, **kwargs)
+        self.history: List[dict] = []
+        self.best_test_score = float("-inf")  # kept apart from best_scores, which hold validation scores
+
+    def record_aggregation(self, round_number: int, summary: Dict[str, dict]) -> None:
+        self._record(round_number)["aggregation"] = summary
+        self._write_history()
 
     # ------------------------------------------------------------------ evaluation and model selection
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:

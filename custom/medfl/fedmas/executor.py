@@ -30,7 +30,7 @@ from .aggregation import canonical_method, robust_factor
 from .data import DEFAULT_IMAGE_SIZE, SkinLesionDataset
 from .evaluation import TESTING, VALIDATION, balanced_accuracy_from_counts, class_hits
 from .losses import DEFAULT_FREE_U, BalancedSoftmaxLoss, ClassDivergence, FedMASLoss, prior_divergence
-from .networks import FreeHeadResNet
+from .networks import FreeHead
 from .prior import checkpoint_sha256, load_moco_prior
 
 # payload meta (server -> client)
@@ -127,7 +127,8 @@ class SkinLesionExecutor(ClassificationExecutor):
 
 
 class FedMASExecutor(SkinLesionExecutor):
-    """FedMAS client (§3.4, §3.5 (a)-(c)) with a frozen MoCo-v2 prior h and a :class:`FreeHeadResNet`.
+    """FedMAS client (§3.4, §3.5 (a)-(c)) with a frozen MoCo-v2 prior h and a :class:`FreeHead` network
+    (``free_head_resnet`` in the original's setting).
 
     Per round, with the received global model: unless the server aggregates with ``avg`` (it says which
     in the payload meta), one pass over the training loader in eval mode gives D_pre per class; local training
@@ -143,8 +144,9 @@ class FedMASExecutor(SkinLesionExecutor):
 
     def setup(self, fl_ctx: FLContext) -> None:
         super().setup(fl_ctx)
-        if not isinstance(self.model, FreeHeadResNet):
-            raise ValueError(f"FedMAS needs the network 'free_head_resnet', got {self.config['network']['name']!r}")
+        if not isinstance(self.model, FreeHead):
+            raise ValueError(f"FedMAS needs a network with the projector head of §3.2 (e.g. 'free_head_resnet'), "
+                             f"got {self.config['network']['name']!r}")
         path = config_path(self.config, "prior_checkpoint", self.site)
         try:
             self.prior = load_moco_prior(path).to(self.device)
@@ -168,6 +170,11 @@ class FedMASExecutor(SkinLesionExecutor):
         super().load_payload(params, fl_ctx)
         self.aggregation = canonical_method(self.task_meta.get(AGGREGATION, "avg"))
 
+    def prior_features(self, images: torch.Tensor) -> torch.Tensor:
+        """h(x) of a batch the model sees; a client whose inputs are normalised otherwise than the prior's
+        pre-training images converts them here."""
+        return self.prior(images)
+
     @torch.no_grad()
     def divergence_before_training(self, abort_signal: Signal) -> ClassDivergence:
         """D_pre (§3.5 (a)): one pass over the training loader with the received model in eval mode."""
@@ -180,7 +187,7 @@ class FedMASExecutor(SkinLesionExecutor):
                     raise TrainingAborted("abort signal received")
                 batch = to_device(batch, self.device)
                 _, _, p, _ = self.model.heads(batch["image"])
-                d_pre.update(prior_divergence(p, self.prior(batch["image"])), batch["label"])
+                d_pre.update(prior_divergence(p, self.prior_features(batch["image"])), batch["label"])
         self.prior_bn_updated |= batch_statistics
         return d_pre
 
@@ -190,7 +197,7 @@ class FedMASExecutor(SkinLesionExecutor):
         optimizer.zero_grad(set_to_none=True)
         images, labels = batch["image"], batch["label"]
         _, z1, p, z2 = model.heads(images)
-        loss, d = loss_fn(z1, p, z2, self.prior(images), labels)
+        loss, d = loss_fn(z1, p, z2, self.prior_features(images), labels)
         self.d_tr.update(d, labels)
         self.apply_gradients(loss, model, optimizer)
         return loss.detach()

@@ -133,6 +133,7 @@ class SkinLesionDataset(Dataset):
         self.csv_path = split_csv_path(data_root, client, split)
         self.transform = transform if transform is not None else eval_transforms()
         self.image_size = image_size
+        self.num_classes = num_classes
         self.samples = self._read_csv(num_classes)
 
     def _error(self, problem: str, path: Path | None = None) -> DataError:
@@ -161,6 +162,10 @@ class SkinLesionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def class_counts(self) -> list[int]:
+        """Samples per class, length ``num_classes`` (FedMAS's N_{k,c} for Balanced Softmax and divergences)."""
+        return np.bincount([label for _, label in self.samples], minlength=self.num_classes).tolist()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         path, label = self.samples[index]

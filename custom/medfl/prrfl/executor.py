@@ -114,12 +114,14 @@ def split_loader(client: RoundExecutor, split: str) -> DataLoader:
     return DataLoader(client.datasets[split], batch_size=client.val_loader.batch_size)
 
 
-class DermoscopyExecutor(ClassificationExecutor):
-    """FedAvg baseline client on the PRR-FL federation: one ``global`` model trained with cross-entropy.
+class DermoscopyClient:
+    """Mixin for a :class:`ClassificationExecutor` subclass on the PRR-FL federation: the client's splits, the
+    validation metrics and the per-round SGD schedule of :class:`DETExecutor`.
 
-    Same data, network, batch size, local epochs and SGD schedule as :class:`DETExecutor` (``optimizer``,
-    ``lr_decay``, ``lr_decay_rounds``). Reports ``global`` (the ``val_metric``, which the server's best-model tracking
-    uses) and every ``global_<metric>``; streams the trained model's metrics as ``val_trained/...``.
+    Data, network, batch size, local epochs and SGD schedule as :class:`DETExecutor` (``optimizer``, ``lr_decay``,
+    ``lr_decay_rounds``: the optimizer is re-created every round). Reports ``global`` (the ``val_metric``, which the
+    server's best-model tracking uses) and every ``global_<metric>``; streams the trained model's metrics as
+    ``val_trained/...``. List it before the executor class: ``class C(DermoscopyClient, SomeExecutor)``.
     """
 
     def build_datasets(self) -> Dict[str, Dataset]:
@@ -133,6 +135,11 @@ class DermoscopyExecutor(ClassificationExecutor):
         self.optimizer = optimizer_for_round(self.model.parameters(), self.config, self.current_round)
         super().train_round(abort_signal, fl_ctx)
         self.log_metrics(self.evaluate("validation"), TRAINED_PREFIX, self.current_round)
+
+
+class DermoscopyExecutor(DermoscopyClient, ClassificationExecutor):
+    """FedAvg baseline client on the PRR-FL federation: one ``global`` model trained with cross-entropy
+    (:class:`DermoscopyClient`'s data, metrics and SGD schedule)."""
 
 
 class DETExecutor(RoundExecutor):

@@ -67,8 +67,11 @@ class VGG16Slim(nn.Module):
         )
         self.fc2 = nn.Sequential(OrderedDict(linear=nn.Linear(hidden_features, num_classes, bias=False)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The features before the last linear layer: ``(B, in_channels, H, W) -> (B, hidden_features)``."""
         for index in range(1, self.num_blocks + 1):
             x = getattr(self, f"layer{index}")(x)
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.fc2(self.fc1(x))
+        return self.fc1(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.embed(x))

@@ -1,0 +1,1 @@
+../../../../../custom/medfl/__init__.py

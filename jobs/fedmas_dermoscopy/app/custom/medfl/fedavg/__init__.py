@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/fedavg/__init__.py

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/fedavg_medmnist/controller.py

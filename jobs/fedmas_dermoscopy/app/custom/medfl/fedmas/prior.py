@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/fedmas/prior.py

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/fedsm/__init__.py

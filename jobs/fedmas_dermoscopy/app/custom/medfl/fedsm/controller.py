@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/fedsm/controller.py

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/fedsm/super_model.py

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/harmofl/amp_norm.py

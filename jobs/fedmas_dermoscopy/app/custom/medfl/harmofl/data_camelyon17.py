@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/harmofl/data_camelyon17.py

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/prrfl/__init__.py

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/prrfl/ham10000.py

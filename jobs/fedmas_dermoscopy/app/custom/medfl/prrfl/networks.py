@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/prrfl/networks.py

@@ -1,0 +1,52 @@
+"""End-to-end: ``benchmarks/compare_dermoscopy.py`` on two HAM10000-mini clients for one round, with a tiny VGG and
+a one-epoch prior: every method has a row, FedMAS's with a finite test macro-F1 per client, and the prior is made
+once per work folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from helpers import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+import compare_dermoscopy  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = ["clientA", "clientB"]
+TRAIN = {"image_size": 32, "local_epochs": 1,
+         "network": {"name": "medfl.prrfl.networks:vgg16_slim",
+                     "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
+METHODS = {"PRR-FL", "FedMAS", "FedAvg", "local only", "centralised"}
+
+
+def test_comparison_has_a_fedmas_row_with_finite_scores(tmp_path, capsys):
+    args = ["--work", str(tmp_path), "--clients", *CLIENTS, "--rounds", "1", "--seeds", "0", "--prior-epochs", "1",
+            "--train", json.dumps(TRAIN)]
+    scores = compare_dermoscopy.main(args)
+    assert set(scores) == METHODS
+    (fedmas,) = scores["FedMAS"]
+    assert set(fedmas) == set(CLIENTS) and all(math.isfinite(v) and 0 <= v <= 1 for v in fedmas.values()), fedmas
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("FedMAS mean test macro-F1 - FedAvg: ")
+    assert lines[-1].startswith("PRR-FL mean test macro-F1 - FedAvg: ")
+    table = (tmp_path / "results" / "dermoscopy_results.md").read_text()
+    assert "| FedMAS |" in table and "FedMAS prior: MoCo-v2 ResNet-18, 1 epochs" in table
+    (prior,) = (tmp_path / "prior").iterdir()
+    modified = prior.stat().st_mtime_ns
+    data_root = tmp_path / "data" / "prrfl_ham10000"
+    assert compare_dermoscopy.demo_prior(tmp_path, data_root, CLIENTS, 32, 1) == prior  # cached, not trained again
+    assert prior.stat().st_mtime_ns == modified
+
+
+def test_fedmas_overrides_keep_the_comparison_network():
+    overrides = compare_dermoscopy.fedmas_train(TRAIN, PROJECT_ROOT / "prior.pth.tar")
+    assert overrides["network"] == {"name": compare_dermoscopy.FEDMAS_NETWORK,
+                                    "args": {**TRAIN["network"]["args"], "prior_dim": 512}}
+    assert overrides["prior_checkpoint"].endswith("prior.pth.tar") and overrides["image_size"] == 32
+    with pytest.raises(ValueError, match="must be a vgg16_slim"):
+        compare_dermoscopy.fedmas_train({"network": {"name": "unet"}}, PROJECT_ROOT / "prior.pth.tar")
