@@ -6,11 +6,11 @@ Each job runs 2 rounds of 1 local epoch with one thread per client, its default 
 (made here from ``../shared/data`` or synthetic), three of its sites: prostate 64x64 slices (FedAvg, FedSM, HarmoFL
 2D), the HarmoFL prostate preparation at ``--harmofl_size`` (the paper's 384 is too slow here), synthetic Camelyon17
 96x96 patches and DSB2018 nuclei tiles (HarmoFL, the jobs' DenseNet121 and UNet), HAM10000-mini at the jobs' 128x128
-(PRR-FL and its FedAvg) and as the Fed-ISIC2019 demo at 128x128 (FedMAS, BSM-FL, FedAvg: ResNet18 trunk, batch 64;
-FedMAS's prior is pre-trained here for one epoch by ``pretrain_moco.py``, the trunk weights are random, standing in
-for ImageNet's), BreastMNIST (MedMNIST FedAvg). The process tree is sampled every 0.5 s; the sum of its processes'
-RSS counts shared pages (libraries) once per process, so it overstates the memory the run needs.
-Goal: FedSM <= 3 GB. The last line is FedSM's peak.
+(PRR-FL, FedMAS and FedAvg; FedMAS with a one-epoch demo prior) and as the Fed-ISIC2019 demo at 128x128 (FedMAS,
+BSM-FL, FedAvg: ResNet18 trunk, batch 64; FedMAS's prior is pre-trained here for one epoch by ``pretrain_moco.py``,
+the trunk weights are random, standing in for ImageNet's), BreastMNIST (MedMNIST FedAvg). The process tree is
+sampled every 0.5 s; the sum of its processes' RSS counts shared pages (libraries) once per process, so it
+overstates the memory the run needs. Goal: FedSM <= 3 GB. The last line is FedSM's peak.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 from simrun import ROOT, run_job
+from compare_dermoscopy import demo_prior
 from compare_prostate import CLIENTS as PROSTATE_CLIENTS, demo_prostate
 
 sys.path.insert(0, str(ROOT / "data_preparation"))
@@ -42,6 +43,8 @@ from medfl.fedmas.networks import resnet_trunk  # noqa: E402
 SHARED_DATA = ROOT.parent / "shared" / "data"
 HARMOFL_SITES = ("BIDMC", "HK", "I2CVB")
 DERMOSCOPY_CLIENTS = ("clientA", "clientB", "clientC")
+DERMOSCOPY_SIZE = 128  # the jobs' image size
+DERMOSCOPY_PRIOR = "pretrained/moco_r18_prrfl_ham10000.pth.tar"  # fedmas_dermoscopy's prior_checkpoint
 CAMELYON17_CLIENTS = ("hospital1", "hospital2", "hospital3")
 NUCLEI_CLIENTS = ("brightfield_purple", "confocal_green", "dapi_blue")
 ISIC_CLIENTS = ("center_1", "center_2", "center_3")  # FLamby centres of HAM10000's sources
@@ -71,6 +74,17 @@ def dermoscopy(work: Path, args) -> Tuple[Path, List[str]]:
     if not (root / "prrfl_ham10000").is_dir():
         prepare_federation(args.shared_data / "ham10000_mini", root / "prrfl_ham10000", log=lambda message: None)
     return root, list(DERMOSCOPY_CLIENTS)
+
+
+def dermoscopy_with_prior(work: Path, args) -> Tuple[Path, List[str]]:
+    """The dermoscopy federation and, where ``fedmas_dermoscopy`` looks for it, a one-epoch demo MoCo prior."""
+    root, clients = dermoscopy(work, args)
+    job_prior = root / DERMOSCOPY_PRIOR
+    if not job_prior.is_file():
+        prior = demo_prior(root, root / "prrfl_ham10000", clients, image_size=DERMOSCOPY_SIZE, epochs=1)
+        job_prior.parent.mkdir(parents=True, exist_ok=True)
+        job_prior.symlink_to(prior)
+    return root, clients
 
 
 def camelyon17(work: Path, args) -> Tuple[Path, List[str]]:
@@ -128,6 +142,7 @@ JOBS: Dict[str, Tuple[Setup, Dict]] = {
     "harmofl_nuclei": (nuclei, {"dataset_root": "DATASET_ROOT/raw", "patch_size": 64}),
     "prrfl_dermoscopy": (dermoscopy, {}),
     "fedavg_dermoscopy": (dermoscopy, {}),
+    "fedmas_dermoscopy": (dermoscopy_with_prior, {}),
     "fedmas_isic2019": (isic2019, FEDMAS_TRAIN),
     "fedavg_bsm_isic2019": (isic2019, ISIC_TRAIN),
     "fedavg_isic2019": (isic2019, ISIC_TRAIN),
