@@ -15,7 +15,7 @@ from helpers import PROJECT_ROOT
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 import compare_dermoscopy  # noqa: E402
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.bench  # make test-bench
 
 CLIENTS = ["clientA", "clientB"]
 TRAIN = {"image_size": 32, "local_epochs": 1,
