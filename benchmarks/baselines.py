@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from medfl.common.executor import seed_everything
+from medfl.common.executor import seed_everything, seed_random_transforms
 from medfl.common.train import train_epoch
 
 MetricFn = Callable[[torch.nn.Module, DataLoader, torch.device], float]
@@ -79,6 +79,7 @@ def train_selected(recipe: Recipe, training: Dataset, validation: Mapping[str, D
     if recipe.epochs < 1:
         raise ValueError(f"the budget must be at least one epoch, got {recipe.epochs}")
     seed_everything(recipe.seed)
+    seed_random_transforms({"training": training}, recipe.seed)  # as the clients do
     model = recipe.build_model().to(recipe.device)
     optimizer = recipe.make_optimizer(model)
     scheduler = recipe.make_scheduler(optimizer) if recipe.make_scheduler else None

@@ -90,7 +90,7 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
 def test_random_transforms_are_seeded_per_run():
     """MONAI's random transforms keep their own RandomState: the executor seeds them with the run's seed."""
     from monai.transforms import Compose, RandFlipd, RandGaussianNoised
-    from torch.utils.data import Subset
+    from torch.utils.data import ConcatDataset, Subset
 
     from medfl.common.data import SegmentationSliceDataset
     from medfl.common.executor import seed_random_transforms
@@ -98,8 +98,9 @@ def test_random_transforms_are_seeded_per_run():
     def augmented(seed):
         transform = Compose([RandFlipd(keys="image", prob=0.5), RandGaussianNoised(keys="image", prob=1.0)])
         pairs = [{"image": np.ones((1, 4, 4), np.float32), "label": np.zeros((1, 4, 4), np.float32)}]
-        datasets = {"training": Subset(SegmentationSliceDataset(pairs, transform), [0])}
-        assert seed_random_transforms(datasets, seed) == 1
+        datasets = {"training": Subset(SegmentationSliceDataset(pairs, transform), [0]),
+                    "pooled": ConcatDataset([SegmentationSliceDataset(pairs), SegmentationSliceDataset(pairs, transform)])}
+        assert seed_random_transforms(datasets, seed) == 2
         return [datasets["training"][0]["image"] for _ in range(3)]
 
     for a, b in zip(augmented(7), augmented(7)):

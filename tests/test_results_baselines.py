@@ -76,6 +76,22 @@ def test_the_best_validation_epoch_is_kept():
     assert all(torch.equal(model.state_dict()[k], states[1][k]) for k in states[1])
 
 
+def test_same_seed_same_curve_with_monai_augmentation():
+    """The baselines seed the MONAI random transforms of the training data, as the clients do."""
+    from monai.transforms import RandGaussianNoised
+
+    class Augmented(Tensors):
+        transform = RandGaussianNoised(keys="image", prob=1.0, std=0.5)
+
+        def __getitem__(self, i):
+            return self.transform(super().__getitem__(i))
+
+    training = torch.utils.data.ConcatDataset([Augmented(8, 0), Augmented(8, 1)])
+    curves = [centralised({"a": SiteData(training, Tensors(4, 9), Tensors(4, 10))}, recipe(epochs=2)).curve
+              for _ in range(2)]
+    assert curves[0] == curves[1]
+
+
 def test_a_zero_budget_is_refused():
     with pytest.raises(ValueError, match="at least one epoch"):
         train_selected(recipe(epochs=0), SITES["a"].training, {"a": SITES["a"].validation})

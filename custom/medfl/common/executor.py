@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import random
 from abc import abstractmethod
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 from monai.transforms import Randomizable
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
@@ -53,8 +53,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_random_transforms(datasets: Dict[str, Any], seed: int) -> int:
-    """Seed the MONAI random transforms of every dataset (``dataset.transform``, through ``Subset``s).
+def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
+    """The MONAI random transform (``dataset.transform``) of ``dataset``, through ``Subset`` and ``ConcatDataset``."""
+    if isinstance(dataset, Subset):
+        yield from random_transforms(dataset.dataset)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from random_transforms(part)
+    elif isinstance(getattr(dataset, "transform", None), Randomizable):
+        yield dataset.transform
+
+
+def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
+    """Seed the MONAI random transforms of every dataset (see :func:`random_transforms`).
 
     MONAI's ``Randomizable`` transforms draw from their own ``RandomState``, which neither ``torch.manual_seed``
     nor ``np.random.seed`` reaches; without this, augmentation differs between runs with the same seed.
@@ -62,10 +73,7 @@ def seed_random_transforms(datasets: Dict[str, Any], seed: int) -> int:
     """
     seeded = 0
     for dataset in datasets.values():
-        while isinstance(dataset, Subset):
-            dataset = dataset.dataset
-        transform = getattr(dataset, "transform", None)
-        if isinstance(transform, Randomizable):
+        for transform in random_transforms(dataset):
             transform.set_random_state(seed=seed)
             seeded += 1
     return seeded
