@@ -28,7 +28,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
-from .executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, seed_everything
+from .executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, freeze_setup_objects, seed_everything
 from .io import atomic_torch_save
 from .networks import build_network
 from .params import Params, to_numpy
@@ -170,6 +170,7 @@ class RoundController(ModelController):
         self.models = self.initial_models()
         if self.resume_from:
             self._resume(self.resume_from)
+        freeze_setup_objects()
         if not self.before_rounds():
             return
         self.server_evaluate(self.start_round)
