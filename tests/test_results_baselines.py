@@ -151,6 +151,8 @@ def test_overhead_splits_each_round_into_parts_from_the_server_and_client_logs(t
         t = 10.0 * k
         server.append(line(t, f"[wf=fedavg] - round {k + 1}/4 started"))
         client.append(line(t + 0.5, "[identity=c] - got task assignment: name=train, id=x"))
+        client.append(line(t + 2.5, f"[task_name=train, task_id=x] - round {k} global epoch 1/2: loss 0.9"))
+        client.append(line(t + 4.0, f"[task_name=train, task_id=x] - round {k} global epoch 2/2: loss 0.8"))
         client.append(line(t + 4.5, "[task_name=train, task_id=x] - finished processing task"))
         server.append(line(t + 4.75, "[peer=c] - got result from client c for task: name=train, id=x"))
         server.append(line(t + 5.0, f"[wf=fedavg] - round {k + 1}/4 finished with 1 clients"))
@@ -160,5 +162,5 @@ def test_overhead_splits_each_round_into_parts_from_the_server_and_client_logs(t
         (tmp_path / site / "log.txt").write_text("".join(lines))
     parts = round_parts(tmp_path, "c", rounds=4)
     assert list(parts) == [name for name, _, _ in PARTS]
-    assert parts == pytest.approx({"task to client": 0.5, "client task": 4.0, "result to server": 0.25,
-                                   "server after result": 0.25, "until next round": 5.0})
+    assert parts == pytest.approx({"task to client": 0.5, "local work": 3.5, "client after training": 0.5,
+                                   "result to server": 0.25, "server after result": 0.25, "until next round": 5.0})
