@@ -70,16 +70,23 @@ def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, se
     return SimulatorRun(workspace, wall, peak)
 
 
-ROUND_STARTED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*round (\d+)/\d+ started")
+LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+ROUND_STARTED = r"round \d+/\d+ started"
+
+
+def log_times(log: Path, pattern: str) -> List[float]:
+    """Times (POSIX seconds) of the lines of an NVFlare log (``<workspace>/<site>/log.txt``) matching ``pattern``."""
+    times = []
+    for line in log.read_text().splitlines():
+        stamp = LOG_STAMP.match(line)
+        if stamp and re.search(pattern, line):
+            times.append(datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return times
 
 
 def round_start_times(workspace: Path) -> List[float]:
     """Seconds (since the first) at which the server started each round, from ``<workspace>/server/log.txt``."""
-    stamps = []
-    for line in (workspace / "server" / "log.txt").read_text().splitlines():
-        match = ROUND_STARTED.search(line)
-        if match:
-            stamps.append(datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    stamps = log_times(workspace / "server" / "log.txt", ROUND_STARTED)
     if len(stamps) < 2:
         raise RuntimeError(f"{workspace}: fewer than two 'round k/N started' lines in the server log")
     return [s - stamps[0] for s in stamps]

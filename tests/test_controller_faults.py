@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 from typing import Dict, List
 
@@ -70,3 +72,29 @@ def test_no_dead_client_no_message():
     controller = FakeRounds(dead=[])
     assert sorted(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
     assert controller.messages == {"panic": [], "warning": []}
+
+
+class LateRounds(FakeRounds):
+    """Each result arrives from another thread after ``delay`` s; NVFlare drops the finished tasks from its
+    standing list only at its next task check, ``task_check`` s after they were sent."""
+
+    def __init__(self, delay: float, task_check: float, **kwargs):
+        super().__init__(dead=[], **kwargs)
+        self._task_check_period = task_check
+        self.delay = delay
+        self.tasks_checked_at = 0.0
+
+    def send_model(self, task_name, data, targets, timeout, callback):
+        self.sent += targets
+        self.tasks_checked_at = time.perf_counter() + self._task_check_period
+        threading.Timer(self.delay, callback, [SimpleNamespace(meta={"client_name": targets[0]})]).start()
+
+    def get_num_standing_tasks(self):
+        return len(self.sent) if time.perf_counter() < self.tasks_checked_at else 0
+
+
+def test_the_round_goes_on_at_the_last_result_not_at_the_next_task_check():
+    controller = LateRounds(delay=0.05, task_check=3.0)
+    start = time.perf_counter()
+    assert sorted(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
+    assert time.perf_counter() - start < 1.0

@@ -42,3 +42,15 @@ def test_drifted_job_code_is_reported(tmp_path, change, monkeypatch):
         executor.unlink()
         expected = "missing medfl/common/executor.py"
     assert any(expected in p for p in differences(job)), differences(job)
+
+
+def test_every_job_polls_at_the_same_intervals():
+    """The measured polling settings (docs/RESULTS.md, framework overhead) hold for every job, new ones included."""
+    import json
+
+    settings = {}
+    for job in job_dirs():
+        server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+        periods = {w.get("args", {}).get("task_check_period") for w in server["workflows"]}
+        settings[job.name] = (server.get("server", {}).get("task_request_interval"), periods)
+    assert all(s == (0.2, {0.1}) for s in settings.values()), settings

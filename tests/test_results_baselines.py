@@ -154,3 +154,29 @@ def test_offline_fedavg_round_sends_the_unet_and_aggregates():
     key = next(k for k, v in unet.items() if v.dtype.kind == "f")
     updates = [unbundle(r.params)["global"][key] for r in offline.results.values()]
     assert offline.controller.models["global"][key] == pytest.approx(sum(updates) / len(updates), abs=1e-5)
+
+
+def test_overhead_splits_each_round_into_parts_from_the_server_and_client_logs(tmp_path):
+    from bench_overhead import PARTS, round_parts
+
+    def line(second: float, text: str) -> str:
+        return f"2026-11-25 13:00:{int(second):02d},{round(second % 1 * 1000):03d} - X - INFO - {text}\n"
+
+    server, client = [], []
+    for k in range(4):  # rounds start every 10 s
+        t = 10.0 * k
+        server.append(line(t, f"[wf=fedavg] - round {k + 1}/4 started"))
+        client.append(line(t + 0.5, "[identity=c] - got task assignment: name=train, id=x"))
+        client.append(line(t + 2.5, f"[task_name=train, task_id=x] - round {k} global epoch 1/2: loss 0.9"))
+        client.append(line(t + 4.0, f"[task_name=train, task_id=x] - round {k} global epoch 2/2: loss 0.8"))
+        client.append(line(t + 4.5, "[task_name=train, task_id=x] - finished processing task"))
+        server.append(line(t + 4.75, "[peer=c] - got result from client c for task: name=train, id=x"))
+        server.append(line(t + 5.0, f"[wf=fedavg] - round {k + 1}/4 finished with 1 clients"))
+    client.append(line(39.5, "[identity=c] - got task assignment: name=validate, id=y"))
+    for site, lines in (("server", server), ("c", client)):
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "log.txt").write_text("".join(lines))
+    parts = round_parts(tmp_path, "c", rounds=4)
+    assert list(parts) == [name for name, _, _ in PARTS]
+    assert parts == pytest.approx({"task to client": 0.5, "local work": 3.5, "client after training": 0.5,
+                                   "result to server": 0.25, "server after result": 0.25, "until next round": 5.0})

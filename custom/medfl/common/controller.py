@@ -16,7 +16,7 @@ final models.
 from __future__ import annotations
 
 import os
-import time
+import threading
 from abc import abstractmethod
 from typing import Dict, List, Optional
 
@@ -28,7 +28,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
-from .executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, seed_everything
+from .executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, freeze_setup_objects, seed_everything
 from .io import atomic_torch_save
 from .networks import build_network
 from .params import Params, to_numpy
@@ -70,8 +70,8 @@ class RoundController(ModelController):
             last round it completed.
         config_train_filename: the job's training configuration (shared with the clients); the server reads
             the ``network`` and ``seed`` entries from it to build the initial models.
-        task_check_period: seconds between two checks for finished client tasks (NVFlare's default 0.5); every
-            round waits up to about twice this long after its last result.
+        task_check_period: seconds between two checks for ended client tasks (timeouts, errors, dead clients;
+            NVFlare's default 0.5). A round whose clients all answer goes on at the last result, without waiting.
         memory_gc_rounds: every this many rounds, release freed memory to the OS (NVFlare's
             ``cleanup_memory``: ``gc.collect`` + ``malloc_trim``); 0 disables it.
     """
@@ -106,6 +106,7 @@ class RoundController(ModelController):
         self.best_scores: Dict[str, float] = {}
         self.start_round = 0
         self._results: Dict[str, FLModel] = {}
+        self._result_arrived = threading.Event()
         self._writer = None
 
     # ------------------------------------------------------------------ what a method provides
@@ -170,6 +171,7 @@ class RoundController(ModelController):
         self.models = self.initial_models()
         if self.resume_from:
             self._resume(self.resume_from)
+        freeze_setup_objects()
         if not self.before_rounds():
             return
         self.server_evaluate(self.start_round)
@@ -204,16 +206,21 @@ class RoundController(ModelController):
         disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
         if disconnected:
             self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
-        for client in (c for c in clients if c not in disconnected):
+        targets = [c for c in clients if c not in disconnected]
+        for client in targets:
             payload = FLModel(params=self.payload_for(client), current_round=round_number,
                               total_rounds=self.num_rounds, meta=self.payload_meta(client))
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.task_timeout,
                             callback=self._collect)
-        while self.get_num_standing_tasks():
+        # Done when every target has answered or no task stands (NVFlare ended the others: timeout, error reply,
+        # dead client). A result wakes the wait at once: a finished task leaves NVFlare's standing list only at its
+        # next task check, so polling that alone would add up to two task_check_periods to every round.
+        while len(self._results) < len(targets) and self.get_num_standing_tasks():
             if self.abort_signal.triggered:
                 self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
                 return None
-            time.sleep(self._task_check_period)
+            self._result_arrived.wait(self._task_check_period)
+            self._result_arrived.clear()
         needed = self.min_clients or len(clients)
         if len(self._results) < needed:
             self.panic(f"round {round_number}: task '{task}' got {len(self._results)} results, needs {needed}; "
@@ -232,6 +239,7 @@ class RoundController(ModelController):
 
     def _collect(self, result: FLModel) -> None:
         self._results[result.meta["client_name"]] = result
+        self._result_arrived.set()
 
     # ------------------------------------------------------------------ best models, checkpoints, metrics
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:

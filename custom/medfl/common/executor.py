@@ -12,6 +12,7 @@ best version of each model with them.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 from abc import abstractmethod
@@ -51,6 +52,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def freeze_setup_objects() -> None:
+    """Collect garbage, then exempt every object alive now from later collections (``gc.freeze``).
+
+    Called once after a run's setup: the modules, networks and datasets it created live until the end of the run.
+    The per-round ``cleanup_memory`` (``gc.collect`` + ``malloc_trim``) then scans only what rounds allocate: a
+    full collection of the ~300k objects of PyTorch, MONAI and NVFlare takes 0.2-0.3 s on one CPU core, which
+    every round paid on its critical path. Objects in the frozen set are still freed when no longer referenced.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
@@ -170,6 +183,7 @@ class RoundExecutor(Executor):
                 self.writer = engine.get_component(self.analytic_sender_id)
             self.setup(fl_ctx)
             seed_random_transforms(getattr(self, "datasets", {}), int(self.config.get("seed", 0)))
+            freeze_setup_objects()
         except (DataError, ValueError, KeyError) as e:
             self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"
             self.log_error(fl_ctx, f"cannot start: {self._setup_error}")
