@@ -70,7 +70,7 @@ def test_dead_client_stops_the_run_naming_it(min_clients):
 
 def test_no_dead_client_no_message():
     controller = FakeRounds(dead=[])
-    assert sorted(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
+    assert list(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
     assert controller.messages == {"panic": [], "warning": []}
 
 
@@ -98,3 +98,18 @@ def test_the_round_goes_on_at_the_last_result_not_at_the_next_task_check():
     start = time.perf_counter()
     assert sorted(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
     assert time.perf_counter() - start < 1.0
+
+
+def test_results_come_in_client_order_whatever_the_arrival_order():
+    """Aggregation must sum in one order in every run: results are ordered by client name, not by arrival."""
+    controller = FakeRounds(dead=[])
+    controller.send_model = lambda task_name, data, targets, timeout, callback: controller.sent.extend(targets)
+    controller.get_num_standing_tasks = lambda: len(CLIENTS) - len(controller._results)
+
+    def answer_in_reverse():
+        for client in reversed(CLIENTS):
+            time.sleep(0.02)
+            controller._collect(SimpleNamespace(meta={"client_name": client}))
+
+    threading.Thread(target=answer_in_reverse).start()
+    assert list(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS

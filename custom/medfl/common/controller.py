@@ -197,10 +197,12 @@ class RoundController(ModelController):
     def scatter_and_gather(self, task: str, clients: List[str], round_number: int) -> Optional[Dict[str, FLModel]]:
         """Send every client its own payload in parallel and wait for all results.
 
-        Returns ``{client: FLModel}``, or ``None`` when the run was aborted or too few clients answered
-        (the workflow then stops with a message naming the missing clients). A client whose job NVFlare has
-        deemed dead (no heartbeat for the dead-client grace period, ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``) gets no
-        task and counts as missing; one that dies during the round fails its task once NVFlare deems it dead.
+        Returns ``{client: FLModel}`` ordered by client name, not by arrival, so that aggregation sums the updates
+        in one order in every run (floating-point addition is not associative); or ``None`` when the run was
+        aborted or too few clients answered (the workflow then stops with a message naming the missing clients).
+        A client whose job NVFlare has deemed dead (no heartbeat for the dead-client grace period,
+        ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``) gets no task and counts as missing; one that dies during the round
+        fails its task once NVFlare deems it dead.
         """
         self._results = {}
         disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
@@ -229,7 +231,7 @@ class RoundController(ModelController):
         if len(self._results) < len(clients):
             self.warning(f"round {round_number}: continuing with {len(self._results)} of {len(clients)} clients "
                          f"(min_clients={self.min_clients}); {self._missing_clients(clients)}")
-        return dict(self._results)
+        return {client: self._results[client] for client in sorted(self._results)}
 
     def _missing_clients(self, clients: List[str]) -> str:
         """Which of ``clients`` sent no result, and which of those NVFlare deems disconnected (dead job)."""
