@@ -24,7 +24,8 @@ TRAIN = {"image_size": 32, "local_epochs": 1,
 METHODS = {"PRR-FL", "FedMAS", "FedAvg", "local only", "centralised"}
 
 
-def test_comparison_has_a_fedmas_row_with_finite_scores(tmp_path, capsys):
+def test_comparison_has_a_fedmas_row_with_finite_scores(tmp_path, capsys, shared_data):
+    compare_dermoscopy.demo_dermoscopy(tmp_path / "data", TRAIN["image_size"], shared_data)  # the command reuses it
     args = ["--work", str(tmp_path), "--clients", *CLIENTS, "--rounds", "1", "--seeds", "0", "--prior-epochs", "1",
             "--train", json.dumps(TRAIN)]
     scores = compare_dermoscopy.main(args)
@@ -36,6 +37,8 @@ def test_comparison_has_a_fedmas_row_with_finite_scores(tmp_path, capsys):
     assert lines[-1].startswith("PRR-FL mean test macro-F1 - FedAvg: ")
     table = (tmp_path / "results" / "dermoscopy_results.md").read_text()
     assert "| FedMAS |" in table and "FedMAS prior: MoCo-v2 ResNet-18, 1 epochs" in table
+    assert (tmp_path / "results" / "dermoscopy_results.csv").read_text().startswith("method,site,mean,std,seeds")
+    assert (tmp_path / "results" / "dermoscopy_validation.png").read_bytes()[:4] == b"\x89PNG"
     (prior,) = (tmp_path / "prior").iterdir()
     modified = prior.stat().st_mtime_ns
     data_root = tmp_path / "data" / "prrfl_ham10000"
