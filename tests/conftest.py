@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "custom"))
@@ -20,6 +21,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"sample data folder not found: {SHARED_DATA} (set MEDFL_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread, as the jobs' clients in the tests (``num_threads`` 1): tiny models on shared cores run much
+    faster without intra-op threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 PROSTATE_CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")

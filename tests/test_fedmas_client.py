@@ -35,14 +35,7 @@ IMAGE_SIZE = 16
 BATCH_SIZE = 16
 PRIOR_DIM = 512  # a ResNet-18 prior
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As the jobs' num_threads: one torch thread per client (much faster than oversubscribed shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ PRIOR_DIM = 512  # a ResNet-18 prior
 VGG_ARGS = {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}
 NETWORK = {"name": "medfl.fedmas.dermoscopy:free_head_vgg16_slim", "args": {**VGG_ARGS, "prior_dim": PRIOR_DIM}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

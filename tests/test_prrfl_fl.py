@@ -38,6 +38,8 @@ NETWORK = {"name": "medfl.prrfl.networks:vgg16_slim",
            "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}
 IMAGE_SIZE = 32
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def federation(shared_data, tmp_path_factory) -> Path:
@@ -68,15 +70,6 @@ def test_learning_rate_halves_every_five_rounds():
 
 
 # ---------------------------------------------------------------------------------------------- client
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As the jobs' num_threads: tiny models on a shared CPU are much faster without intra-op threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_client(federation: Path, tmp_path: Path, **config) -> DETExecutor:
     client = DETExecutor(analytic_sender_id="")
     client.site, client.app_dir = "clientA", str(tmp_path)
