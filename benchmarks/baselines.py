@@ -119,3 +119,14 @@ def centralised(sites: Mapping[str, SiteData], recipe: Recipe) -> BaselineResult
     model, curve = train_selected(recipe, pooled, {site: data.validation for site, data in sites.items()})
     test = {site: recipe.metric(model, _loader(data.testing, recipe), recipe.device) for site, data in sites.items()}
     return BaselineResult(test, curve)
+
+
+def run_baselines(sites: Mapping[str, SiteData], recipe: Recipe, scores: Dict[str, List[Dict[str, float]]],
+                  curves: Dict[str, tuple], keep_curves: bool) -> None:
+    """Local-only and centralised training with ``recipe``: append each one's per-site test metric to
+    ``scores[method]`` and, if ``keep_curves``, put its validation curve (x = epochs 1..E) in ``curves[method]``."""
+    for method, train in (("local only", local_only), ("centralised", centralised)):
+        result = train(sites, recipe)
+        scores.setdefault(method, []).append(result.test)
+        if keep_curves:
+            curves[method] = (list(range(1, recipe.epochs + 1)), result.curve)

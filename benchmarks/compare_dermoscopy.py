@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from simrun import ROOT, run_job, server_curve
-from baselines import Recipe, SiteData, centralised, local_only
+from baselines import Recipe, SiteData, run_baselines
 from results_table import report
 
 sys.path.insert(0, str(ROOT / "data_preparation"))
@@ -199,10 +199,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
                 curves[method] = ([s * per_epoch for s in steps], values)
         sites = dermoscopy_sites(config, args.clients)
         recipe = dermoscopy_recipe(config, args.rounds, seed)
-        for method, result in (("local only", local_only(sites, recipe)), ("centralised", centralised(sites, recipe))):
-            scores.setdefault(method, []).append(result.test)
-            if seed == args.seeds[0]:
-                curves[method] = (list(range(1, recipe.epochs + 1)), result.curve)
+        run_baselines(sites, recipe, scores, curves, keep_curves=seed == args.seeds[0])
 
     where = f"HAM10000-mini demo, {args.size}x{args.size}" if args.data is None else str(data)
     caption = (f"Dermoscopy ({where}), {len(args.clients)} clients, {args.rounds} rounds x {per_epoch} local epochs, "

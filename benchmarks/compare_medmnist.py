@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from simrun import ROOT, run_job, server_curve
-from baselines import Recipe, SiteData, centralised, local_only
+from baselines import Recipe, SiteData, run_baselines
 from results_table import report
 
 sys.path.insert(0, str(ROOT / "result_stat"))
@@ -109,13 +109,10 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
             sites[client] = SiteData(train_set, val_set, test_set)
         recipe = medmnist_recipe(config, test_set.image_size, rounds, seed)
         torch.set_num_threads(1)
-        results = {"local only": local_only(sites, recipe), "centralised": centralised(sites, recipe)}
-        for method, result in results.items():
-            scores.setdefault(method, []).append(result.test)
+        run_baselines(sites, recipe, scores, curves, keep_curves=seed == args.seeds[0])
         if seed == args.seeds[0]:
             steps, values = server_curve(run.workspace, "val_mean/global")
             curves["FedAvg"] = ([s * recipe.epochs // rounds for s in steps], values)
-            curves.update({m: (list(range(1, recipe.epochs + 1)), r.curve) for m, r in results.items()})
 
     where = f"{args.dataset} sample, {args.clients} near-IID sites" if args.data is None else str(data)
     caption = (f"MedMNIST ({where}), {rounds} rounds x {config['local_epochs']} local epochs, seeds {args.seeds}: "

@@ -33,7 +33,7 @@ import torch
 from monai.losses import DiceLoss
 
 from simrun import ROOT, run_job, server_curve
-from baselines import BaselineResult, Recipe, SiteData, centralised, local_only
+from baselines import Recipe, SiteData, run_baselines
 from results_table import report
 
 sys.path.insert(0, str(ROOT / "data_preparation"))
@@ -153,12 +153,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
         sites = prostate_sites(data, args.clients, bool(config.get("augment", True)))
         recipe = prostate_recipe(config, args.rounds, seed)
         torch.set_num_threads(max(int(config["num_threads"]), 1))
-        baselines: Dict[str, BaselineResult] = {"local only": local_only(sites, recipe),
-                                                "centralised": centralised(sites, recipe)}
-        for row, result in baselines.items():
-            scores.setdefault(row, []).append(result.test)
-            if seed == args.seeds[0]:
-                curves[row] = (list(range(1, recipe.epochs + 1)), result.curve)
+        run_baselines(sites, recipe, scores, curves, keep_curves=seed == args.seeds[0])
 
     caption = (f"Prostate ({'demo federation, %dx%d slices' % (args.size, args.size) if args.data is None else data}), "
                f"{len(args.clients)} sites, {args.rounds} rounds x {per_epoch} local epoch(s), seeds {args.seeds}: "

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import Recipe, SiteData, centralised, local_only, train_selected  # noqa: E402
+from baselines import Recipe, SiteData, centralised, local_only, run_baselines, train_selected  # noqa: E402
 from results_table import markdown_table, mean_std, plot_curves, summarise, write_results  # noqa: E402
 
 
@@ -90,6 +90,15 @@ def test_same_seed_same_curve_with_monai_augmentation():
     curves = [centralised({"a": SiteData(training, Tensors(4, 9), Tensors(4, 10))}, recipe(epochs=2)).curve
               for _ in range(2)]
     assert curves[0] == curves[1]
+
+
+def test_run_baselines_adds_both_rows_and_the_first_seeds_curves():
+    scores, curves = {"FedAvg": [{"a": 0.5, "b": 0.5}]}, {}
+    run_baselines(SITES, recipe(epochs=2), scores, curves, keep_curves=True)
+    run_baselines(SITES, recipe(epochs=2), scores, curves, keep_curves=False)
+    assert set(scores) == {"FedAvg", "local only", "centralised"}
+    assert all(len(scores[m]) == 2 and set(scores[m][0]) == {"a", "b"} for m in ("local only", "centralised"))
+    assert set(curves) == {"local only", "centralised"} and curves["centralised"][0] == [1, 2]
 
 
 def test_a_zero_budget_is_refused():
