@@ -14,17 +14,22 @@ WORK        := workspaces
 SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv demo demo-fedavg demo-data sync test test-unit test-deploy test-bench clean
+.PHONY: venv demo demo-fedavg demo-data test test-unit test-deploy test-bench clean
 
+# the venv holds the medfl package installed in editable mode (pyproject.toml; its dependencies: requirements.txt)
 venv: $(BIN)/nvflare
-$(BIN)/nvflare: requirements.txt
+$(BIN)/nvflare: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-demo-data: $(DATA)/datalist_2D/client_All.json
+# the demo data, and the site policy of the simulator's default workspace (./simulator_workspace), so that the
+# README's `nvflare simulator jobs/... -c ... -t 3` may build medfl's classes
+demo-data: $(DATA)/datalist_2D/client_All.json simulator_workspace/local/resources.json
+simulator_workspace/local/resources.json: | venv
+	$(BIN)/python -m medfl site-policy simulator_workspace
 $(DATA)/datalist_2D/client_All.json: | venv
 	$(BIN)/python $(DATA)/make_demo_prostate.py --output_dir $(DATA)/raw/demo_prostate
 	$(BIN)/python $(DATA)/prepare_prostate_2d.py --source saml --input_dir $(DATA)/raw/demo_prostate \
@@ -34,6 +39,7 @@ $(DATA)/datalist_2D/client_All.json: | venv
 define run_demo
 	$(BIN)/python tools/job_variant.py jobs/$(1) $(WORK)/jobs/$(1) --server num_rounds=$(DEMO_ROUNDS) --train num_threads=1
 	rm -rf $(WORK)/$(1)
+	$(BIN)/python -m medfl site-policy $(WORK)/$(1)
 	DATASET_ROOT=$(CURDIR)/$(DATA) PATH=$(CURDIR)/$(BIN):$$PATH \
 		nvflare simulator $(WORK)/jobs/$(1) -w $(WORK)/$(1) -c $(CLIENTS) -t 3 2>&1 | tee $(WORK)/$(1).log \
 		| grep --line-buffered -E "round [0-9]+/[0-9]+ (started|finished)|validation of received|new best|ERROR"
@@ -47,9 +53,6 @@ demo: demo-data
 
 demo-fedavg: demo-data
 	$(call run_demo,fedavg_prostate)
-
-sync: venv
-	$(BIN)/python tools/sync_job_code.py
 
 # unit tests and every job end to end in the simulator (about 12 minutes on 2 cores)
 test: venv

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
-
-from simrun import round_start_times, run_job
 from offline import job_config, offline_round
+from simrun import round_start_times, run_job
+
 from medfl.common.networks import build_network
 from medfl.common.train import train_epoch
 from medfl.fedmas import networks as _fedmas_networks  # noqa: F401  (registers free_head_resnet)

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
-
-from medfl.harmofl.amp_norm import AMPLITUDE_MODES, AmplitudeNormalize, mean_amplitude  # noqa: E402
+from medfl.harmofl.amp_norm import AMPLITUDE_MODES, AmplitudeNormalize, mean_amplitude
 
 
 def numpy_amplitude_normalize(image: np.ndarray, reference: np.ndarray, window_ratio: float) -> np.ndarray:

@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 from pathlib import Path
 
-from simrun import ROOT, run_job
+from simrun import run_job
 
-sys.path.insert(0, str(ROOT / "data_preparation"))
-sys.path.insert(0, str(ROOT / "result_stat"))
-from make_demo_prostate import make_demo_federation  # noqa: E402
-from prepare_prostate_2d import prepare  # noqa: E402
-import prostate_2d_test_only  # noqa: E402
+from medfl.federations.prostate2d.demo import make_demo_federation
+from medfl.federations.prostate2d.preparation import prepare
+from medfl.fedsm import testing as prostate_2d_test_only
 
 CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
 

@@ -2,7 +2,7 @@
 
 Both sides use the same client splits (``site-<k>.json`` from ``data_preparation/prepare_medmnist.py``), network,
 rounds, local epochs, batch sizes, fresh SGD(lr, momentum) per round, client sampling (the same clients each round:
-:func:`medfl.fedavg_medmnist.sampling.sample_clients` with the same seed), example-weighted FedAvg, server-side test
+:func:`medfl.common.sampling.sample_clients` with the same seed), example-weighted FedAvg, server-side test
 evaluation at round 0 and after each round, and validation on the sampled clients. The NVFlare side is the job
 ``jobs/fedavg_medmnist`` with these settings. A round is timed between the ends of two consecutive server test
 evaluations, so it holds the sampled clients' validation of the previous model, their training, the aggregation
@@ -14,6 +14,7 @@ this script; the NVFlare side calls the project's ``nvflare`` command (``--nvfla
 
     python -m venv .venv-flower
     .venv-flower/bin/pip install torch==2.13.0 monai==1.6.1 scipy 'flwr[simulation]'
+    .venv-flower/bin/pip install --no-deps -e .     # medfl itself, without NVFlare (Ray's workers import it too)
     .venv-flower/bin/python benchmarks/bench_flower_vs_nvflare_medmnist.py --npz pathmnist.npz \\
         --splits splits_pathmnist --nvflare .venv/bin/nvflare [--rounds 5 --local_epochs 5 --workdir /tmp/bench]
 """
@@ -36,19 +37,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CUSTOM_DIR = PROJECT_ROOT / "custom"
-JOB_DIR = PROJECT_ROOT / "jobs" / "fedavg_medmnist"
-sys.path.insert(0, str(CUSTOM_DIR))
-sys.path.insert(0, str(PROJECT_ROOT / "tools"))
+from medfl.common.networks import build_network
+from medfl.common.sampling import sample_clients
+from medfl.federations.medmnist.data import DEFAULT_DATASET, MEDMNIST_2D, MedMNISTDataset, medmnist_info
+from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier
+from medfl.federations.medmnist.networks import MEDMNIST_NETWORKS, network_for_data
+from medfl.federations.medmnist.splits import SUMMARY_NAME, load_client_datasets, site_name
+from medfl.variant import make_variant
 
-from job_variant import make_variant  # noqa: E402
-from medfl.common.networks import build_network  # noqa: E402
-from medfl.fedavg_medmnist.data import DEFAULT_DATASET, MEDMNIST_2D, MedMNISTDataset, medmnist_info  # noqa: E402
-from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier  # noqa: E402
-from medfl.fedavg_medmnist.networks import MEDMNIST_NETWORKS, network_for_data  # noqa: E402
-from medfl.fedavg_medmnist.sampling import sample_clients  # noqa: E402
-from medfl.fedavg_medmnist.splits import SUMMARY_NAME, load_client_datasets, site_name  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+JOB_DIR = PROJECT_ROOT / "jobs" / "fedavg_medmnist"
 
 CPU = torch.device("cpu")
 
@@ -109,6 +107,8 @@ def run_nvflare(cfg: BenchConfig, workdir: Path, nvflare: str) -> RunResult:
     job = make_variant(JOB_DIR, workdir / "nvflare_job", server, train)
     workspace = workdir / "nvflare_workspace"
     shutil.rmtree(workspace, ignore_errors=True)
+    # the site policy of the NVFlare side (its own venv: this one may have no NVFlare)
+    subprocess.run([str(Path(nvflare).with_name("python")), "-m", "medfl", "site-policy", str(workspace)], check=True)
     command = [nvflare, "simulator", str(job), "-w", str(workspace), "-n", str(cfg.num_clients),
                "-t", str(cfg.num_clients)]
     try:
@@ -211,8 +211,6 @@ def run_flower(cfg: BenchConfig) -> RunResult:
 
     strategy = SameSamplingFedAvg(min_available_clients=cfg.num_clients, evaluate_fn=evaluate_fn,
                                   initial_parameters=initial)
-    # Ray's worker processes must import medfl too; they inherit the driver's environment.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CUSTOM_DIR), os.environ.get("PYTHONPATH")]))
     start_simulation(
         client_fn=client_fn,
         num_clients=cfg.num_clients,

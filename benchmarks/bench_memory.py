@@ -18,27 +18,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from simrun import ROOT, run_job
+import torch
 from compare_dermoscopy import demo_prior
-from compare_prostate import CLIENTS as PROSTATE_CLIENTS, demo_prostate
+from compare_prostate import CLIENTS as PROSTATE_CLIENTS
+from compare_prostate import demo_prostate
+from simrun import ROOT, run_job
 
-sys.path.insert(0, str(ROOT / "data_preparation"))
-from make_demo_camelyon17 import make_demo_camelyon17  # noqa: E402
-from make_demo_nuclei import make_demo_nuclei  # noqa: E402
-from make_demo_prostate import make_demo_federation  # noqa: E402
-from prepare_camelyon17 import prepare as prepare_camelyon17  # noqa: E402
-from prepare_harmofl_prostate import client_name, prepare as prepare_harmofl  # noqa: E402
-from prepare_ham10000_prrfl import prepare_federation  # noqa: E402
-from prepare_isic2019 import main as prepare_isic2019  # noqa: E402
-from prepare_nuclei import prepare as prepare_nuclei  # noqa: E402
-from pretrain_moco import main as pretrain_moco  # noqa: E402
-import torch  # noqa: E402
-from medfl.fedavg_medmnist.splits import prepare_client_splits  # noqa: E402
-from medfl.fedmas.networks import resnet_trunk  # noqa: E402
+from medfl.common.resnet import resnet_trunk
+from medfl.federations.camelyon17.demo import make_demo_camelyon17
+from medfl.federations.camelyon17.preparation import prepare as prepare_camelyon17
+from medfl.federations.dermoscopy.preparation import prepare_federation
+from medfl.federations.isic2019.preparation import main as prepare_isic2019
+from medfl.federations.medmnist.splits import prepare_client_splits
+from medfl.federations.nuclei.demo import make_demo_nuclei
+from medfl.federations.nuclei.preparation import prepare as prepare_nuclei
+from medfl.federations.prostate2d.demo import make_demo_federation
+from medfl.federations.prostate_saml.preparation import client_name
+from medfl.federations.prostate_saml.preparation import prepare as prepare_harmofl
+from medfl.fedmas.pretrain import main as pretrain_moco
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 HARMOFL_SITES = ("BIDMC", "HK", "I2CVB")

@@ -45,10 +45,9 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-
-from simrun import ROUND_STARTED, log_times, round_start_times, run_job
 from baselines import SiteData, train_selected
 from compare_prostate import demo_prostate, job_train_config, prostate_recipe, prostate_sites
+from simrun import ROUND_STARTED, log_times, round_start_times, run_job
 
 GOAL = 1.15
 JOB = "fedavg_prostate"

@@ -31,35 +31,31 @@ import argparse
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import torch
-from torch.utils.data import DataLoader
-
-from simrun import ROOT, run_job, server_curve
 from baselines import Recipe, SiteData, run_baselines
 from results_table import report
+from simrun import ROOT, run_job, server_curve
+from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(ROOT / "data_preparation"))
-sys.path.insert(0, str(ROOT / "result_stat"))
-from prepare_ham10000_prrfl import prepare_federation  # noqa: E402
-import pretrain_moco  # noqa: E402
-import prrfl_dermoscopy_results as prrfl_results  # noqa: E402
-from medfl.common.controller import checkpoint_name  # noqa: E402
-from medfl.common.metrics import macro_f1, predict_probabilities  # noqa: E402
-from medfl.common.networks import build_network  # noqa: E402
-from medfl.fedmas.networks import trunk_features  # noqa: E402
-from medfl.prrfl.dataset import build_client_datasets, split_csv_path  # noqa: E402
-from medfl.prrfl.executor import round_learning_rate  # noqa: E402
+from medfl.common.controller import checkpoint_name
+from medfl.common.metrics import macro_f1, predict_probabilities
+from medfl.common.networks import build_network
+from medfl.common.resnet import trunk_features
+from medfl.federations.dermoscopy.client import round_learning_rate
+from medfl.federations.dermoscopy.data import build_client_datasets, split_csv_path
+from medfl.federations.dermoscopy.preparation import prepare_federation
+from medfl.fedmas import pretrain as pretrain_moco
+from medfl.prrfl import results as prrfl_results
 
 CLIENTS = ("clientA", "clientB", "clientC", "clientD")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEMO_SIZE = 32
 DEMO_ROUNDS = 10
 DEMO_TRAIN = {"image_size": DEMO_SIZE, "local_epochs": 2,
-              "network": {"name": "medfl.prrfl.networks:vgg16_slim",
+              "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                           "args": {"blocks": [[8], [16], [16], [32], [32]], "hidden_features": 32}}}
 # (method, job); the FedMAS job's network is the comparison's VGG with FedMAS's projector head
 FL_JOBS = (("PRR-FL", "prrfl_dermoscopy"), ("FedMAS", "fedmas_dermoscopy"), ("FedAvg", "fedavg_dermoscopy"))

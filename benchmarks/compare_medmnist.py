@@ -20,25 +20,22 @@ import argparse
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import torch
-from torch.utils.data import DataLoader
-
-from simrun import ROOT, run_job, server_curve
 from baselines import Recipe, SiteData, run_baselines
 from results_table import report
+from simrun import ROOT, run_job, server_curve
+from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(ROOT / "result_stat"))
-import medmnist_test_only  # noqa: E402
-from medfl.common.classification import build_optimizer  # noqa: E402
-from medfl.common.networks import build_network  # noqa: E402
-from medfl.fedavg_medmnist.data import MedMNISTDataset, medmnist_info  # noqa: E402
-from medfl.fedavg_medmnist.evaluation import evaluate_classifier  # noqa: E402
-from medfl.fedavg_medmnist.networks import network_for_data  # noqa: E402
-from medfl.fedavg_medmnist.splits import load_client_datasets, prepare_client_splits, site_name  # noqa: E402
+from medfl.common.classification import build_optimizer
+from medfl.common.networks import build_network
+from medfl.federations.medmnist import testing as medmnist_test_only
+from medfl.federations.medmnist.data import MedMNISTDataset, medmnist_info
+from medfl.federations.medmnist.evaluation import evaluate_classifier
+from medfl.federations.medmnist.networks import network_for_data
+from medfl.federations.medmnist.splits import load_client_datasets, prepare_client_splits, site_name
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEMO_DATASET = "breastmnist"

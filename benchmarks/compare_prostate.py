@@ -24,30 +24,25 @@ import contextlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 from unittest import mock
 
 import torch
-from monai.losses import DiceLoss
-
-from simrun import ROOT, run_job, server_curve
 from baselines import Recipe, SiteData, run_baselines
+from monai.losses import DiceLoss
 from results_table import report
+from simrun import ROOT, run_job, server_curve
 
-sys.path.insert(0, str(ROOT / "data_preparation"))
-sys.path.insert(0, str(ROOT / "result_stat"))
-from make_demo_prostate import make_demo_federation  # noqa: E402
-from prepare_prostate_2d import prepare  # noqa: E402
-import harmofl_test_only  # noqa: E402
-import prostate_2d_test_only  # noqa: E402
-from medfl.common.config import PLACEHOLDER  # noqa: E402
-from medfl.common.data import (SegmentationSliceDataset, datalist_path, load_segmentation_pairs,  # noqa: E402
-                               read_datalist)
-from medfl.common.networks import build_network  # noqa: E402
-from medfl.common.segmentation import TRAIN_AUGMENTATION  # noqa: E402
-from medfl.common.train import evaluate_dice  # noqa: E402
+from medfl.common.config import PLACEHOLDER
+from medfl.common.data import SegmentationSliceDataset, datalist_path, load_segmentation_pairs, read_datalist
+from medfl.common.networks import build_network
+from medfl.common.train import evaluate_dice
+from medfl.federations.prostate2d.client import TRAIN_AUGMENTATION
+from medfl.federations.prostate2d.demo import make_demo_federation
+from medfl.federations.prostate2d.preparation import prepare
+from medfl.fedsm import testing as prostate_2d_test_only
+from medfl.harmofl import testing as harmofl_test_only
 
 CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
 DEMO_SIZE = 64

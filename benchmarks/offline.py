@@ -18,16 +18,18 @@ from types import SimpleNamespace
 from typing import Dict, List
 
 import numpy as np
-
 from simrun import ROOT
+
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import RoundController
-from medfl.common.executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.common.params import Params, bundle, unbundle
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.fedavg.controller import FedAvgController
-from medfl.fedmas.executor import PRIOR_SHA256, ROBUST_FACTOR, SAMPLES_PER_EPOCH
-from medfl.fedsm.moments import MOMENT_KEYS, MOMENTS_NAME
+from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
+from medfl.fedmas.protocol import PRIOR_SHA256, ROBUST_FACTOR
+from medfl.fedsm.moments import MOMENT_KEYS
+from medfl.fedsm.protocol import MOMENTS_NAME
 
 # Clients per job: the demo federations' (FedSM / FedAvg prostate: 3 sites; HarmoFL prostate: 6 SAML sites;
 # PRR-FL HAM10000: 4 sources; Fed-ISIC2019: 6 centres; MedMNIST: 4 demo sites).

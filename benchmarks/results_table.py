@@ -16,9 +16,9 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from medfl.common.io import atomic_path  # noqa: E402
+from medfl.common.io import atomic_path
 
 MEAN = "mean"
 Scores = Mapping[str, Sequence[Mapping[str, float]]]

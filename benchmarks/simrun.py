@@ -15,10 +15,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
+from medfl.site import allow_medfl
+from medfl.variant import make_variant
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "custom"))
-from job_variant import make_variant  # noqa: E402
 
 
 @dataclass
@@ -54,6 +54,7 @@ def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, se
         edit_client_config(config)
         path.write_text(json.dumps(config, indent=2))
     workspace = work / "ws" / job
+    allow_medfl(workspace)
     log = work / f"{job}.log"
     env = {**os.environ, "DATASET_ROOT": str(dataset_root), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     start, peak = time.perf_counter(), 0

@@ -1,16 +1,12 @@
 """Test configuration: make the project package importable and locate the shared sample data."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT / "custom"))
-sys.path.insert(0, str(PROJECT_ROOT / "data_preparation"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHARED_DATA = Path(os.environ.get("MEDFL_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
@@ -39,8 +35,8 @@ PROSTATE_CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
 @pytest.fixture(scope="session")
 def demo_prostate(tmp_path_factory) -> Path:
     """The synthetic 3-site prostate federation, prepared as the README does (32x32 slices, for speed)."""
-    from make_demo_prostate import make_demo_federation
-    from prepare_prostate_2d import prepare
+    from medfl.federations.prostate2d.demo import make_demo_federation
+    from medfl.federations.prostate2d.preparation import prepare
 
     root = tmp_path_factory.mktemp("demo_prostate")
     make_demo_federation(root / "raw", cases_per_site=6, seed=0)

@@ -29,17 +29,19 @@ def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int 
 
 
 def run_simulator(job: Path, workspace: Path, clients: Sequence[str], dataset_root: Path, timeout: int = 600):
-    """``nvflare simulator`` with ``-t`` equal to the number of clients; returns the completed process."""
+    """``nvflare simulator`` with ``-t`` equal to the number of clients, in a workspace whose site policy allows
+    the installed medfl (as the README's set-up does); returns the completed process."""
+    from medfl.site import allow_medfl
+
+    allow_medfl(workspace)
     return run([BIN / "nvflare", "simulator", job, "-w", workspace, "-c", ",".join(clients), "-t", len(clients)],
                env={"DATASET_ROOT": str(dataset_root)}, timeout=timeout)
 
 
-def make_job_variant(job: str, target: Path, server: Dict[str, object], train: Dict[str, object],
-                     keep_links: bool = False) -> Path:
-    sys.path.insert(0, str(PROJECT_ROOT / "tools"))
-    from job_variant import make_variant
+def make_job_variant(job: str, target: Path, server: Dict[str, object], train: Dict[str, object]) -> Path:
+    from medfl.variant import make_variant
 
-    return make_variant(PROJECT_ROOT / "jobs" / job, target, server, train, keep_links)
+    return make_variant(PROJECT_ROOT / "jobs" / job, target, server, train)
 
 
 class PocDeployment:

@@ -16,14 +16,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECT_ROOT
 from PIL import Image
+from test_deploy_poc import (
+    FEDERATIONS,
+    _camelyon17,
+    _dermoscopy,
+    _harmofl_prostate,
+    _isic2019,
+    _medmnist,
+    _nuclei,
+    _prostate,
+)
 from torch.utils.data import DataLoader, Dataset
 
-from helpers import PROJECT_ROOT
 from medfl.common.errors import DataError
-from test_deploy_poc import FEDERATIONS, _camelyon17, _dermoscopy, _harmofl_prostate, _isic2019, _medmnist, \
-    _nuclei, _prostate
-
 
 # family: (builder, jobs, site, the site's datalist, the folder its entries are relative to, segmentation?)
 FAMILIES: Dict[str, Tuple[Callable, List[str], str, str, str, bool]] = {

@@ -113,7 +113,7 @@ def test_freeze_setup_objects_collects_first_and_leaves_later_garbage_collectabl
     import gc
     import weakref
 
-    from medfl.common.executor import freeze_setup_objects
+    from medfl.common.runtime import freeze_setup_objects
 
     class Node:
         pass

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
+import compare_dermoscopy
 import pytest
-
 from helpers import PROJECT_ROOT
-
-sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-import compare_dermoscopy  # noqa: E402
 
 pytestmark = pytest.mark.bench  # make test-bench
 
 CLIENTS = ["clientA", "clientB"]
 TRAIN = {"image_size": 32, "local_epochs": 1,
-         "network": {"name": "medfl.prrfl.networks:vgg16_slim",
+         "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                      "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
 METHODS = {"PRR-FL", "FedMAS", "FedAvg", "local only", "centralised"}
 

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-
 from conftest import PROSTATE_CLIENTS
 from helpers import run
 from test_deploy_poc import TINY_UNET

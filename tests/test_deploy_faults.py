@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS
 from helpers import POC_SERVER, PocDeployment, make_job_variant
 
@@ -81,7 +80,7 @@ def test_a_dead_site_continues_or_stops_as_configured(tmp_path, demo_prostate):
     for min_clients in (2, 0):
         job = make_job_variant("fedavg_prostate", tmp_path / f"min{min_clients}",
                                {"num_rounds": 3, "min_clients": min_clients},
-                               {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS}, keep_links=True)
+                               {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS})
         meta = json.loads((job / "meta.json").read_text())
         meta["min_clients"] = 2  # NVFlare itself aborts a job when fewer sites than this are alive
         (job / "meta.json").write_text(json.dumps(meta))

@@ -13,7 +13,6 @@ from typing import Callable, Dict, Tuple
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS
 from helpers import PROJECT_ROOT, PocDeployment, make_job_variant, run
 
@@ -30,7 +29,7 @@ SIZE = 32
 PRIOR, TRUNK = "pretrained/moco_r18.pth.tar", "pretrained/resnet18.pth"
 ISIC_SMALL = {"image_size": SIZE, "batch_size": 16, "trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
 PRRFL_SMALL = {"image_size": SIZE, "local_epochs": 1,
-               "network": {"name": "medfl.prrfl.networks:vgg16_slim",
+               "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                            "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
 FEDMAS_DERMOSCOPY_SMALL = {**PRRFL_SMALL, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
                            "network": {"name": "medfl.fedmas.dermoscopy:free_head_vgg16_slim",
@@ -39,32 +38,32 @@ FEDMAS_DERMOSCOPY_SMALL = {**PRRFL_SMALL, "prior_checkpoint": f"DATASET_ROOT/{PR
 
 # ---------------------------------------------------------------------- demo federations (the e2e recipes)
 def _prostate(root: Path, shared: Path) -> None:
-    from make_demo_prostate import make_demo_federation
-    from prepare_prostate_2d import prepare
+    from medfl.federations.prostate2d.demo import make_demo_federation
+    from medfl.federations.prostate2d.preparation import prepare
 
     make_demo_federation(root / "raw", cases_per_site=6, seed=0)
     prepare(root / "raw", root, source="saml", size=SIZE)
 
 
 def _harmofl_prostate(root: Path, shared: Path) -> None:
-    from make_demo_prostate import make_demo_federation
-    from prepare_harmofl_prostate import HARMOFL_PROSTATE_SITES, prepare
+    from medfl.federations.prostate2d.demo import make_demo_federation
+    from medfl.federations.prostate_saml.preparation import HARMOFL_PROSTATE_SITES, prepare
 
     make_demo_federation(root / "raw", cases_per_site=6, seed=0, sites=HARMOFL_PROSTATE_SITES)
     prepare(root / "raw", root, size=SIZE)
 
 
 def _camelyon17(root: Path, shared: Path) -> None:
-    from make_demo_camelyon17 import make_demo_camelyon17
-    from prepare_camelyon17 import prepare
+    from medfl.federations.camelyon17.demo import make_demo_camelyon17
+    from medfl.federations.camelyon17.preparation import prepare
 
     make_demo_camelyon17(root / "raw" / "demo_camelyon17", slides_per_hospital=4, patches_per_slide=6)
     prepare(root / "raw" / "demo_camelyon17", root)
 
 
 def _nuclei(root: Path, shared: Path) -> None:
-    from make_demo_nuclei import make_demo_nuclei
-    from prepare_nuclei import prepare
+    from medfl.federations.nuclei.demo import make_demo_nuclei
+    from medfl.federations.nuclei.preparation import prepare
 
     make_demo_nuclei(shared / "nuclei_dsb2018", root / "raw" / "demo_nuclei")
     prepare(root / "raw" / "demo_nuclei", root)
@@ -78,7 +77,7 @@ def _demo_prior(images: Path, root: Path, *datalists: Path) -> None:
 
 
 def _isic2019(root: Path, shared: Path) -> None:
-    from medfl.fedmas.networks import resnet_trunk
+    from medfl.common.resnet import resnet_trunk
 
     ham = shared / "ham10000_mini"
     run(["python", "data_preparation/prepare_isic2019.py", "demo", "--ham-dir", ham,
@@ -89,7 +88,7 @@ def _isic2019(root: Path, shared: Path) -> None:
 
 def _dermoscopy(root: Path, shared: Path) -> None:
     """The federation, and the FedMAS prior pre-trained on its pooled training images."""
-    from prepare_ham10000_prrfl import prepare_federation
+    from medfl.federations.dermoscopy.preparation import prepare_federation
 
     federation = root / "prrfl_ham10000"
     prepare_federation(shared / "ham10000_mini", federation, image_size=SIZE, log=lambda message: None)
@@ -97,7 +96,7 @@ def _dermoscopy(root: Path, shared: Path) -> None:
 
 
 def _medmnist(root: Path, shared: Path) -> None:
-    from medfl.fedavg_medmnist.splits import prepare_client_splits
+    from medfl.federations.medmnist.splits import prepare_client_splits
 
     (root / "medmnist").mkdir()
     (root / "medmnist" / "breastmnist.npz").symlink_to(shared / "medmnist" / "breastmnist.npz")
@@ -153,11 +152,11 @@ FEDERATIONS = {
 
 
 def poc_variant(job: str, target: Path, clients: Tuple[str, ...], server: dict, train: dict) -> Path:
-    """A 1-round, 1-thread variant of ``job`` with its code still linked; its ``meta.json`` asks for no more
-    clients than the demo federation has (FLamby's ISIC2019 has 6 centres, the demo 4)."""
-    variant = make_job_variant(job, target, {"num_rounds": 1, **server}, {"num_threads": 1, **train},
-                               keep_links=True)
-    assert any(p.is_symlink() for p in (variant / "app" / "custom").rglob("*.py")), "submit the linked layout"
+    """A 1-round, 1-thread variant of ``job`` (configuration only: the sites load the installed medfl); its
+    ``meta.json`` asks for no more clients than the demo federation has (FLamby's ISIC2019 has 6 centres, the
+    demo 4)."""
+    variant = make_job_variant(job, target, {"num_rounds": 1, **server}, {"num_threads": 1, **train})
+    assert not (variant / "app" / "custom").exists(), "the job carries no code"
     meta_file = variant / "meta.json"
     meta = json.loads(meta_file.read_text())
     meta["min_clients"] = min(meta.get("min_clients", len(clients)), len(clients))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS
 from helpers import PROJECT_ROOT, ProvisionedDeployment, make_job_variant
 
@@ -10,7 +9,7 @@ pytestmark = pytest.mark.deploy
 
 
 def test_fedsm_in_a_provisioned_deployment(tmp_path, demo_prostate):
-    job = make_job_variant("fedsm_prostate", tmp_path / "job", {"num_rounds": 1}, {"num_threads": 1}, keep_links=True)
+    job = make_job_variant("fedsm_prostate", tmp_path / "job", {"num_rounds": 1}, {"num_threads": 1})
     sites = {site: {"DATASET_ROOT": str(demo_prostate)} for site in PROSTATE_CLIENTS}
     with ProvisionedDeployment(tmp_path / "deploy", PROJECT_ROOT / "deploy" / "project.yml", sites) as deployment:
         job_id = deployment.submit_and_wait(job)

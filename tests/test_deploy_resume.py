@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS
 from helpers import POC_SERVER, PocDeployment, make_job_variant
 from test_deploy_faults import TINY_UNET, kill_processes_of, submit, wait_for_text
@@ -25,7 +24,7 @@ def validations(log: str) -> dict:
 
 def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_prostate):
     train = {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS}
-    first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": ROUNDS}, train, keep_links=True)
+    first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": ROUNDS}, train)
     with PocDeployment(tmp_path / "deploy", PROSTATE_CLIENTS, env={"DATASET_ROOT": str(demo_prostate)}) as poc:
         kits = poc.kits
         job_id = submit(poc, first)
@@ -40,7 +39,7 @@ def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_pro
         poc.nvflare("poc", "start", "-p", POC_SERVER)
 
         resumed = make_job_variant("fedavg_prostate", tmp_path / "resumed",
-                                   {"num_rounds": ROUNDS, "resume_from": str(state_file)}, train, keep_links=True)
+                                   {"num_rounds": ROUNDS, "resume_from": str(state_file)}, train)
         workspace = poc.submit_and_wait(resumed)
     resumed_id = workspace.parent.name
     server_log = (workspace / "log.txt").read_text()

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-
 from helpers import make_job_variant, run, run_simulator
+
+from medfl.common.resnet import resnet_trunk
 from medfl.fedmas.aggregation import mas_weights, sample_weights
-from medfl.fedmas.networks import resnet_trunk
 
 pytestmark = pytest.mark.e2e
 

@@ -4,17 +4,17 @@ import re
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS as SLICE_CLIENTS
 from helpers import make_job_variant, run, run_simulator
-from make_demo_camelyon17 import make_demo_camelyon17
-from make_demo_nuclei import make_demo_nuclei
-from make_demo_prostate import make_demo_federation
-from medfl.harmofl.amplitude_exchange import AMPLITUDE_FILE, AMPLITUDE_KEY, DIGEST_KEY, amplitude_digest
-from prepare_camelyon17 import prepare as prepare_camelyon17
-from prepare_harmofl_prostate import HARMOFL_PROSTATE_SITES, client_name, prepare
-from prepare_nuclei import prepare as prepare_nuclei
 from test_deploy_poc import TINY_UNET
+
+from medfl.federations.camelyon17.demo import make_demo_camelyon17
+from medfl.federations.camelyon17.preparation import prepare as prepare_camelyon17
+from medfl.federations.nuclei.demo import make_demo_nuclei
+from medfl.federations.nuclei.preparation import prepare as prepare_nuclei
+from medfl.federations.prostate2d.demo import make_demo_federation
+from medfl.federations.prostate_saml.preparation import HARMOFL_PROSTATE_SITES, client_name, prepare
+from medfl.harmofl.amplitude_exchange import AMPLITUDE_FILE, AMPLITUDE_KEY, DIGEST_KEY, amplitude_digest
 
 pytestmark = pytest.mark.e2e
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_job_variant, run, run_simulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import make_job_variant, run, run_simulator
-from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE
-from medfl.fedavg_medmnist.splits import prepare_client_splits
+from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE
+from medfl.federations.medmnist.splits import prepare_client_splits
 
 pytestmark = pytest.mark.e2e
 

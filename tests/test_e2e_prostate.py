@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS
 from helpers import BIN, make_job_variant, run, run_simulator
+
+from medfl.site import allow_medfl
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +75,7 @@ def test_fedsm_without_moment_filters(tmp_path, demo_prostate):
 
 def test_unreplaced_placeholder_gives_one_clear_error(tmp_path, demo_prostate):
     variant = make_job_variant("fedavg_prostate", tmp_path / "job", {"num_rounds": 1}, {"num_threads": 1})
+    allow_medfl(tmp_path / "ws")
     result = run([BIN / "nvflare", "simulator", variant,
                   "-w", tmp_path / "ws", "-c", "client_MSD", "-t", "1"], env={"DATASET_ROOT": ""}, check=False,
                  timeout=300)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_job_variant, run, run_simulator
+
+from medfl.federations.dermoscopy.preparation import prepare_federation
 from medfl.prrfl.pfa import is_bn_key_name
-from prepare_ham10000_prrfl import prepare_federation
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,7 @@ IMAGE_SIZE = 32
 SMALL = {
     "num_threads": 1,
     "image_size": IMAGE_SIZE,
-    "network": {"name": "medfl.prrfl.networks:vgg16_slim",
+    "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                 "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}},
     "local_epochs": 2,
 }

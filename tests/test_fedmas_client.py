@@ -1,8 +1,5 @@
 """FedMAS and baseline clients driven through RoundExecutor.execute, without the simulator (seconds)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,22 +11,19 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from medfl.common.errors import DataError
-from medfl.common.executor import NUM_TRAIN_SAMPLES
 from medfl.common.params import bundle, to_numpy
-from medfl.fedmas.evaluation import TESTING, VALIDATION
-from medfl.fedmas.executor import (
-    AGGREGATION,
-    CLASS_COUNTS,
-    PRIOR_SHA256,
-    ROBUST_FACTOR,
-    SAMPLES_PER_EPOCH,
-    FedMASExecutor,
-    SkinLesionExecutor,
-)
-from medfl.fedmas.networks import FreeHeadResNet, ResNetClassifier, resnet_trunk
+from medfl.common.protocol import NUM_TRAIN_SAMPLES
+from medfl.common.resnet import resnet_trunk
+from medfl.federations.isic2019 import preparation
+from medfl.federations.isic2019.client import SkinLesionExecutor
+from medfl.federations.isic2019.evaluation import TESTING, VALIDATION
+from medfl.federations.isic2019.networks import ResNetClassifier
+from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
+from medfl.fedmas.executor import FedMASExecutor
+from medfl.fedmas.networks import FreeHeadResNet
 from medfl.fedmas.prior import checkpoint_sha256
+from medfl.fedmas.protocol import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "prepare_isic2019.py"
 SITE = "center_3"
 IMAGE_SIZE = 16
 BATCH_SIZE = 16
@@ -42,11 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def dataset_root(shared_data, tmp_path_factory):
     """The HAM10000 demo federation at 16 px and a (random) ResNet-18 prior in MoCo-v2 format."""
     root = tmp_path_factory.mktemp("fedmas_client")
-    spec = importlib.util.spec_from_file_location("prepare_isic2019", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.main(["demo", "--ham-dir", str(shared_data / "ham10000_mini"), "--out", str(root / "fed_isic2019"),
+    preparation.main(["demo", "--ham-dir", str(shared_data / "ham10000_mini"), "--out", str(root / "fed_isic2019"),
                  "--image-size", str(IMAGE_SIZE)])
     torch.manual_seed(0)
     state = {f"module.encoder_q.{k}": v for k, v in resnet_trunk(18).state_dict().items()}

@@ -1,30 +1,20 @@
 """Fed-ISIC2019 preparation (FLamby layout and the HAM10000 demo) and the skin-lesion dataset."""
 
 import csv
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from medfl.fedmas.data import ISIC_CLASSES, SkinLesionDataset, read_datalist
 from medfl.common.errors import DataError
 from medfl.common.io import atomic_path
+from medfl.federations.isic2019 import preparation
+from medfl.federations.isic2019.data import ISIC_CLASSES, SkinLesionDataset, read_datalist
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "prepare_isic2019.py"
 SPLITS = ("train", "valid", "test")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("prepare_isic2019", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_rows(path):
@@ -36,7 +26,7 @@ def read_rows(path):
 def demo(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_isic")
     ham = str(shared_data / "ham10000_mini")
-    load_script().main(["demo", "--ham-dir", ham, "--out", str(out), "--image-size", "32"])
+    preparation.main(["demo", "--ham-dir", ham, "--out", str(out), "--image-size", "32"])
     return out
 
 
@@ -118,7 +108,7 @@ def test_isic_valid_comes_from_flamby_train_and_test_is_flamby_test(tmp_path):
     split = make_isic_layout(tmp_path / "isic")
     out = tmp_path / "out"
     args = ["isic", "--isic-dir", str(tmp_path / "isic"), "--split-file", str(tmp_path / "isic" / "train_test_split")]
-    load_script().main([*args, "--out", str(out), "--image-size", "16", "--valid-fraction", "0.3"])
+    preparation.main([*args, "--out", str(out), "--image-size", "16", "--valid-fraction", "0.3"])
     for center in (0, 1):
         names = {s: {Path(r["image"]).stem for r in read_rows(out / f"center_{center}" / f"{s}.csv")} for s in SPLITS}
         flamby = {fold: {n for n, c, f in split if c == center and f == fold} for fold in ("train", "test")}
@@ -139,11 +129,11 @@ def test_isic_errors_name_the_file(tmp_path):
     truth.write_text("\n".join(rows) + "\n")
     args = ["isic", "--isic-dir", str(tmp_path / "isic"), "--out", str(tmp_path / "out")]
     with pytest.raises(ValueError, match=r"GroundTruth\.csv: image ISIC_0000000 has 0 of the 8 classes set"):
-        load_script().main([*args, "--split-file", str(tmp_path / "isic" / "train_test_split")])
+        preparation.main([*args, "--split-file", str(tmp_path / "isic" / "train_test_split")])
     bad_split = tmp_path / "split.csv"
     bad_split.write_text("image,centre,fold\n")
     with pytest.raises(ValueError, match=r"split\.csv: missing columns \['center'\]"):
-        load_script().main([*args, "--split-file", str(bad_split)])
+        preparation.main([*args, "--split-file", str(bad_split)])
 
 
 def test_atomic_path_leaves_the_target_untouched_on_error(tmp_path):

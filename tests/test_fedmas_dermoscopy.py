@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECT_ROOT
 
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -16,17 +17,18 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from helpers import PROJECT_ROOT
-from medfl.common.executor import NUM_VAL_SAMPLES
 from medfl.common.networks import build_network
 from medfl.common.params import bundle, to_numpy
-from medfl.fedmas.controller import HISTORY_FILE, MASController
-from medfl.fedmas.data import IMAGENET_MEAN, IMAGENET_STD
+from medfl.common.protocol import NUM_VAL_SAMPLES
+from medfl.common.resnet import resnet_trunk
+from medfl.federations.dermoscopy.networks import VGG16Slim
+from medfl.federations.dermoscopy.preparation import prepare_federation
+from medfl.federations.isic2019.data import IMAGENET_MEAN, IMAGENET_STD
+from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
+from medfl.federations.isic2019.server import HISTORY_FILE
+from medfl.fedmas.controller import MASController
 from medfl.fedmas.dermoscopy import DermoscopyFedMASExecutor, FreeHeadVGG16Slim, unit_range_to_imagenet
-from medfl.fedmas.executor import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR, SAMPLES_PER_EPOCH
-from medfl.fedmas.networks import resnet_trunk
-from medfl.prrfl.networks import VGG16Slim
-from prepare_ham10000_prrfl import prepare_federation
+from medfl.fedmas.protocol import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR
 
 SITE = "clientA"
 IMAGE_SIZE = 32  # the slim VGG pools five times

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medfl.fedmas.losses import BalancedSoftmaxLoss, ClassDivergence, FedMASLoss, prior_divergence
+from medfl.common.losses import BalancedSoftmaxLoss
+from medfl.fedmas.losses import ClassDivergence, FedMASLoss, prior_divergence
 
 
 def test_bsm_equals_cross_entropy_for_equal_class_counts():

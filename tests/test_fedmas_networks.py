@@ -5,7 +5,9 @@ import torch
 
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
-from medfl.fedmas.networks import FreeHeadResNet, ResNetClassifier, depth_from_keys, resnet_trunk, trunk_features
+from medfl.common.resnet import depth_from_keys, resnet_trunk, trunk_features
+from medfl.federations.isic2019.networks import ResNetClassifier
+from medfl.fedmas.networks import FreeHeadResNet
 
 # torchvision's resnet18 / resnet50 parameter counts (11,689,512 / 25,557,032) minus their 1000-class fc
 TORCHVISION_TRUNK_PARAMS = {18: 11_689_512 - 513_000, 50: 25_557_032 - 2_049_000}

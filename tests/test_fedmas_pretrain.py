@@ -1,25 +1,14 @@
 """MoCo-v2 pre-training of a FedMAS prior: the script's checkpoint loads with the prior loader."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from medfl.fedmas import pretrain
 from medfl.fedmas.moco import MoCoV2, MoCoV2Augment
 from medfl.fedmas.prior import load_moco_prior
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "pretrain_moco.py"
 N_IMAGES = 8
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_moco", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -34,7 +23,7 @@ def image_folder(shared_data, tmp_path):
 def test_one_epoch_writes_a_checkpoint_the_prior_loader_reads(image_folder, tmp_path):
     output = tmp_path / "prior" / "moco_r18.pth.tar"
     args = ["--images", str(image_folder), "--output", str(output), "--depth", "18", "--image-size", "32"]
-    load_script().main([*args, "--epochs", "1", "--batch-size", "4", "--queue-size", "16", "--bn-splits", "2"])
+    pretrain.main([*args, "--epochs", "1", "--batch-size", "4", "--queue-size", "16", "--bn-splits", "2"])
     checkpoint = torch.load(output, weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["arch"] == "resnet18"
     keys = checkpoint["state_dict"].keys()
@@ -48,7 +37,7 @@ def test_datalists_restrict_the_images_to_those_listed(image_folder, tmp_path):
     names = sorted(p.name for p in image_folder.iterdir())[:3]
     datalist = tmp_path / "train.csv"
     datalist.write_text("image,label\n" + "".join(f"{name},0\n" for name in reversed(names)))
-    script = load_script()
+    script = pretrain
     assert [p.name for p in script.TwoViews(image_folder, MoCoV2Augment(16), datalists=[datalist]).files] == names
     unnamed = tmp_path / "unnamed.csv"
     unnamed.write_text("path,label\nx.jpg,0\n")
@@ -59,7 +48,7 @@ def test_datalists_restrict_the_images_to_those_listed(image_folder, tmp_path):
 def test_too_few_images_for_a_batch_is_an_error(image_folder, tmp_path):
     args = ["--images", str(image_folder), "--output", str(tmp_path / "p.pth.tar"), "--batch-size", "64"]
     with pytest.raises(ValueError, match=r"unlabelled: 8 images, fewer than --batch-size 64"):
-        load_script().main(args)
+        pretrain.main(args)
 
 
 def test_queue_wraps_around_and_key_encoder_follows_by_momentum():

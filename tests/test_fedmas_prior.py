@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-
-from medfl.common.errors import DataError
 from torch import nn
 
+from medfl.common.errors import DataError
+from medfl.common.resnet import resnet_trunk
 from medfl.fedmas.moco import MoCoV2
-from medfl.fedmas.networks import resnet_trunk
 from medfl.fedmas.prior import checkpoint_sha256, load_moco_prior
 
 

@@ -13,10 +13,12 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from medfl.common.errors import DataError
 from medfl.common.metrics import balanced_accuracy
 from medfl.common.params import bundle
+from medfl.federations.isic2019.evaluation import balanced_accuracy_from_counts, class_hits, pool_counts, select_rounds
+from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
+from medfl.federations.isic2019.server import HISTORY_FILE
 from medfl.fedmas.aggregation import aggregation_weights, canonical_method
-from medfl.fedmas.controller import HISTORY_FILE, FedMASController
-from medfl.fedmas.evaluation import balanced_accuracy_from_counts, class_hits, pool_counts, select_rounds
-from medfl.fedmas.executor import CLASS_COUNTS, PRIOR_SHA256, ROBUST_FACTOR, SAMPLES_PER_EPOCH
+from medfl.fedmas.controller import FedMASController
+from medfl.fedmas.protocol import PRIOR_SHA256, ROBUST_FACTOR
 
 N_CLASSES = 4
 

@@ -9,9 +9,16 @@ from nvflare.apis.fl_context import FLContext
 
 from medfl.common.params import bundle, unbundle, weighted_mean
 from medfl.fedsm.controller import FedSMController, personal_name
-from medfl.fedsm.moments import (MOMENTS_NAME, SELECTOR_STATE_PROP, SYNCED_MOMENTS_PROP, AdamMomentsReceiver,
-                                 AdamMomentsSender, adam_moments, load_adam_moments)
+from medfl.fedsm.moments import (
+    SELECTOR_STATE_PROP,
+    SYNCED_MOMENTS_PROP,
+    AdamMomentsReceiver,
+    AdamMomentsSender,
+    adam_moments,
+    load_adam_moments,
+)
 from medfl.fedsm.networks import VGG11Selector, build_selector_cnn
+from medfl.fedsm.protocol import MOMENTS_NAME
 from medfl.fedsm.softpull import soft_pull
 from medfl.fedsm.super_model import GLOBAL, route, super_model_predict
 

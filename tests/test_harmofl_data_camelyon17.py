@@ -9,10 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from make_demo_camelyon17 import HOSPITAL_STYLES, make_demo_camelyon17
 from medfl.common.errors import DataError
-from medfl.harmofl.amp_norm import AmplitudeNormalize, amplitude_spectrum
-from medfl.harmofl.data_camelyon17 import (
+from medfl.federations.camelyon17.data import (
     Camelyon17Dataset,
     PatchRecord,
     camelyon17_datasets,
@@ -21,7 +19,9 @@ from medfl.harmofl.data_camelyon17 import (
     read_metadata,
     split_hospital,
 )
-from prepare_camelyon17 import DATALIST_DIR, prepare
+from medfl.federations.camelyon17.demo import HOSPITAL_STYLES, make_demo_camelyon17
+from medfl.federations.camelyon17.preparation import DATALIST_DIR, prepare
+from medfl.harmofl.amp_norm import AmplitudeNormalize, amplitude_spectrum
 
 SLIDES, PATCHES = 3, 6
 HOSPITALS = [f"hospital{k}" for k in range(1, 6)]

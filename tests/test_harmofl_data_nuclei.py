@@ -8,10 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from make_demo_nuclei import SITE_STYLES, make_demo_nuclei
 from medfl.common.errors import DataError
-from medfl.harmofl.amp_norm import amplitude_spectrum
-from medfl.harmofl.data_nuclei import (
+from medfl.common.images import read_image
+from medfl.federations.nuclei.data import (
     NucleiDataset,
     binarise_mask,
     find_pairs,
@@ -21,8 +20,9 @@ from medfl.harmofl.data_nuclei import (
     split_site,
     tile_starts,
 )
-from medfl.harmofl.data_utils import read_image
-from prepare_nuclei import DATALIST_DIR, prepare
+from medfl.federations.nuclei.demo import SITE_STYLES, make_demo_nuclei
+from medfl.federations.nuclei.preparation import DATALIST_DIR, prepare
+from medfl.harmofl.amp_norm import amplitude_spectrum
 
 TILE = 128  # 16 tiles of the 512x512 source, 4 per site
 

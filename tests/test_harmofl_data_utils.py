@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from medfl.common.errors import DataError
-from medfl.harmofl.data_utils import part_sizes, read_image, seeded_split, site_seed
+from medfl.common.images import read_image
+from medfl.common.splits import part_sizes, seeded_split, site_seed
 
 
 @pytest.mark.parametrize("count, fractions, expected", [

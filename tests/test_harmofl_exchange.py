@@ -5,6 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import PROSTATE_CLIENTS
+from helpers import PROJECT_ROOT
+from test_deploy_poc import TINY_UNET as SLICE_UNET
 from torch.utils.data import DataLoader, Dataset
 
 from nvflare.apis.fl_constant import ReturnCode
@@ -13,21 +16,25 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from conftest import PROSTATE_CLIENTS
-from helpers import PROJECT_ROOT
-from make_demo_prostate import make_demo_federation
 from medfl.common.errors import DataError
-from medfl.common.executor import NUM_TRAIN_SAMPLES
 from medfl.common.networks import register_network
 from medfl.common.params import bundle, to_numpy
+from medfl.common.protocol import NUM_TRAIN_SAMPLES
 from medfl.common.train import evaluate_dice
+from medfl.federations.prostate2d.demo import make_demo_federation
+from medfl.federations.prostate_saml.preparation import client_name, prepare
 from medfl.harmofl.amp_norm import amplitude_spectrum
 from medfl.harmofl.amplitude_exchange import (
-    AMPLITUDE_KEY, AMPLITUDE_TASK, DIGEST_KEY, MIN_TRAIN_SAMPLES, REFERENCE_TASK, amplitude_digest, average_amplitudes)
+    AMPLITUDE_KEY,
+    AMPLITUDE_TASK,
+    DIGEST_KEY,
+    MIN_TRAIN_SAMPLES,
+    REFERENCE_TASK,
+    amplitude_digest,
+    average_amplitudes,
+)
 from medfl.harmofl.executor import HarmoFLClassificationExecutor, HarmoFLProstateExecutor, HarmoFLSliceExecutor
 from medfl.harmofl.weight_perturbation import WeightPerturbationOptimizer
-from prepare_harmofl_prostate import client_name, prepare
-from test_deploy_poc import TINY_UNET as SLICE_UNET
 
 SITES = ("HK", "UCL")
 SIZE = 16

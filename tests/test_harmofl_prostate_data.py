@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from make_demo_prostate import SITE_STYLES, make_demo_federation
 from medfl.common.errors import DataError
-from medfl.harmofl.data_prostate import load_prostate_samples, prostate_dataset, prostate_train_augmentation
-from prepare_harmofl_prostate import (
-    DATALIST_DIR, DATASET_DIR, HARMOFL_PROSTATE_SITES, client_name, prepare, split_slices, to_uint8)
+from medfl.federations.prostate2d.demo import SITE_STYLES, make_demo_federation
+from medfl.federations.prostate_saml.data import load_prostate_samples, prostate_dataset, prostate_train_augmentation
+from medfl.federations.prostate_saml.preparation import (
+    DATALIST_DIR,
+    DATASET_DIR,
+    HARMOFL_PROSTATE_SITES,
+    client_name,
+    prepare,
+    split_slices,
+    to_uint8,
+)
 
 
 def test_extra_demo_sites_leave_the_original_three_unchanged(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medfl.common.errors import DataError
-from medfl.fedavg_medmnist.data import (
+from medfl.federations.medmnist.data import (
     NORM_MEAN,
     NORM_STD,
     MedMNISTDataset,

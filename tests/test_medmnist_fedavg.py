@@ -15,13 +15,13 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.errors import DataError
-from medfl.common.executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.common.params import bundle, unbundle
-from medfl.fedavg_medmnist.controller import MedMNISTFedAvgController
-from medfl.fedavg_medmnist.evaluation import TEST_METRICS_FILE, mean_cross_entropy
-from medfl.fedavg_medmnist.executor import MedMNISTExecutor
-from medfl.fedavg_medmnist.sampling import num_fit_clients, sample_clients
-from medfl.fedavg_medmnist.splits import prepare_client_splits
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.sampling import num_fit_clients, sample_clients
+from medfl.fedavg.medmnist import MedMNISTFedAvgController
+from medfl.federations.medmnist.client import MedMNISTExecutor
+from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, mean_cross_entropy
+from medfl.federations.medmnist.splits import prepare_client_splits
 
 SITES = [f"site-{k}" for k in range(1, 5)]
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from medfl.common.networks import build_network
-from medfl.fedavg_medmnist.data import medmnist_info
-from medfl.fedavg_medmnist.networks import FlowerCNN, network_for_data
+from medfl.federations.medmnist.data import medmnist_info
+from medfl.federations.medmnist.networks import FlowerCNN, network_for_data
 
 
 @pytest.mark.parametrize("in_channels,num_classes", [(3, 9), (1, 2)])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medfl.fedavg_medmnist.partition import (
+from medfl.federations.medmnist.partition import (
     label_histogram,
     lda_partition,
     partition_sizes,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from medfl.common.errors import DataError
-from medfl.fedavg_medmnist.data import load_medmnist_split
-from medfl.fedavg_medmnist.splits import (
+from medfl.federations.medmnist.data import load_medmnist_split
+from medfl.federations.medmnist.splits import (
     SUMMARY_NAME,
     client_split_path,
     load_client_datasets,

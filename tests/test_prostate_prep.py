@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from make_demo_prostate import SITE_STYLES, make_demo_federation, synthesize_case
 from medfl.common.errors import DataError
-from prepare_prostate_2d import find_cases, prepare, split_cases
+from medfl.federations.prostate2d.demo import SITE_STYLES, make_demo_federation, synthesize_case
+from medfl.federations.prostate2d.preparation import find_cases, prepare, split_cases
 
 
 def test_demo_federation_is_deterministic_and_sites_differ():

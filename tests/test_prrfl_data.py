@@ -1,7 +1,6 @@
 """HAM10000 federation by acquisition source, lesion-level splits and the per-client dataset."""
 
 import csv
-import importlib.util
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -11,20 +10,9 @@ import torch
 from PIL import Image
 
 from medfl.common.errors import DataError
-from medfl.prrfl.dataset import SkinLesionDataset, build_client_datasets, train_transforms
-from medfl.prrfl.ham10000 import read_ham10000_metadata, stratified_group_split
-
-PREPARE_SCRIPT = Path(__file__).resolve().parents[1] / "data_preparation" / "prepare_ham10000_prrfl.py"
-
-
-def load_prepare_module():
-    spec = importlib.util.spec_from_file_location("prepare_ham10000_prrfl", PREPARE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = load_prepare_module()
+from medfl.federations.dermoscopy import preparation as prepare
+from medfl.federations.dermoscopy.data import SkinLesionDataset, build_client_datasets, train_transforms
+from medfl.federations.dermoscopy.ham10000 import read_ham10000_metadata, stratified_group_split
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

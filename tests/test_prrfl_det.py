@@ -10,10 +10,9 @@ from scipy.stats import mannwhitneyu
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medfl.common.train import TrainingAborted
-
-from medfl.prrfl.det import DetStage, decide_det_stage, det_local_epoch, det_losses, next_det_stage
 from medfl.common.metrics import accuracy, classification_metrics, macro_auc_ovr, macro_f1
+from medfl.common.train import TrainingAborted
+from medfl.prrfl.det import DetStage, decide_det_stage, det_local_epoch, det_losses, next_det_stage
 
 START, RECOVER, EXCHANGE, SUBLIMATE = DetStage.START, DetStage.RECOVER, DetStage.EXCHANGE, DetStage.SUBLIMATE
 

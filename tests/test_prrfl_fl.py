@@ -16,25 +16,17 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from medfl.common.errors import DataError
-from medfl.common.executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.common.networks import build_network
 from medfl.common.params import bundle, unbundle
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.federations.dermoscopy.client import DermoscopyExecutor, optimizer_for_round, round_learning_rate
+from medfl.federations.dermoscopy.preparation import prepare_federation
 from medfl.prrfl.controller import PFAController, deputy_name
-from medfl.prrfl.executor import (
-    BEST_PERSONAL_ROUND,
-    BEST_PERSONAL_SCORE,
-    DEPUTY,
-    TRAINED_METRICS,
-    DermoscopyExecutor,
-    DETExecutor,
-    optimizer_for_round,
-    round_learning_rate,
-    shared_params,
-)
-from medfl.prrfl.pfa import batchnorm_keys, pfa_aggregate_state_dicts, pfa_ratio
-from prepare_ham10000_prrfl import prepare_federation
+from medfl.prrfl.executor import DETExecutor
+from medfl.prrfl.pfa import batchnorm_keys, pfa_aggregate_state_dicts, pfa_ratio, shared_params
+from medfl.prrfl.protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_METRICS
 
-NETWORK = {"name": "medfl.prrfl.networks:vgg16_slim",
+NETWORK = {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
            "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}
 IMAGE_SIZE = 32
 

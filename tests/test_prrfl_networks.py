@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from medfl.prrfl.networks import VGG16Slim
+from medfl.federations.dermoscopy.networks import VGG16Slim
 
 
 def test_forward_shape_on_original_input_size():

@@ -200,7 +200,7 @@ def test_state_dicts_dispatch_by_module_type_and_rank(num_clients):
 
 
 def test_state_dicts_with_network_naming_and_key_mismatch():
-    from medfl.prrfl.networks import VGG16Slim
+    from medfl.federations.dermoscopy.networks import VGG16Slim
 
     model = VGG16Slim()
     assert {key for key in model.state_dict() if is_bn_key_name(key)} == batchnorm_keys(model)

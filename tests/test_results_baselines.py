@@ -2,16 +2,12 @@
 (benchmarks/results_table.py), on tiny tensors."""
 
 import csv
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from baselines import Recipe, SiteData, centralised, local_only, run_baselines, train_selected
+from results_table import markdown_table, mean_std, plot_curves, summarise, write_results
 from torch.utils.data import Dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import Recipe, SiteData, centralised, local_only, run_baselines, train_selected  # noqa: E402
-from results_table import markdown_table, mean_std, plot_curves, summarise, write_results  # noqa: E402
 
 
 class Tensors(Dataset):
@@ -154,6 +150,7 @@ def test_round_start_times_from_a_server_log(tmp_path):
 
 def test_offline_fedavg_round_sends_the_unet_and_aggregates():
     from offline import offline_round, payload_bytes
+
     from medfl.common.params import unbundle
 
     offline = offline_round("fedavg_prostate")

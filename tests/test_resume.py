@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-
 from conftest import PROSTATE_CLIENTS
 from helpers import make_job_variant, run_simulator
 

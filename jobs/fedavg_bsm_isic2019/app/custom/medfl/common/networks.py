@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/common/networks.py

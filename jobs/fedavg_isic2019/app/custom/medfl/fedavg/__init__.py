@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedavg/__init__.py

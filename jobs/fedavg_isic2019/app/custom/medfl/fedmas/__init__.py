@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedmas/__init__.py

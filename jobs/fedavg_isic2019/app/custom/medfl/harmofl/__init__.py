@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/harmofl/__init__.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/harmofl/amplitude_exchange.py

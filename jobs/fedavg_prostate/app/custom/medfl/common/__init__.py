@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/common/__init__.py

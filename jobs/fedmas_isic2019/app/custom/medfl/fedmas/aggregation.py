@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedmas/aggregation.py

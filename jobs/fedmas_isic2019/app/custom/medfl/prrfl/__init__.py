@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/prrfl/__init__.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/prrfl/networks.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedavg_medmnist/controller.py

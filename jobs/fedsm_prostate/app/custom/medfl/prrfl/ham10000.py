@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/prrfl/ham10000.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedmas/evaluation.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/harmofl/executor.py

@@ -1,1 +1,0 @@
-../../../../../custom/medfl/__init__.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedavg_medmnist/networks.py

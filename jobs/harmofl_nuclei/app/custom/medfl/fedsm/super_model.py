@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedsm/super_model.py

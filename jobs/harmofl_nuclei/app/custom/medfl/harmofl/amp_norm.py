@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/harmofl/amp_norm.py

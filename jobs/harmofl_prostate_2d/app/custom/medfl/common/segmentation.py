@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/common/segmentation.py

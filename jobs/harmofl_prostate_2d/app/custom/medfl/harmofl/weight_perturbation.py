@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/harmofl/weight_perturbation.py

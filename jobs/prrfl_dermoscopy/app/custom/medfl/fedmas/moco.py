@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedmas/moco.py

@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/fedsm/networks.py

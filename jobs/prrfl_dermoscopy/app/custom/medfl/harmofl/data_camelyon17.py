@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/harmofl/data_camelyon17.py

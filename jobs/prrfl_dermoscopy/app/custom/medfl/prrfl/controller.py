@@ -1,1 +1,0 @@
-../../../../../../custom/medfl/prrfl/controller.py

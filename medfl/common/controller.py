@@ -1,0 +1,320 @@
+"""Base server workflow: rounds of scatter (a payload per client, in parallel) and gather, then aggregate.
+
+A method overrides two things at most (see DESIGN): :meth:`RoundController.payload_for` — what one client
+receives — and :meth:`RoundController.aggregate` — how the results update ``self.models``. Everything else is
+here once: sending each client its own payload in parallel, waiting, the minimum-clients rule, best-model
+tracking per model by the validation metric the clients report, atomic checkpoints in the server's app folder,
+resumable state, and TensorBoard scalars.
+
+``self.models`` maps a model name (``"global"``, ``"selector"``, ``"personal_client_MSD"`` ...) to its
+parameters. Clients report ``{key: metric}`` for what they received; :meth:`model_for_metric` maps a key to
+the model it measured. Because clients validate *received* models before training, a round's metrics belong
+to the models as they were sent in that round; after the last round one validation-only round measures the
+final models.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import abstractmethod
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.workflows.model_controller import ModelController
+from nvflare.fuel.utils.memory_utils import cleanup_memory
+
+from .config import load_train_config
+from .errors import DataError
+from .io import atomic_torch_save
+from .networks import build_network
+from .params import Params, to_numpy
+from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
+from .runtime import freeze_setup_objects, seed_everything
+
+STATE_FILE = "server_state.pt"
+
+
+def _as_torch(obj):
+    """Numpy arrays (nested in dicts) as tensors, so that state files load with ``weights_only=True``."""
+    if isinstance(obj, dict):
+        return {k: _as_torch(v) for k, v in obj.items()}
+    return torch.as_tensor(obj) if isinstance(obj, (np.ndarray, np.generic)) else obj
+
+
+def _as_numpy(obj):
+    if isinstance(obj, dict):
+        return {k: _as_numpy(v) for k, v in obj.items()}
+    return obj.numpy() if torch.is_tensor(obj) else obj
+
+
+def checkpoint_name(kind: str, model_name: str) -> str:
+    """File name of a saved model in the server's app folder, e.g. ``best_global_model.pt``."""
+    return f"{kind}_{model_name}_model.pt"
+
+
+class RoundController(ModelController):
+    """Round loop shared by every method.
+
+    Args:
+        num_rounds: number of training rounds.
+        min_clients: results needed to aggregate a round; fewer stops the run with a clear message naming the
+            missing clients. ``0`` means every selected client. To go on without a dead site, set it (and
+            ``min_clients`` in the job's ``meta.json``, below which NVFlare aborts the job) to what may remain.
+        train_task / validate_task: task names understood by the clients' executors.
+        task_timeout: seconds a client may take for one task (0: no limit).
+        final_validation: after the last round, ask clients to validate the final models (so that the
+            last models can be selected as best too).
+        resume_from: path of a ``server_state.pt`` written by an earlier run; training continues after the
+            last round it completed.
+        config_train_filename: the job's training configuration (shared with the clients); the server reads
+            the ``network`` and ``seed`` entries from it to build the initial models.
+        task_check_period: seconds between two checks for ended client tasks (timeouts, errors, dead clients;
+            NVFlare's default 0.5). A round whose clients all answer goes on at the last result, without waiting.
+        memory_gc_rounds: every this many rounds, release freed memory to the OS (NVFlare's
+            ``cleanup_memory``: ``gc.collect`` + ``malloc_trim``); 0 disables it.
+    """
+
+    def __init__(
+        self,
+        num_rounds: int = 100,
+        min_clients: int = 0,
+        train_task: str = "train",
+        validate_task: str = "validate",
+        task_timeout: int = 0,
+        final_validation: bool = True,
+        resume_from: str = "",
+        config_train_filename: str = "config_train.json",
+        task_check_period: float = 0.5,
+        memory_gc_rounds: int = 1,
+    ):
+        super().__init__(persistor_id="", task_check_period=task_check_period)
+        if num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        self.num_rounds = num_rounds
+        self.min_clients = min_clients
+        self.train_task = train_task
+        self.validate_task = validate_task
+        self.task_timeout = task_timeout
+        self.final_validation = final_validation
+        self.resume_from = resume_from
+        self.config_train_filename = config_train_filename
+        self.memory_gc_rounds = memory_gc_rounds
+        self.train_config: dict = {}
+        self.models: Dict[str, Params] = {}
+        self.best_scores: Dict[str, float] = {}
+        self.start_round = 0
+        self._results: Dict[str, FLModel] = {}
+        self._result_arrived = threading.Event()
+        self._writer = None
+
+    # ------------------------------------------------------------------ what a method provides
+    @abstractmethod
+    def initial_models(self) -> Dict[str, Params]:
+        """The models before round 0, by name."""
+
+    @abstractmethod
+    def payload_for(self, client: str) -> Params:
+        """The flat parameter dict sent to ``client`` this round."""
+
+    @abstractmethod
+    def aggregate(self, results: Dict[str, FLModel]) -> None:
+        """Update ``self.models`` from the clients' results (``{client_name: FLModel}``)."""
+
+    def payload_meta(self, client: str) -> dict:
+        """Extra information for ``client`` sent beside the payload (e.g. FedSM's selector label)."""
+        return {}
+
+    def model_for_metric(self, client: str, key: str) -> str:
+        """Name of the model in ``self.models`` that a client's metric ``key`` measured."""
+        return key
+
+    def select_clients(self, round_number: int) -> List[str]:
+        """Clients that train in this round (default: all, in name order)."""
+        return sorted(c.name for c in self.engine.get_clients())
+
+    def server_evaluate(self, step: int) -> None:
+        """Evaluate ``self.models`` on the server (default: nothing), e.g. on a held-out test set.
+
+        ``step`` is the number of aggregated rounds behind the models: 0 for the initial models (or the round a
+        resumed run continues at), ``r + 1`` after round ``r``. The clients' validation of the same models is
+        logged at the same step, as they validate what they receive in round ``step``.
+        """
+
+    def extra_state(self) -> dict:
+        """Method state besides ``self.models`` to persist for resume (e.g. synced optimizer moments)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def before_rounds(self) -> bool:
+        """Work before the first round of this run, after a resume too (e.g. HarmoFL's amplitude exchange).
+
+        Return ``False`` to stop the workflow (after calling :meth:`panic` with the reason).
+        """
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def build_initial_params(self, network_key: str = "network") -> Params:
+        """Parameters of a freshly initialised network described by ``config_train.json[network_key]``."""
+        seed_everything(int(self.train_config.get("seed", 0)))
+        network = self.train_config.get(network_key, {"name": "unet"})
+        return to_numpy(build_network(network["name"], **network.get("args", {})).state_dict())
+
+    def run(self) -> None:
+        self._open_writer()
+        job_id = self.fl_ctx.get_job_id()
+        config_dir = self.engine.get_workspace().get_app_config_dir(job_id)
+        self.train_config = load_train_config(os.path.join(config_dir, self.config_train_filename), site="server")
+        self.models = self.initial_models()
+        if self.resume_from:
+            self._resume(self.resume_from)
+        freeze_setup_objects()
+        if not self.before_rounds():
+            return
+        self.server_evaluate(self.start_round)
+        for round_number in range(self.start_round, self.num_rounds):
+            self.info(f"round {round_number + 1}/{self.num_rounds} started")
+            results = self.scatter_and_gather(self.train_task, self.select_clients(round_number), round_number)
+            if results is None:
+                return
+            self.track_best(results, round_number)
+            self.aggregate(results)
+            self.save_models("last", self.models)
+            self.save_state(round_number)
+            self.info(f"round {round_number + 1}/{self.num_rounds} finished with {len(results)} clients")
+            self.server_evaluate(round_number + 1)
+            if self.memory_gc_rounds and (round_number + 1) % self.memory_gc_rounds == 0:
+                cleanup_memory()
+        if self.final_validation:
+            results = self.scatter_and_gather(self.validate_task, self.select_clients(self.num_rounds), self.num_rounds)
+            if results is not None:
+                self.track_best(results, self.num_rounds)
+        self.info("best validation scores: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.best_scores.items())))
+
+    def scatter_and_gather(self, task: str, clients: List[str], round_number: int) -> Optional[Dict[str, FLModel]]:
+        """Send every client its own payload in parallel and wait for all results.
+
+        Returns ``{client: FLModel}`` ordered by client name, not by arrival, so that aggregation sums the updates
+        in one order in every run (floating-point addition is not associative); or ``None`` when the run was
+        aborted or too few clients answered (the workflow then stops with a message naming the missing clients).
+        A client whose job NVFlare has deemed dead (no heartbeat for the dead-client grace period,
+        ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``) gets no task and counts as missing; one that dies during the round
+        fails its task once NVFlare deems it dead.
+        """
+        self._results = {}
+        disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
+        if disconnected:
+            self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
+        targets = [c for c in clients if c not in disconnected]
+        for client in targets:
+            payload = FLModel(params=self.payload_for(client), current_round=round_number,
+                              total_rounds=self.num_rounds, meta=self.payload_meta(client))
+            self.send_model(task_name=task, data=payload, targets=[client], timeout=self.task_timeout,
+                            callback=self._collect)
+        # Done when every target has answered or no task stands (NVFlare ended the others: timeout, error reply,
+        # dead client). A result wakes the wait at once: a finished task leaves NVFlare's standing list only at its
+        # next task check, so polling that alone would add up to two task_check_periods to every round.
+        while len(self._results) < len(targets) and self.get_num_standing_tasks():
+            if self.abort_signal.triggered:
+                self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
+                return None
+            self._result_arrived.wait(self._task_check_period)
+            self._result_arrived.clear()
+        needed = self.min_clients or len(clients)
+        if len(self._results) < needed:
+            self.panic(f"round {round_number}: task '{task}' got {len(self._results)} results, needs {needed}; "
+                       f"{self._missing_clients(clients)}")
+            return None
+        if len(self._results) < len(clients):
+            self.warning(f"round {round_number}: continuing with {len(self._results)} of {len(clients)} clients "
+                         f"(min_clients={self.min_clients}); {self._missing_clients(clients)}")
+        return {client: self._results[client] for client in sorted(self._results)}
+
+    def _missing_clients(self, clients: List[str]) -> str:
+        """Which of ``clients`` sent no result, and which of those NVFlare deems disconnected (dead job)."""
+        missing = sorted(set(clients) - set(self._results))
+        disconnected = [c for c in missing if self.get_client_disconnect_time(c)]
+        return f"no result from {missing} (disconnected: {disconnected})"
+
+    def _collect(self, result: FLModel) -> None:
+        self._results[result.meta["client_name"]] = result
+        self._result_arrived.set()
+
+    # ------------------------------------------------------------------ best models, checkpoints, metrics
+    def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
+        """Score each model by its clients' validation metrics (weighted by validation size); save new bests."""
+        totals: Dict[str, List[float]] = {}
+        for client, result in sorted(results.items()):
+            n_val = float(result.meta.get(NUM_VAL_SAMPLES, 1))
+            for key, value in (result.metrics or {}).items():
+                name = self.model_for_metric(client, key)
+                acc = totals.setdefault(name, [0.0, 0.0])
+                acc[0] += n_val * float(value)
+                acc[1] += n_val
+                self._add_scalar(f"val/{client}/{key}", value, round_number)
+        for name, (weighted, count) in sorted(totals.items()):
+            score = weighted / count
+            self._add_scalar(f"val_mean/{name}", score, round_number)
+            if name in self.models and score > self.best_scores.get(name, -np.inf):
+                self.best_scores[name] = score
+                self.save_models("best", {name: self.models[name]}, round_number=round_number, score=score)
+                self.info(f"new best {name}: {score:.4f} (models sent in round {round_number})")
+
+    def save_models(self, kind: str, models: Dict[str, Params], **info) -> None:
+        app_dir = self.get_app_dir()
+        for name, params in models.items():
+            state = {"state_dict": {k: torch.as_tensor(v) for k, v in params.items()}, **info}
+            atomic_torch_save(state, os.path.join(app_dir, checkpoint_name(kind, name)))
+
+    def save_state(self, round_number: int) -> None:
+        """Persist everything needed to continue after ``round_number`` (see ``resume_from``)."""
+        state = {"completed_round": round_number, "num_rounds": self.num_rounds, "models": self.models,
+                 "best_scores": self.best_scores, "extra": self.extra_state()}
+        atomic_torch_save(_as_torch(state), os.path.join(self.get_app_dir(), STATE_FILE))
+
+    def _resume(self, path: str) -> None:
+        if not os.path.isfile(path):
+            self.panic(f"resume_from: state file not found: {path}")
+            return
+        state = _as_numpy(torch.load(path))
+        self.models, self.best_scores = state["models"], state["best_scores"]
+        self.load_extra_state(state["extra"])
+        self.start_round = state["completed_round"] + 1
+        self.info(f"resumed from {path}: continuing at round {self.start_round + 1}/{self.num_rounds}")
+
+    def _open_writer(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(os.path.join(self.get_run_dir(), "tb_events", "server"))
+
+    def _add_scalar(self, tag: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, float(value), step)
+            self._writer.flush()
+
+
+WEIGHTINGS = {"samples": NUM_TRAIN_SAMPLES, "steps": NUM_TRAIN_STEPS}
+
+
+def client_weights(results: Dict[str, FLModel], weighting: str = "samples") -> List[float]:
+    """Aggregation weights in ``results`` order: ``"samples"`` (training-set size, FedAvg), ``"steps"`` (local
+    optimizer steps, NVFlare's ``NUM_STEPS_CURRENT_ROUND``) or ``"equal"``."""
+    if weighting == "equal":
+        return [1.0] * len(results)
+    if weighting in WEIGHTINGS:
+        return [float(required_meta(results, client, WEIGHTINGS[weighting])) for client in results]
+    raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS) + ['equal']}, got {weighting!r}")
+
+
+def required_meta(results: Dict[str, FLModel], client: str, key: str):
+    """``results[client].meta[key]``, or a :class:`DataError` naming the client and the missing entry."""
+    meta = results[client].meta or {}
+    if key not in meta:
+        raise DataError(f"the client's reply has no '{key}' in its meta (is it running this job's client?)",
+                        site=client)
+    return meta[key]

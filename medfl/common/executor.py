@@ -1,0 +1,210 @@
+"""Base client executor: receive models, validate them, train locally, send the update and the metrics.
+
+Every method's client derives from :class:`RoundExecutor` and fills in five hooks (``setup``,
+``load_payload``, ``evaluate``, ``train_round``, ``export_params``); the NVFlare plumbing (task names,
+FLModel conversion, TensorBoard streaming, clear errors, abort) lives here once.
+
+Per round the server sends a *payload* (a flat dict of numpy arrays, see :mod:`medfl.common.params`).
+The client first validates what it received on its validation split (so each metric belongs to the model
+the server holds) and then trains. Metrics are ``{model_name: value}``; the server's controller tracks the
+best version of each model with them.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from monai.transforms import Randomizable
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+from nvflare.fuel.utils.memory_utils import cleanup_memory
+
+from .config import load_train_config
+from .errors import DataError
+from .params import Params
+from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
+from .runtime import freeze_setup_objects, seed_everything, select_device
+from .train import Batch, TrainingAborted, optimizer_step
+
+
+def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
+    """The MONAI random transform (``dataset.transform``) of ``dataset``, through ``Subset`` and ``ConcatDataset``."""
+    if isinstance(dataset, Subset):
+        yield from random_transforms(dataset.dataset)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from random_transforms(part)
+    elif isinstance(getattr(dataset, "transform", None), Randomizable):
+        yield dataset.transform
+
+
+def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
+    """Seed the MONAI random transforms of every dataset (see :func:`random_transforms`).
+
+    MONAI's ``Randomizable`` transforms draw from their own ``RandomState``, which neither ``torch.manual_seed``
+    nor ``np.random.seed`` reaches; without this, augmentation differs between runs with the same seed.
+    Returns the number of transforms seeded.
+    """
+    seeded = 0
+    for dataset in datasets.values():
+        for transform in random_transforms(dataset):
+            transform.set_random_state(seed=seed)
+            seeded += 1
+    return seeded
+
+
+class RoundExecutor(Executor):
+    """Template for a client in a round-based workflow (tasks ``train`` and ``validate``).
+
+    Args:
+        config_train_filename: the job's per-site training configuration, in the app's config folder.
+        analytic_sender_id: id of an NVFlare ``TBWriter`` component; metrics are streamed to the server's
+            TensorBoard through it. Empty to disable.
+        train_task / validate_task: task names sent by the server's controller.
+        memory_gc: after each task, release freed memory to the OS (NVFlare's ``cleanup_memory``).
+    """
+
+    def __init__(
+        self,
+        config_train_filename: str = "config_train.json",
+        analytic_sender_id: str = "analytic_sender",
+        train_task: str = "train",
+        validate_task: str = "validate",
+        memory_gc: bool = True,
+    ):
+        super().__init__()
+        self.memory_gc = memory_gc
+        self.config_train_filename = config_train_filename
+        self.analytic_sender_id = analytic_sender_id
+        self.train_task = train_task
+        self.validate_task = validate_task
+        self.site: str = ""
+        self.config: Dict[str, Any] = {}
+        self.device = torch.device("cpu")
+        self.app_dir = ""
+        self.writer = None
+        self.current_round = 0
+        self.task_meta: Dict[str, Any] = {}
+        self._setup_error: Optional[str] = None
+
+    # ------------------------------------------------------------------ hooks for each method
+    @abstractmethod
+    def setup(self, fl_ctx: FLContext) -> None:
+        """Build data loaders, models and optimizers from ``self.config``. Raise :class:`DataError` on bad input."""
+
+    @abstractmethod
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        """Load the models the server sent this round."""
+
+    @abstractmethod
+    def evaluate(self, split: str) -> Dict[str, float]:
+        """Evaluate the loaded models on ``split``; return ``{model_name: metric}``."""
+
+    @abstractmethod
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        """Local training for one round."""
+
+    @abstractmethod
+    def export_params(self, fl_ctx: FLContext) -> Params:
+        """The update to send back (same keys as the payload unless the method says otherwise)."""
+
+    @abstractmethod
+    def num_samples(self, split: str) -> int:
+        """Number of samples of a split (weights for the server's averages)."""
+
+    def num_train_steps(self) -> int:
+        """Local optimizer steps of one model in a round: ``len(train_loader)`` per local epoch."""
+        return len(self.train_loader) * int(self.config.get("local_epochs", 1))
+
+    def result_meta(self, task_name: str) -> Dict[str, Any]:
+        """Extra entries for the meta of the reply to ``task_name`` (e.g. FedMAS's robust factor, PRR-FL's
+        metrics after local training). Default: none."""
+        return {}
+
+    def train_step(self, model: torch.nn.Module, batch: Batch, loss_fn, optimizer) -> torch.Tensor:
+        """One optimisation step of :func:`~medfl.common.train.train_epoch` (default: forward, backward,
+        ``optimizer.step()``); a method that changes the step (HarmoFL's weight perturbation) overrides it."""
+        return optimizer_step(model, batch, loss_fn, optimizer)
+
+    # ------------------------------------------------------------------ NVFlare plumbing
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            self._initialize(fl_ctx)
+
+    def _initialize(self, fl_ctx: FLContext) -> None:
+        self.site = fl_ctx.get_identity_name()
+        engine = fl_ctx.get_engine()
+        job_id = fl_ctx.get_job_id()
+        workspace = engine.get_workspace()
+        self.app_dir = workspace.get_app_dir(job_id)
+        config_path = os.path.join(workspace.get_app_config_dir(job_id), self.config_train_filename)
+        try:
+            self.config = load_train_config(config_path, site=self.site)
+            seed_everything(int(self.config.get("seed", 0)))
+            if int(self.config.get("num_threads", 0)) > 0:
+                torch.set_num_threads(int(self.config["num_threads"]))
+            self.device = select_device(self.config.get("device", "auto"))
+            if self.analytic_sender_id:
+                self.writer = engine.get_component(self.analytic_sender_id)
+            self.setup(fl_ctx)
+            seed_random_transforms(getattr(self, "datasets", {}), int(self.config.get("seed", 0)))
+            freeze_setup_objects()
+        except (DataError, ValueError, KeyError) as e:
+            self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"
+            self.log_error(fl_ctx, f"cannot start: {self._setup_error}")
+            return
+        self.log_info(fl_ctx, f"ready on {self.device}: {self.num_samples('training')} training and "
+                              f"{self.num_samples('validation')} validation samples")
+
+    def log_metrics(self, metrics: Dict[str, float], prefix: str, step: int) -> None:
+        """Stream ``{name: value}`` to TensorBoard as ``<prefix>/<name>``."""
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{prefix}/{name}", float(value), global_step=step)
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name not in (self.train_task, self.validate_task):
+            self.log_error(fl_ctx, f"unknown task {task_name!r}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        if self._setup_error:
+            self.log_error(fl_ctx, f"cannot run task {task_name}: {self._setup_error}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        try:
+            received = FLModelUtils.from_shareable(shareable)
+            self.current_round = received.current_round or 0
+            self.task_meta = received.meta or {}
+            self.load_payload(received.params, fl_ctx)
+            metrics = self.evaluate("validation")
+            self.log_metrics(metrics, "val", self.current_round)
+            self.log_info(fl_ctx, f"round {self.current_round} validation of received models: "
+                                  + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            meta = {NUM_VAL_SAMPLES: self.num_samples("validation")}
+            if task_name == self.validate_task:
+                return FLModelUtils.to_shareable(FLModel(metrics=metrics, meta={**meta, **self.result_meta(task_name)}))
+            self.train_round(abort_signal, fl_ctx)
+            meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
+            meta[NUM_TRAIN_STEPS] = self.num_train_steps()
+            meta.update(self.result_meta(task_name))
+            result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
+                             current_round=self.current_round)
+            return FLModelUtils.to_shareable(result)
+        except TrainingAborted:
+            self.log_info(fl_ctx, "task aborted")
+            return make_reply(ReturnCode.TASK_ABORTED)
+        except (DataError, FloatingPointError) as e:
+            self.log_error(fl_ctx, f"[{self.site}] round {self.current_round}: {e}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        finally:
+            if self.memory_gc:
+                cleanup_memory()

@@ -1,0 +1,5 @@
+"""Names that every server and client use in the meta of a task result."""
+
+NUM_TRAIN_SAMPLES = "num_train_samples"  # training examples behind the update (FedAvg's n_k)
+NUM_TRAIN_STEPS = "num_train_steps"  # local optimizer steps of one model this round (NVFlare's NUM_STEPS_CURRENT_ROUND)
+NUM_VAL_SAMPLES = "num_val_samples"  # validation examples behind the reported metrics (best-model weights)

@@ -1,0 +1,1 @@
+"""Camelyon17 (WILDS patches, five hospitals): HarmoFL's histology federation."""

@@ -1,0 +1,73 @@
+"""MedMNIST's server side: the global model tested on the official test split, at round 0 and after every round.
+
+As the seed's Flower ``eval_fn`` (a centralised evaluation of the global model): logged, written to TensorBoard as
+``test/<metric>`` and to ``test_metrics.json`` in the server's app folder. The test split is only reported, never
+used to choose a model. Mix :class:`MedMNISTTestEvaluation` into an aggregation controller, listed first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List
+
+from torch.utils.data import DataLoader
+
+from medfl.common.config import config_path
+from medfl.common.controller import RoundController
+from medfl.common.io import atomic_write_json
+from medfl.common.networks import build_network
+from medfl.common.params import Params, load_numpy
+from medfl.common.runtime import select_device
+
+from .data import DEFAULT_DATASET, MedMNISTDataset, medmnist_info
+from .evaluation import DEFAULT_EVAL_BATCH_SIZE, TEST_METRICS_FILE, evaluate_classifier
+from .networks import DEFAULT_NETWORK, network_for_data
+
+SERVER_SITE = "server"
+
+
+class MedMNISTTestEvaluation(RoundController):
+    """Server-side test evaluation of ``self.models["global"]`` on the MedMNIST ``npz_path``'s test split.
+
+    ``config_train.json`` (read by the server too): ``dataset``, ``npz_path``, ``network``, ``eval_batch_size``,
+    ``device``. Each record of ``test_metrics.json`` names the clients that trained the model (``self.sampled``
+    of a sampling controller, when it keeps one).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.test_history: List[dict] = []
+
+    def initial_models(self) -> Dict[str, Params]:
+        dataset = self.train_config.get("dataset", DEFAULT_DATASET)
+        npz_path = config_path(self.train_config, "npz_path", SERVER_SITE)
+        test_set = MedMNISTDataset.from_npz(npz_path, "test", dataset, site=SERVER_SITE)
+        batch_size = int(self.train_config.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE))
+        self.test_loader = DataLoader(test_set, batch_size=batch_size)
+        network = network_for_data(self.train_config.get("network", DEFAULT_NETWORK), medmnist_info(dataset),
+                                   test_set.image_size)
+        self.train_config["network"] = network  # what build_initial_params builds
+        self.device = select_device(self.train_config.get("device", "auto"))
+        self.test_model = build_network(network["name"], **network["args"]).to(self.device)
+        self.info(f"server test set: {len(test_set)} images of {npz_path}")
+        return super().initial_models()
+
+    def server_evaluate(self, step: int) -> None:
+        load_numpy(self.test_model, self.models["global"])
+        metrics = evaluate_classifier(self.test_model, self.test_loader, self.device)
+        for name, value in metrics.items():
+            self._add_scalar(f"test/{name}", value, step)
+        which = "initial global model" if step == 0 else f"global model after {step} round(s)"
+        self.info(f"server test evaluation at round {step} ({which}): accuracy={metrics['accuracy']:.4f}, "
+                  f"loss={metrics['loss']:.4f} on {len(self.test_loader.dataset)} test images")
+        trained_by = getattr(self, "sampled", {}).get(step - 1, []) if step > 0 else []
+        self.test_history.append({"step": step, "time": time.time(), "trained_by": trained_by, **metrics})
+        atomic_write_json(self.test_history, os.path.join(self.get_app_dir(), TEST_METRICS_FILE))
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "test_history": self.test_history}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.test_history = list(state.get("test_history", []))

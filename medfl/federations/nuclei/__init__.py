@@ -1,0 +1,1 @@
+"""Nuclei segmentation federation (HarmoFL): per-site image and mask folders, tiled patches."""

@@ -1,0 +1,209 @@
+"""Prepare 3D prostate T2 MRI volumes as 2D axial slices and per-client datalists (FedSM / prostate layout).
+
+Each site's volumes are paired with their masks **by case id**, normalised per volume (intensity clipped to
+the given percentiles, scaled to [0, 1]), optionally resized in-plane, and cut into axial slices (by default
+only slices whose mask contains prostate). Cases are split into training / validation / testing (by case,
+never by slice). Output::
+
+    <output_dir>/dataset_2D/<site>/<case>/image_<z>.nii.gz, label_<z>.nii.gz
+    <output_dir>/datalist_2D/client_<site>.json     {"training": [...], "validation": [...], "testing": [...]}
+    <output_dir>/datalist_2D/client_All.json        the union of all sites' splits
+
+Input layouts (``--source``), one folder per site under ``--input_dir``:
+
+* ``saml``: ``<site>/CaseNN.nii.gz`` + ``<site>/CaseNN_segmentation.nii.gz`` (SAML multi-site prostate set and
+  PROMISE12 naming; also the synthetic demo federation);
+* ``msd``: Medical Segmentation Decathlon Task05_Prostate, ``imagesTr/prostate_NN.nii.gz`` (4D; T2 is channel
+  0) + ``labelsTr/prostate_NN.nii.gz`` (peripheral and transition zones, merged into one gland mask);
+* ``image_mask``: ``<site>/Image/<case>.nii.gz`` + ``<site>/Mask/<case>.nii.gz`` (the NVFlare prostate example).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medfl.common.errors import DataError
+from medfl.common.io import atomic_path, atomic_write_json
+
+NIFTI = re.compile(r"^(?P<case>.+?)\.nii(\.gz)?$")
+SAML_MASK = re.compile(r"^(?P<case>.+?)_segmentation\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def _cases_in(folder: Path, site: str) -> Dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError("folder not found", path=folder, site=site)
+    return {m["case"]: p for p in sorted(folder.iterdir()) if (m := NIFTI.match(p.name))}
+
+
+def find_cases(site_dir: Path, source: str, site: str) -> List[Tuple[str, Path, Path]]:
+    """``[(case_id, image_path, mask_path)]`` of one site, paired by case id; an unpaired file is an error."""
+    if source == "saml":
+        files = _cases_in(site_dir, site)
+        masks = {SAML_MASK.match(p.name)["case"]: p for p in files.values() if SAML_MASK.match(p.name)}
+        images = {c: p for c, p in files.items() if not SAML_MASK.match(p.name)}
+    elif source == "msd":
+        images, masks = _cases_in(site_dir / "imagesTr", site), _cases_in(site_dir / "labelsTr", site)
+        images = {c: p for c, p in images.items() if not c.startswith("._")}
+    elif source == "image_mask":
+        images, masks = _cases_in(site_dir / "Image", site), _cases_in(site_dir / "Mask", site)
+    else:
+        raise ValueError(f"unknown source {source!r}")
+    unpaired = sorted(set(images) ^ set(masks))
+    if unpaired:
+        case = unpaired[0]
+        path = images.get(case) or masks.get(case)
+        kind = "mask" if case in images else "image"
+        raise DataError(f"no {kind} for case '{case}' ({len(unpaired)} unpaired case(s) in total)", path=path, site=site)
+    if not images:
+        raise DataError(f"no NIfTI volumes found for layout '{source}'", path=site_dir, site=site)
+    return [(c, images[c], masks[c]) for c in sorted(images)]
+
+
+def load_case(image_path: Path, mask_path: Path, site: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The T2 volume ``(H, W, D)`` and its binary gland mask; MSD's 4D images give their first channel."""
+    arrays = []
+    for path in (image_path, mask_path):
+        try:
+            arrays.append(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32))
+        except Exception as e:
+            raise DataError(f"cannot read NIfTI file ({type(e).__name__}: {e})", path=path, site=site) from None
+    image, mask = arrays
+    if image.ndim == 4:
+        image = image[..., 0]
+    if image.shape != mask.shape:
+        raise DataError(f"image shape {image.shape} does not match mask shape {mask.shape} ({mask_path})",
+                        path=image_path, site=site)
+    return image, (mask > 0).astype(np.float32)
+
+
+def normalize_intensity(volume: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
+    """Clip to the ``lower``/``upper`` percentiles and scale to [0, 1]."""
+    lo, hi = np.percentile(volume, [lower, upper])
+    return ((np.clip(volume, lo, hi) - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+
+
+def resize_slices(volume: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Resize every axial slice of ``(H, W, D)`` to ``(size, size)`` (``bilinear`` images, ``nearest`` masks)."""
+    t = torch.from_numpy(np.ascontiguousarray(volume.transpose(2, 0, 1)))[:, None]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[:, 0].numpy().transpose(1, 2, 0)
+
+
+def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> Dict[str, List[str]]:
+    """Shuffle case ids with ``seed`` and cut them into training / validation / testing by ``fractions``.
+
+    Each split gets at least one case when there are at least three cases.
+    """
+    order = list(np.random.default_rng(seed).permutation(sorted(cases)))
+    n = len(order)
+    n_val = max(int(round(fractions[1] * n)), 1 if n >= 3 else 0)
+    n_test = max(int(round(fractions[2] * n)), 1 if n >= 3 else 0)
+    n_train = n - n_val - n_test
+    return {"training": order[:n_train], "validation": order[n_train:n_train + n_val], "testing": order[n_train + n_val:]}
+
+
+def write_slice(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(tmp))
+
+
+def prepare_site(site_dir: Path, site: str, output_dir: Path, source: str, size: int, all_slices: bool,
+                 percentiles: Tuple[float, float]) -> Dict[str, List[Dict[str, str]]]:
+    """Slice every case of one site; return ``{case_id: [datalist items]}``."""
+    items: Dict[str, List[Dict[str, str]]] = {}
+    for case, image_path, mask_path in find_cases(site_dir, source, site):
+        image, mask = load_case(image_path, mask_path, site)
+        image = normalize_intensity(image, *percentiles)
+        if size:
+            image, mask = resize_slices(image, size, "bilinear"), resize_slices(mask, size, "nearest")
+        keep = [z for z in range(image.shape[2]) if all_slices or mask[:, :, z].any()]
+        items[case] = []
+        for z in keep:
+            rel = Path(site) / case
+            write_slice(image[:, :, z], output_dir / "dataset_2D" / rel / f"image_{z:03d}.nii.gz")
+            write_slice(mask[:, :, z], output_dir / "dataset_2D" / rel / f"label_{z:03d}.nii.gz")
+            items[case].append({"image": str(rel / f"image_{z:03d}.nii.gz"), "label": str(rel / f"label_{z:03d}.nii.gz")})
+        print(f"  {site}/{case}: {len(keep)} slices", flush=True)
+    return items
+
+
+def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str] = (), size: int = 256,
+            all_slices: bool = False, fractions: Sequence[float] = (0.5, 0.25, 0.25), seed: int = 0,
+            percentiles: Tuple[float, float] = (1.0, 99.0)) -> Dict[str, Dict[str, int]]:
+    """Prepare every site; write datalists; return ``{site: {split: slice count}}``."""
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    site_dirs = site_folders(input_dir, source, sites)
+    summary = {}
+    for site, site_dir in site_dirs.items():
+        print(f"preparing {site} from {site_dir}", flush=True)
+        items = prepare_site(site_dir, site, output_dir, source, size, all_slices, percentiles)
+        splits = split_cases(list(items), fractions, seed)
+        datalist = {split: [item for case in cases for item in items[case]] for split, cases in splits.items()}
+        atomic_write_json(datalist, output_dir / "datalist_2D" / f"client_{site}.json")
+        summary[site] = {split: len(entries) for split, entries in datalist.items()}
+    if site_dirs:
+        write_union_datalist(output_dir / "datalist_2D")
+    return summary
+
+
+def site_folders(input_dir: Path, source: str, sites: Sequence[str]) -> Dict[str, Path]:
+    """``{site name: folder}``. ``sites`` entries are ``FOLDER`` or ``FOLDER:NAME`` (rename, e.g. SAML's
+    ``ISBI:NCI_ISBI_3T``); empty means every sub-folder (for ``msd``: the input folder itself, named MSD)."""
+    if not sites:
+        if source == "msd":
+            return {"MSD": input_dir}
+        return {p.name: p for p in sorted(input_dir.iterdir()) if p.is_dir()}
+    folders = {}
+    for entry in sites:
+        folder, _, name = entry.partition(":")
+        folders[name or folder] = input_dir if (source == "msd" and folder in (".", "")) else input_dir / folder
+    return folders
+
+
+def write_union_datalist(datalist_dir: Path) -> None:
+    """``client_All.json``: the union of every ``client_<site>.json`` in the folder (sites prepared by several
+    commands, e.g. SAML sites and MSD, end up in one pooled datalist)."""
+    union: Dict[str, List] = {split: [] for split in ("training", "validation", "testing")}
+    for path in sorted(datalist_dir.glob("client_*.json")):
+        if path.stem != "client_All":
+            for split, items in json.loads(path.read_text()).items():
+                union.setdefault(split, []).extend(items)
+    atomic_write_json(union, datalist_dir / "client_All.json")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input_dir", type=Path, required=True, help="folder holding one sub-folder per site")
+    parser.add_argument("--output_dir", type=Path, default=Path("data_preparation"))
+    parser.add_argument("--source", choices=("saml", "msd", "image_mask"), default="saml")
+    parser.add_argument("--sites", nargs="*", default=(), help="site sub-folders to prepare, as FOLDER or "
+                        "FOLDER:NAME to rename (default: all; for --source msd the input folder itself is site MSD)")
+    parser.add_argument("--size", type=int, default=256, help="in-plane size after resizing; 0 keeps the size")
+    parser.add_argument("--all_slices", action="store_true", help="keep slices without prostate too")
+    parser.add_argument("--split", type=float, nargs=3, default=(0.5, 0.25, 0.25), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"))
+    args = parser.parse_args(argv)
+    try:
+        summary = prepare(args.input_dir, args.output_dir, args.source, args.sites, args.size, args.all_slices,
+                          args.split, args.seed, tuple(args.percentiles))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    for site, counts in summary.items():
+        print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " slices")
+    print(f"datalists written to {args.output_dir / 'datalist_2D'}")
+
+
+if __name__ == "__main__":
+    main()

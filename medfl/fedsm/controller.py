@@ -1,0 +1,92 @@
+"""FedSM server: FedAvg for the global model and the selector, SoftPull for the personalised models."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from medfl.common.controller import RoundController, client_weights
+from medfl.common.io import atomic_write_json
+from medfl.common.params import Params, bundle, unbundle, weighted_mean
+
+from . import networks  # noqa: F401  (registers the selector networks)
+from .protocol import MOMENTS_NAME, SITE_LABEL
+from .softpull import soft_pull
+
+SITE_LABELS_FILE = "site_labels.json"
+
+
+def personal_name(client: str) -> str:
+    return f"personal_{client}"
+
+
+class FedSMController(RoundController):
+    """FedSM (Xu et al., CVPR 2022) workflow; every client gets {global, its personalised model, selector}.
+
+    Per round: global and selector <- sample-weighted FedAvg of the clients' updates (the selector's Adam
+    moments too, when the clients' moment filters send them); personalised models <- :func:`soft_pull`
+    with ``soft_pull_lambda``. The best version of every model is tracked on its validation metric.
+
+    Args:
+        soft_pull_lambda: SoftPull's lambda (0.7 in the paper).
+        site_labels: ``{client: selector class}``; default: clients in name order get 0, 1, ...
+        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    """
+
+    def __init__(self, soft_pull_lambda: float = 0.7, site_labels: Optional[Dict[str, int]] = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= soft_pull_lambda <= 1.0:
+            raise ValueError(f"soft_pull_lambda must be in [0, 1], got {soft_pull_lambda}")
+        self.soft_pull_lambda = soft_pull_lambda
+        self.site_labels = dict(site_labels or {})
+        self.selector_moments: Params = {}
+
+    def initial_models(self) -> Dict[str, Params]:
+        clients = sorted(c.name for c in self.engine.get_clients())
+        if not self.site_labels:
+            self.site_labels = {client: label for label, client in enumerate(clients)}
+        unknown = sorted(set(clients) - set(self.site_labels))
+        num_classes = self.train_config.get("selector_network", {}).get("args", {}).get("num_classes")
+        if unknown or num_classes != len(self.site_labels):
+            raise ValueError(f"site_labels {self.site_labels} must cover every client (missing {unknown}) and match the "
+                       f"selector's num_classes ({num_classes}) in config_train.json")
+        atomic_write_json(self.site_labels, os.path.join(self.get_app_dir(), SITE_LABELS_FILE))
+        segmentation = self.build_initial_params()
+        models = {"global": segmentation, "selector": self.build_initial_params("selector_network")}
+        models.update({personal_name(client): dict(segmentation) for client in clients})
+        return models
+
+    def payload_for(self, client: str) -> Params:
+        models = {"global": self.models["global"], "personal": self.models[personal_name(client)],
+                  "selector": self.models["selector"]}
+        if self.selector_moments:
+            models[MOMENTS_NAME] = self.selector_moments
+        return bundle(models)
+
+    def payload_meta(self, client: str) -> dict:
+        return {SITE_LABEL: self.site_labels[client]}
+
+    def model_for_metric(self, client: str, key: str) -> str:
+        return personal_name(client) if key == "personal" else key
+
+    def aggregate(self, results: Dict[str, FLModel]) -> None:
+        updates = {client: unbundle(r.params) for client, r in results.items()}
+        weights = client_weights(results, "samples")
+        self.models["global"] = weighted_mean([u["global"] for u in updates.values()], weights)
+        self.models["selector"] = weighted_mean([u["selector"] for u in updates.values()], weights)
+        with_moments = [u[MOMENTS_NAME] for u in updates.values() if MOMENTS_NAME in u]
+        if len(with_moments) == len(updates):
+            self.selector_moments = weighted_mean(with_moments, weights)
+        elif with_moments:
+            self.warning(f"only {len(with_moments)}/{len(updates)} clients sent selector moments; not syncing them")
+        pulled = soft_pull({client: u["personal"] for client, u in updates.items()}, self.soft_pull_lambda)
+        self.models.update({personal_name(client): params for client, params in pulled.items()})
+
+    def extra_state(self) -> dict:
+        return {"selector_moments": self.selector_moments, "site_labels": self.site_labels}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.selector_moments = state["selector_moments"]
+        self.site_labels = state["site_labels"]

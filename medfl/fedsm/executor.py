@@ -1,0 +1,98 @@
+"""FedSM client: trains the global model, its personalised model and the selector on its own data."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+
+from medfl.common.errors import DataError
+from medfl.common.networks import build_network
+from medfl.common.params import Params, bundle, load_numpy, to_numpy, unbundle
+from medfl.common.train import to_device, train_epoch
+from medfl.federations.prostate2d.client import ProstateSegmentationExecutor
+
+from . import networks  # noqa: F401  (registers the selector networks)
+from .moments import SELECTOR_STATE_PROP, SYNCED_MOMENTS_PROP, load_adam_moments
+from .protocol import SITE_LABEL
+
+
+class SiteLabelLoss(torch.nn.Module):
+    """Cross-entropy of the selector's logits against this client's site label (every image has it)."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.label = label
+
+    def forward(self, logits: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, torch.full((logits.shape[0],), self.label, device=logits.device))
+
+
+class FedSMExecutor(ProstateSegmentationExecutor):
+    """FedSM client (Xu et al., CVPR 2022): segmentation models ``global`` and ``personal``, plus ``selector``.
+
+    The server sends the bundle {global, this client's personalised model, selector} and this client's site
+    label. Validation reports Dice of the received global and personalised models and the selector's accuracy
+    at recognising this site. Extra ``config_train.json`` keys: ``selector_network`` (``{"name", "args"}``),
+    ``selector_learning_rate``.
+    """
+
+    model_names = ("global", "personal")
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        super().setup(fl_ctx)
+        network = self.config.get("selector_network", {"name": "selector_cnn"})
+        self.selector = build_network(network["name"], **network.get("args", {})).to(self.device)
+        lr = float(self.config.get("selector_learning_rate", self.config.get("learning_rate", 1e-3)))
+        self.selector_optimizer = torch.optim.Adam(self.selector.parameters(), lr=lr)
+        self.site_label = None
+
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        if SITE_LABEL not in self.task_meta:
+            raise DataError("the server sent no site label for the selector", site=self.site)
+        self.site_label = int(self.task_meta[SITE_LABEL])
+        super().load_payload(params, fl_ctx)
+        received = unbundle(params)
+        if "selector" not in received:
+            raise DataError("the server sent no selector parameters", site=self.site)
+        load_numpy(self.selector, received["selector"])
+        moments = fl_ctx.get_prop(SYNCED_MOMENTS_PROP)
+        if moments:
+            n = load_adam_moments(self.selector, self.selector_optimizer, moments)
+            self.log_info(fl_ctx, f"loaded synced Adam moments for {n} selector parameters")
+        fl_ctx.set_prop(SELECTOR_STATE_PROP, (self.selector, self.selector_optimizer), private=True, sticky=False)
+
+    @torch.no_grad()
+    def selector_accuracy(self, loader: DataLoader) -> float:
+        """Share of images the selector assigns to this client's site."""
+        self.selector.eval()
+        correct = total = 0
+        for batch in loader:
+            logits = self.selector(to_device(batch, self.device)["image"])
+            correct += int((logits.argmax(dim=1) == self.site_label).sum())
+            total += logits.shape[0]
+        return correct / max(total, 1)
+
+    def evaluate(self, split: str = "validation") -> Dict[str, float]:
+        metrics = super().evaluate(split)
+        metrics["selector"] = self.selector_accuracy(self.val_loader)
+        return metrics
+
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        super().train_round(abort_signal, fl_ctx)
+        epochs = int(self.config.get("local_epochs", 1))
+        loss_fn = SiteLabelLoss(self.site_label)
+        for epoch in range(epochs):
+            loss = train_epoch(self.selector, self.train_loader, loss_fn, self.selector_optimizer, self.device,
+                               abort_signal=abort_signal)
+            self.log_metrics({"selector": loss}, "train_loss", self.current_round * epochs + epoch)
+
+    def export_params(self, fl_ctx: FLContext) -> Params:
+        params = super().export_params(fl_ctx)
+        params.update(bundle({"selector": to_numpy(self.selector.state_dict())}))
+        return params

@@ -1,0 +1,91 @@
+"""Adam-moment synchronisation for the FedSM selector, as a pair of NVFlare DXO filters.
+
+Each client trains the selector on a single label (its own site), an extreme label imbalance; FedSM
+therefore averages the selector's Adam moments (``exp_avg``, ``exp_avg_sq``, ``step``) across clients together
+with its weights. Here this is a client-side filter pair, so removing the two filters from
+``config_fed_client.json`` turns the sync off and changes nothing else:
+
+* :class:`AdamMomentsSender` (``task_result_filters``) adds the selector's moments to the update under
+  ``selector_adam/<param>.<moment>``; the server averages them like the weights and sends them back.
+* :class:`AdamMomentsReceiver` (``task_data_filters``) takes the averaged moments out of the task data and
+  hands them to the executor through the task's FLContext; the executor loads them into its optimizer
+  before the next local step.
+
+The executor publishes its selector and optimizer under :data:`SELECTOR_STATE_PROP` while a task runs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from medfl.common.params import SEP, Params
+
+from .protocol import MOMENTS_NAME
+
+SELECTOR_STATE_PROP = "medfl.fedsm.selector_state"
+SYNCED_MOMENTS_PROP = "medfl.fedsm.synced_moments"
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Params:
+    """``{"<param>.exp_avg": ..., "<param>.exp_avg_sq": ..., "<param>.step": ...}`` for every trained parameter."""
+    moments = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param)
+        if state:
+            for key in MOMENT_KEYS:
+                moments[f"{name}.{key}"] = torch.as_tensor(state[key]).detach().cpu().numpy().copy()
+    return moments
+
+
+def load_adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: Params) -> int:
+    """Overwrite the optimizer's moments with ``moments`` (from :func:`adam_moments`); return params updated."""
+    loaded = 0
+    for name, param in model.named_parameters():
+        if f"{name}.exp_avg" not in moments:
+            continue
+        state = optimizer.state[param]
+        for key in MOMENT_KEYS:
+            value = torch.as_tensor(moments[f"{name}.{key}"])
+            state[key] = value.to(torch.float32) if key == "step" else value.to(param.device, param.dtype)
+        loaded += 1
+    return loaded
+
+
+class AdamMomentsSender(DXOFilter):
+    """Result filter: append the selector's Adam moments to the client's update (FedSM moment sync, out)."""
+
+    def __init__(self):
+        super().__init__(supported_data_kinds=[DataKind.WEIGHTS], data_kinds_to_filter=[DataKind.WEIGHTS])
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> Optional[DXO]:
+        state: Optional[Tuple[torch.nn.Module, torch.optim.Optimizer]] = fl_ctx.get_prop(SELECTOR_STATE_PROP)
+        if state is None:
+            self.log_warning(fl_ctx, "no selector optimizer published by the executor; moments not sent")
+            return None
+        moments = adam_moments(*state)
+        dxo.data.update({f"{MOMENTS_NAME}{SEP}{k}": v for k, v in moments.items()})
+        self.log_debug(fl_ctx, f"attached {len(moments)} selector Adam moment arrays")
+        return dxo
+
+
+class AdamMomentsReceiver(DXOFilter):
+    """Task-data filter: move the server's averaged selector moments into the FLContext (moment sync, in)."""
+
+    def __init__(self):
+        super().__init__(supported_data_kinds=[DataKind.WEIGHTS], data_kinds_to_filter=[DataKind.WEIGHTS])
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> Optional[DXO]:
+        prefix = f"{MOMENTS_NAME}{SEP}"
+        keys = [k for k in dxo.data if k.startswith(prefix)]
+        if not keys:
+            return None
+        fl_ctx.set_prop(SYNCED_MOMENTS_PROP, {k[len(prefix):]: dxo.data.pop(k) for k in keys}, private=True, sticky=False)
+        return dxo

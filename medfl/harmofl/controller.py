@@ -1,0 +1,102 @@
+"""HarmoFL server: the amplitude exchange before the first round, then FedAvg with equal client weights."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from medfl.common.errors import DataError
+from medfl.common.io import atomic_torch_save
+from medfl.common.protocol import NUM_TRAIN_SAMPLES
+from medfl.fedavg.controller import FedAvgController
+
+from . import networks  # noqa: F401  (registers harmofl_unet, harmofl_densenet121)
+from .amplitude_exchange import (
+    AMPLITUDE_FILE,
+    AMPLITUDE_KEY,
+    AMPLITUDE_TASK,
+    DIGEST_KEY,
+    MIN_TRAIN_SAMPLES,
+    REFERENCE_TASK,
+    amplitude_digest,
+    average_amplitudes,
+)
+
+
+class HarmoFLController(FedAvgController):
+    """HarmoFL workflow (Jiang et al., AAAI 2022): amplitude exchange, then rounds of FedAvg.
+
+    Before the first round (see :mod:`medfl.harmofl.amplitude_exchange`): task ``amplitude_task`` collects
+    every client's mean amplitude spectrum ``A_k`` (nothing else), the server forms ``A = 1/K sum_k A_k``,
+    task ``reference_task`` broadcasts it with the smallest training-set size, and every client must answer
+    the digest of ``A``. ``A`` is saved as ``harmofl_amplitude.pt`` beside the models (test scripts need it)
+    and in the resume state; a resumed run broadcasts it again instead of recomputing it. The rounds are
+    :class:`~medfl.fedavg.controller.FedAvgController`'s; the best global model is chosen on the clients'
+    validation metric.
+
+    Args:
+        weighting: ``"equal"`` (the released code, ``1/K``) or ``"samples"``.
+        amplitude_task / reference_task: task names of the exchange, as the clients' executors know them.
+        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    """
+
+    def __init__(self, weighting: str = "equal", amplitude_task: str = AMPLITUDE_TASK,
+                 reference_task: str = REFERENCE_TASK, **kwargs):
+        super().__init__(weighting=weighting, **kwargs)
+        self.amplitude_task = amplitude_task
+        self.reference_task = reference_task
+        self.amplitude: Optional[np.ndarray] = None
+        self.min_train_samples = 0
+
+    def before_rounds(self) -> bool:
+        clients = self.select_clients(self.start_round)
+        if self.amplitude is None:
+            replies = self._ask_all(self.amplitude_task, FLModel(params={}), clients)
+            if replies is None:
+                return False
+            try:
+                self.amplitude = average_amplitudes({client: r.params or {} for client, r in replies.items()})
+            except DataError as e:
+                self.panic(f"amplitude exchange: {e}")
+                return False
+            self.min_train_samples = min(int(r.meta[NUM_TRAIN_SAMPLES]) for r in replies.values())
+            self.info(f"averaged the amplitude spectra {self.amplitude.shape} of {len(replies)} clients "
+                      f"with equal weights")
+        digest = amplitude_digest(self.amplitude)
+        broadcast = FLModel(params={AMPLITUDE_KEY: self.amplitude}, meta={MIN_TRAIN_SAMPLES: self.min_train_samples})
+        replies = self._ask_all(self.reference_task, broadcast, clients)
+        if replies is None:
+            return False
+        differing = sorted(client for client, r in replies.items() if r.meta.get(DIGEST_KEY) != digest)
+        if differing:
+            self.panic(f"amplitude exchange: clients {differing} do not hold the broadcast reference (sha256 {digest})")
+            return False
+        atomic_torch_save({AMPLITUDE_KEY: torch.from_numpy(self.amplitude), DIGEST_KEY: digest, "clients": clients},
+                          os.path.join(self.get_app_dir(), AMPLITUDE_FILE))
+        self.info(f"all {len(replies)} clients froze the amplitude reference sha256={digest}")
+        return True
+
+    def _ask_all(self, task: str, model: FLModel, clients: List[str]) -> Optional[Dict[str, FLModel]]:
+        """Send ``model`` to every client and wait; ``None`` (after :meth:`panic`) unless all of them answered."""
+        model.current_round, model.total_rounds = self.start_round, self.num_rounds
+        results = self.send_model_and_wait(task_name=task, data=model, targets=clients, timeout=self.task_timeout)
+        if self.abort_signal.triggered:
+            return None
+        replies = {r.meta["client_name"]: r for r in results}
+        missing = sorted(set(clients) - set(replies))
+        if missing:
+            self.panic(f"amplitude exchange: task '{task}' got no result from {missing}; every client must take part")
+            return None
+        return replies
+
+    def extra_state(self) -> dict:
+        return {AMPLITUDE_KEY: self.amplitude, MIN_TRAIN_SAMPLES: self.min_train_samples}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.amplitude = state[AMPLITUDE_KEY]
+        self.min_train_samples = int(state[MIN_TRAIN_SAMPLES])

@@ -1,0 +1,146 @@
+"""PRR-FL client on the dermoscopy federation: the DET learner (personalised model + deputy).
+
+It reports its metrics as the federation's client does (:mod:`medfl.federations.dermoscopy.client`), for the
+personalised model and the deputy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+
+from medfl.common.errors import DataError
+from medfl.common.executor import RoundExecutor
+from medfl.common.io import atomic_torch_save
+from medfl.common.networks import build_network
+from medfl.common.params import Params, bundle, unbundle
+from medfl.federations.dermoscopy.client import (
+    TRAINED_PREFIX,
+    model_metrics,
+    optimizer_for_round,
+    setting,
+    split_loader,
+)
+from medfl.federations.dermoscopy.data import build_client_datasets
+
+from .det import DetStage, decide_det_stage, det_local_epoch
+from .pfa import shared_keys, shared_params
+from .protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_METRICS
+
+PERSONAL = "personal"
+
+
+def personal_model_path(app_dir: str, kind: str) -> str:
+    """Where a client keeps its personalised model: ``<app_dir>/{best,last}_personal_model.pt``."""
+    return os.path.join(app_dir, f"{kind}_{PERSONAL}_model.pt")
+
+
+def load_shared(model: nn.Module, params: Mapping[str, np.ndarray], site: str) -> None:
+    """Load the shared (non-BatchNorm) parameters into ``model``; its BatchNorm state stays as it is."""
+    expected = shared_keys(model)
+    missing, unexpected = expected - set(params), set(params) - expected
+    if missing or unexpected:
+        raise DataError(f"the deputy parameters do not match the network: missing {sorted(missing)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]} (same 'network' on server and clients?)", site=site)
+    state = model.state_dict()
+    state.update({key: torch.as_tensor(np.asarray(value)).to(state[key].dtype) for key, value in params.items()})
+    model.load_state_dict(state)
+
+
+class DETExecutor(RoundExecutor):
+    """PRR-FL client (Chen et al., MICCAI 2021, Sec. 2.3): Deputy-Enhanced Transfer.
+
+    The client keeps a personalised model, which never leaves it, and a deputy, which the server aggregates with
+    PFA. Per round: load the received deputy (BatchNorm excluded, the client keeps its own); validate both models;
+    re-create both SGD optimizers at ``lr * lr_decay ** (round // lr_decay_rounds)``; for ``local_epochs`` epochs
+    choose the DET stage from both models' train macro-F1 (Recover / Exchange / Sublimate, thresholds ``alpha1``,
+    ``alpha2``; reset each round) and train both with that stage's losses; validate both again (sent to the server
+    for the selection and streamed as ``val_trained/...``); send the deputy without BatchNorm.
+
+    The personalised model is initialised from the first deputy received (round 0: the same for every client).
+    ``<app_dir>/last_personal_model.pt`` is written after every round, ``best_personal_model.pt`` whenever the
+    server reports that this round's personalised models have the best mean validation score of the selection
+    window. Both hold ``{"state_dict", "round_number", "metrics"}`` (and ``score``, the clients' mean, for best).
+
+    ``config_train.json`` keys: ``data_root``, ``image_size``, ``num_classes``, ``augment`` (see
+    :func:`~medfl.federations.dermoscopy.data.build_client_datasets`), ``network``, ``optimizer``, ``lr_decay``,
+    ``lr_decay_rounds``, ``local_epochs``, ``batch_size``, ``alpha1``, ``alpha2``, ``seed``, ``device``.
+    """
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        self.datasets = build_client_datasets(self.config, self.site)
+        batch_size = int(setting(self.config, "batch_size"))
+        training = self.datasets["training"]
+        # BatchNorm1d cannot train on a last batch of one sample; the FedAvg client drops it the same way
+        self.train_loader = DataLoader(training, batch_size=batch_size, shuffle=True,
+                                       drop_last=len(training) > batch_size)
+        self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
+        network = self.config["network"]
+        self.personal = build_network(network["name"], **network.get("args", {})).to(self.device)
+        self.deputy = build_network(network["name"], **network.get("args", {})).to(self.device)
+        self.personal_initialised = False
+        self.trained_metrics: Dict[str, float] = {}
+
+    def num_samples(self, split: str) -> int:
+        return len(self.datasets[split])
+
+    def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
+        received = unbundle(params)
+        if DEPUTY not in received:
+            raise DataError("the server sent no deputy parameters", site=self.site)
+        if BEST_PERSONAL_ROUND in self.task_meta:
+            self.save_best_personal(fl_ctx)
+        load_shared(self.deputy, received[DEPUTY], self.site)
+        if not self.personal_initialised:
+            load_shared(self.personal, received[DEPUTY], self.site)
+            self.personal_initialised = True
+
+    def save_best_personal(self, fl_ctx: FLContext) -> None:
+        """The server found the personalised models of the last round best: save ours as it still is."""
+        round_number = int(self.task_meta[BEST_PERSONAL_ROUND])
+        path = personal_model_path(self.app_dir, "best")
+        self.save_personal(path, round_number, score=float(self.task_meta[BEST_PERSONAL_SCORE]))
+        self.log_info(fl_ctx, f"saved the personalised model of round {round_number} as the best to {path}")
+
+    def save_personal(self, path: str, round_number: int, **info) -> None:
+        state = {key: value.detach().cpu() for key, value in self.personal.state_dict().items()}
+        atomic_torch_save({"state_dict": state, "round_number": round_number, "metrics": self.trained_metrics,
+                           **info}, path)
+
+    def evaluate(self, split: str = "validation") -> Dict[str, float]:
+        loader = split_loader(self, split)
+        return {**model_metrics(self.personal, loader, self.device, PERSONAL),
+                **model_metrics(self.deputy, loader, self.device, DEPUTY)}
+
+    def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        opt_personal = optimizer_for_round(self.personal.parameters(), self.config, self.current_round)
+        opt_deputy = optimizer_for_round(self.deputy.parameters(), self.config, self.current_round)
+        alpha1, alpha2 = float(setting(self.config, "alpha1")), float(setting(self.config, "alpha2"))
+        epochs = int(setting(self.config, "local_epochs"))
+        stage = DetStage.START
+        for epoch in range(epochs):
+            stage = decide_det_stage(stage, self.personal, self.deputy, self.train_loader, self.device, alpha1, alpha2)
+            losses = det_local_epoch(self.personal, self.deputy, self.train_loader, opt_personal, opt_deputy, stage,
+                                     self.device, abort_signal)
+            step = self.current_round * epochs + epoch
+            self.log_metrics({PERSONAL: losses["loss_personal"], DEPUTY: losses["loss_deputy"]}, "train_loss", step)
+            self.log_metrics({"stage": int(stage)}, "det", step)
+            self.log_info(fl_ctx, f"round {self.current_round} epoch {epoch + 1}/{epochs} {stage.name}: losses "
+                                  f"personal {losses['loss_personal']:.4f}, deputy {losses['loss_deputy']:.4f}")
+        self.trained_metrics = self.evaluate("validation")
+        self.log_metrics(self.trained_metrics, TRAINED_PREFIX, self.current_round)
+        self.save_personal(personal_model_path(self.app_dir, "last"), self.current_round)
+
+    def result_meta(self, task_name: str) -> Dict[str, Any]:
+        return {TRAINED_METRICS: self.trained_metrics} if task_name == self.train_task else {}
+
+    def export_params(self, fl_ctx: FLContext) -> Params:
+        return bundle({DEPUTY: shared_params(self.deputy)})

@@ -1,0 +1,7 @@
+"""Names that PRR-FL's server and clients both use (payload keys and meta entries)."""
+
+DEPUTY = "deputy"  # payload model: the deputy without BatchNorm (the personalised model never travels)
+# result meta: validation metrics after local training; task meta: the round whose personalised models are best
+TRAINED_METRICS = "trained_metrics"
+BEST_PERSONAL_ROUND = "best_personal_round"
+BEST_PERSONAL_SCORE = "best_personal_score"
