@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import make_job_variant, run, run_simulator
 
+from medfl.common.protocol import NUM_TRAIN_STEPS
 from medfl.common.resnet import resnet_trunk
 from medfl.fedmas.aggregation import mas_weights, sample_weights
 
@@ -91,12 +92,13 @@ def test_fedmas_isic2019(run_job):
 @pytest.mark.parametrize("job", ["fedavg_bsm_isic2019", "fedavg_isic2019"])
 def test_baselines(run_job, job):
     history = check_common_outputs(run_job(job))
-    assert history["aggregation"] == "avg"
+    assert history["aggregation"] == "ISIC2019FedAvgController"
     record = history["rounds"][0]["aggregation"]
     clients = sorted(record)
     assert all("robust_factor" not in record[c] for c in clients)
-    samples = [record[c]["samples_per_epoch"] for c in clients]
-    assert [record[c]["weight"] for c in clients] == pytest.approx(sample_weights(samples))
+    steps = [record[c][NUM_TRAIN_STEPS] for c in clients]
+    assert all(s > 0 for s in steps)
+    assert [record[c]["weight"] for c in clients] == pytest.approx(sample_weights(steps))
 
 
 def test_results_table(run_job):

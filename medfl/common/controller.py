@@ -18,24 +18,27 @@ from __future__ import annotations
 import os
 import threading
 from abc import abstractmethod
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Type
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 from nvflare.fuel.utils.memory_utils import cleanup_memory
 
-from .config import load_train_config
 from .errors import DataError
 from .io import atomic_torch_save
 from .networks import build_network
 from .params import Params, to_numpy
 from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from .runtime import freeze_setup_objects, seed_everything
+from .settings import ConfigError, NetworkSpec, Settings
 
 STATE_FILE = "server_state.pt"
+CONFIG_FED_SERVER = "config_fed_server.json"
+SERVER_SITE = "server"
 
 
 def _as_torch(obj):
@@ -56,54 +59,37 @@ def checkpoint_name(kind: str, model_name: str) -> str:
     return f"{kind}_{model_name}_model.pt"
 
 
+class ServerSettings(Settings):
+    """Settings of every server workflow (its ``args`` in ``config_fed_server.json``)."""
+
+    num_rounds: int = Field(100, ge=1, description="number of training rounds")
+    min_clients: int = Field(0, ge=0, description=(
+        "results needed to aggregate a round (0: every selected client); fewer stops the run naming the missing "
+        "clients. To go on without a dead site, set it (and min_clients in meta.json) to what may remain"))
+    train_task: str = Field("train", description="task name of local training, as the clients' executors know it")
+    validate_task: str = Field("validate", description="task name of validation only")
+    task_timeout: int = Field(0, ge=0, description="seconds a client may take for one task (0: no limit)")
+    final_validation: bool = Field(True, description=(
+        "after the last round, ask the clients to validate the final models (so they may be selected as best)"))
+    resume_from: str = Field("", description="a server_state.pt of an earlier run: continue after its last round")
+    task_check_period: float = Field(0.5, gt=0, le=10, description=(
+        "seconds between two checks for ended client tasks (timeouts, errors, dead clients)"))
+    memory_gc_rounds: int = Field(1, ge=0, description=(
+        "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim); 0: never"))
+    seed: int = Field(0, ge=0, description="seed of the initial models")
+    network: Optional[NetworkSpec] = Field(None, description="the network of the initial global model")
+
+
 class RoundController(ModelController):
-    """Round loop shared by every method.
+    """Round loop shared by every method; its settings are :class:`ServerSettings` (or the method's subclass,
+    :attr:`Settings`), checked when NVFlare builds the workflow from ``config_fed_server.json``."""
 
-    Args:
-        num_rounds: number of training rounds.
-        min_clients: results needed to aggregate a round; fewer stops the run with a clear message naming the
-            missing clients. ``0`` means every selected client. To go on without a dead site, set it (and
-            ``min_clients`` in the job's ``meta.json``, below which NVFlare aborts the job) to what may remain.
-        train_task / validate_task: task names understood by the clients' executors.
-        task_timeout: seconds a client may take for one task (0: no limit).
-        final_validation: after the last round, ask clients to validate the final models (so that the
-            last models can be selected as best too).
-        resume_from: path of a ``server_state.pt`` written by an earlier run; training continues after the
-            last round it completed.
-        config_train_filename: the job's training configuration (shared with the clients); the server reads
-            the ``network`` and ``seed`` entries from it to build the initial models.
-        task_check_period: seconds between two checks for ended client tasks (timeouts, errors, dead clients;
-            NVFlare's default 0.5). A round whose clients all answer goes on at the last result, without waiting.
-        memory_gc_rounds: every this many rounds, release freed memory to the OS (NVFlare's
-            ``cleanup_memory``: ``gc.collect`` + ``malloc_trim``); 0 disables it.
-    """
+    Settings: Type[ServerSettings] = ServerSettings
 
-    def __init__(
-        self,
-        num_rounds: int = 100,
-        min_clients: int = 0,
-        train_task: str = "train",
-        validate_task: str = "validate",
-        task_timeout: int = 0,
-        final_validation: bool = True,
-        resume_from: str = "",
-        config_train_filename: str = "config_train.json",
-        task_check_period: float = 0.5,
-        memory_gc_rounds: int = 1,
-    ):
-        super().__init__(persistor_id="", task_check_period=task_check_period)
-        if num_rounds < 1:
-            raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
-        self.num_rounds = num_rounds
-        self.min_clients = min_clients
-        self.train_task = train_task
-        self.validate_task = validate_task
-        self.task_timeout = task_timeout
-        self.final_validation = final_validation
-        self.resume_from = resume_from
-        self.config_train_filename = config_train_filename
-        self.memory_gc_rounds = memory_gc_rounds
-        self.train_config: dict = {}
+    def __init__(self, **settings):
+        self.settings = self.Settings.load(settings, CONFIG_FED_SERVER, site=SERVER_SITE)
+        super().__init__(persistor_id="", task_check_period=self.settings.task_check_period)
+        self.num_rounds = self.settings.num_rounds
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
         self.start_round = 0
@@ -159,27 +145,27 @@ class RoundController(ModelController):
         return True
 
     # ------------------------------------------------------------------ the loop
-    def build_initial_params(self, network_key: str = "network") -> Params:
-        """Parameters of a freshly initialised network described by ``config_train.json[network_key]``."""
-        seed_everything(int(self.train_config.get("seed", 0)))
-        network = self.train_config.get(network_key, {"name": "unet"})
-        return to_numpy(build_network(network["name"], **network.get("args", {})).state_dict())
+    def build_initial_params(self, network: Optional[NetworkSpec] = None) -> Params:
+        """Parameters of a freshly initialised ``network`` (default: the ``network`` setting), seeded by ``seed``."""
+        network = network or self.settings.network
+        if network is None:
+            raise ConfigError("the workflow needs a 'network' setting to build its initial model",
+                              path=CONFIG_FED_SERVER, site=SERVER_SITE)
+        seed_everything(self.settings.seed)
+        return to_numpy(build_network(network.name, **network.args).state_dict())
 
     def run(self) -> None:
         self._open_writer()
-        job_id = self.fl_ctx.get_job_id()
-        config_dir = self.engine.get_workspace().get_app_config_dir(job_id)
-        self.train_config = load_train_config(os.path.join(config_dir, self.config_train_filename), site="server")
         self.models = self.initial_models()
-        if self.resume_from:
-            self._resume(self.resume_from)
+        if self.settings.resume_from:
+            self._resume(self.settings.resume_from)
         freeze_setup_objects()
         if not self.before_rounds():
             return
         self.server_evaluate(self.start_round)
         for round_number in range(self.start_round, self.num_rounds):
             self.info(f"round {round_number + 1}/{self.num_rounds} started")
-            results = self.scatter_and_gather(self.train_task, self.select_clients(round_number), round_number)
+            results = self.scatter_and_gather(self.settings.train_task, self.select_clients(round_number), round_number)
             if results is None:
                 return
             self.track_best(results, round_number)
@@ -188,10 +174,10 @@ class RoundController(ModelController):
             self.save_state(round_number)
             self.info(f"round {round_number + 1}/{self.num_rounds} finished with {len(results)} clients")
             self.server_evaluate(round_number + 1)
-            if self.memory_gc_rounds and (round_number + 1) % self.memory_gc_rounds == 0:
+            if self.settings.memory_gc_rounds and (round_number + 1) % self.settings.memory_gc_rounds == 0:
                 cleanup_memory()
-        if self.final_validation:
-            results = self.scatter_and_gather(self.validate_task, self.select_clients(self.num_rounds), self.num_rounds)
+        if self.settings.final_validation:
+            results = self.scatter_and_gather(self.settings.validate_task, self.select_clients(self.num_rounds), self.num_rounds)
             if results is not None:
                 self.track_best(results, self.num_rounds)
         self.info("best validation scores: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.best_scores.items())))
@@ -214,7 +200,7 @@ class RoundController(ModelController):
         for client in targets:
             payload = FLModel(params=self.payload_for(client), current_round=round_number,
                               total_rounds=self.num_rounds, meta=self.payload_meta(client))
-            self.send_model(task_name=task, data=payload, targets=[client], timeout=self.task_timeout,
+            self.send_model(task_name=task, data=payload, targets=[client], timeout=self.settings.task_timeout,
                             callback=self._collect)
         # Done when every target has answered or no task stands (NVFlare ended the others: timeout, error reply,
         # dead client). A result wakes the wait at once: a finished task leaves NVFlare's standing list only at its
@@ -225,14 +211,14 @@ class RoundController(ModelController):
                 return None
             self._result_arrived.wait(self._task_check_period)
             self._result_arrived.clear()
-        needed = self.min_clients or len(clients)
+        needed = self.settings.min_clients or len(clients)
         if len(self._results) < needed:
             self.panic(f"round {round_number}: task '{task}' got {len(self._results)} results, needs {needed}; "
                        f"{self._missing_clients(clients)}")
             return None
         if len(self._results) < len(clients):
             self.warning(f"round {round_number}: continuing with {len(self._results)} of {len(clients)} clients "
-                         f"(min_clients={self.min_clients}); {self._missing_clients(clients)}")
+                         f"(min_clients={self.settings.min_clients}); {self._missing_clients(clients)}")
         return {client: self._results[client] for client in sorted(self._results)}
 
     def _missing_clients(self, clients: List[str]) -> str:

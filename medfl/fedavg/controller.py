@@ -55,6 +55,10 @@ class FedAvgController(RoundController):
     def payload_for(self, client: str) -> Params:
         return bundle({"global": self.models["global"]})
 
+    def aggregation_weights(self, results: Dict[str, FLModel]) -> List[float]:
+        """``a_k`` in ``results`` order (not normalised), by ``weighting``."""
+        return client_weights(results, self.weighting)
+
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         updates = [unbundle(r.params)["global"] for r in results.values()]
-        self.models["global"] = weighted_mean(updates, client_weights(results, self.weighting))
+        self.models["global"] = weighted_mean(updates, self.aggregation_weights(results))

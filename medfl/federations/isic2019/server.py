@@ -56,6 +56,10 @@ class ISIC2019Server(RoundController):
             self.info(f"initial trunk loaded from {path}")
         return {"global": to_numpy(model.state_dict())}
 
+    def history_header(self) -> Dict[str, str]:
+        """Entries at the top of ``balanced_accuracy.json`` (default: the aggregation rule's name)."""
+        return {"aggregation": getattr(self, "aggregation", type(self).__name__)}
+
     def record(self, round_number: int, **entries) -> None:
         """Add ``entries`` (e.g. the aggregation weights) to the history record of ``round_number``."""
         self._record(round_number).update(entries)
@@ -100,7 +104,7 @@ class ISIC2019Server(RoundController):
 
     def _write_history(self) -> None:
         scored = [r for r in self.history if "pooled" in r]
-        content = {"controller": type(self).__name__, "selected": select_rounds(scored), "rounds": self.history}
+        content = {**self.history_header(), "selected": select_rounds(scored), "rounds": self.history}
         atomic_write_json(content, os.path.join(self.get_app_dir(), HISTORY_FILE))
 
     def run(self) -> None:
