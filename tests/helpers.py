@@ -199,3 +199,11 @@ class ProvisionedDeployment:
         status = self.nvflare("job", "wait", job_id, "--timeout", str(timeout), timeout=timeout + 60)
         assert "FINISHED:COMPLETED" in status.stdout + status.stderr, status.stdout + status.stderr
         return job_id
+
+
+def configure(executor, config: Dict[str, object], site: Optional[str] = None):
+    """Give a client built outside NVFlare its settings, as its start of run would from ``config_train.json``."""
+    if site is not None:
+        executor.site = site
+    executor.settings = type(executor).Settings.load(config, "config_train.json", executor.site or None)
+    return executor

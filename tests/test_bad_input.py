@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, configure
 from PIL import Image
 from test_deploy_poc import (
     FEDERATIONS,
@@ -73,10 +73,10 @@ def make_client(job: str, site: str, app_dir: Path):
     spec = json.loads((config_dir / "config_fed_client.json").read_text())["executors"][0]["executor"]
     module, name = spec["path"].rsplit(".", 1)
     client = getattr(importlib.import_module(module), name)(**spec.get("args", {}))
-    client.site, client.app_dir = site, str(app_dir)
-    client.config = {**json.loads((config_dir / "config_train.json").read_text()), **TRAIN_OVERRIDES.get(job, {}),
-                     "num_threads": 1}
-    return client
+    client.app_dir = str(app_dir)
+    config = {**json.loads((config_dir / "config_train.json").read_text()), **TRAIN_OVERRIDES.get(job, {}),
+              "num_threads": 1}
+    return configure(client, config, site)
 
 
 def load_everything(client) -> None:

@@ -90,7 +90,7 @@ def test_harmofl_camelyon17(tmp_path):
     make_demo_camelyon17(tmp_path / "raw" / "demo_camelyon17", slides_per_hospital=4, patches_per_slide=6)
     prepare_camelyon17(tmp_path / "raw" / "demo_camelyon17", tmp_path)
     out = run_job("harmofl_camelyon17", tmp_path, HOSPITALS, tmp_path, 96, r"global=[0-9.]+\n",
-                  network=SMALL_DENSENET, dataset_root="DATASET_ROOT/raw/demo_camelyon17")
+                  network=SMALL_DENSENET, data_root="DATASET_ROOT/raw/demo_camelyon17")
     for client in HOSPITALS:
         assert re.search(rf"^{client}: accuracy [0-9.]+, balanced_accuracy .*\(\d+ samples\)$", out, re.M), out
     assert "mean over 5 sites, best global model: accuracy" in out
@@ -101,7 +101,7 @@ def test_harmofl_nuclei(tmp_path, shared_data):
     make_demo_nuclei(shared_data / "nuclei_dsb2018", tmp_path / "raw" / "demo_nuclei")
     prepare_nuclei(tmp_path / "raw" / "demo_nuclei", tmp_path)
     out = run_job("harmofl_nuclei", tmp_path, NUCLEI_SITES, tmp_path, SIZE, r"global=\S+, dice_bg_fg=\S+, dice_fg=",
-                  network=SMALL_UNET, dataset_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE)
+                  network=SMALL_UNET, data_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE)
     for client in NUCLEI_SITES:
         assert re.search(rf"^{client}: dice_bg_fg [0-9.]+, dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
 
@@ -110,7 +110,7 @@ def test_harmofl_nuclei(tmp_path, shared_data):
     state_file = tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt"
     digest = torch.load(state_file.parent / AMPLITUDE_FILE)[DIGEST_KEY]
     resumed = make_job_variant("harmofl_nuclei", tmp_path / "resumed", {"num_rounds": 3, "resume_from": str(state_file)},
-                               {"num_threads": 1, "network": SMALL_UNET, "dataset_root": "DATASET_ROOT/raw/demo_nuclei",
+                               {"num_threads": 1, "network": SMALL_UNET, "data_root": "DATASET_ROOT/raw/demo_nuclei",
                                 "patch_size": SIZE})
     run_simulator(resumed, tmp_path / "ws2", NUCLEI_SITES, tmp_path)
     server_log = (tmp_path / "ws2" / "server" / "log.txt").read_text()

@@ -81,3 +81,19 @@ def test_unreplaced_placeholder_gives_one_clear_error(tmp_path, demo_prostate):
                  timeout=300)
     logs = result.stdout + result.stderr
     assert "[client_MSD] DATASET_ROOT/dataset_2D: the path still contains the placeholder DATASET_ROOT" in logs, logs[-3000:]
+
+
+def test_a_config_typo_stops_the_client_before_round_0(tmp_path, demo_prostate):
+    """A typo written into a job by hand (not through job_variant, which checks) stops the run before round 0."""
+    variant = make_job_variant("fedavg_prostate", tmp_path / "job", {"num_rounds": 1}, {"num_threads": 1})
+    train = variant / "app" / "config" / "config_train.json"
+    config = json.loads(train.read_text())
+    config["local_epoch"] = config.pop("local_epochs")
+    train.write_text(json.dumps(config))
+    allow_medfl(tmp_path / "ws")
+    result = run([BIN / "nvflare", "simulator", variant, "-w", tmp_path / "ws", "-c", "client_MSD", "-t", "1"],
+                 env={"DATASET_ROOT": str(demo_prostate)}, check=False, timeout=300)
+    logs = result.stdout + result.stderr
+    assert "unknown key 'local_epoch' (did you mean 'local_epochs'?)" in logs, logs[-3000:]
+    assert "[client_MSD]" in logs and "config_train.json" in logs
+    assert not (tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "last_global_model.pt").exists()

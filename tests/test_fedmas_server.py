@@ -13,6 +13,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from medfl.common.errors import DataError
 from medfl.common.metrics import balanced_accuracy
 from medfl.common.params import bundle
+from medfl.common.settings import ConfigError
 from medfl.federations.isic2019.evaluation import balanced_accuracy_from_counts, class_hits, pool_counts, select_rounds
 from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
 from medfl.federations.isic2019.server import HISTORY_FILE
@@ -21,6 +22,9 @@ from medfl.fedmas.controller import FedMASController
 from medfl.fedmas.protocol import PRIOR_SHA256, ROBUST_FACTOR
 
 N_CLASSES = 4
+
+
+NETWORK = {"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 512, "depth": 18}}
 
 
 def test_counts_give_sklearn_balanced_accuracy_per_client_and_pooled():
@@ -60,12 +64,12 @@ def test_select_rounds_takes_the_first_best_of_each_split_and_the_last():
 
 def test_aggregation_method_names():
     assert canonical_method("MAS") == "mas" and canonical_method("MAS_drw") == "mas_DRW"
-    with pytest.raises(ValueError, match="unknown aggregation method 'fedprox'"):
-        FedMASController(aggregation="fedprox")
+    with pytest.raises(ConfigError, match="unknown aggregation method 'fedprox'"):
+        FedMASController(aggregation="fedprox", network=NETWORK)
 
 
 def make_controller(tmp_path, aggregation="mas", num_rounds=10):
-    controller = FedMASController(aggregation=aggregation, num_rounds=num_rounds)
+    controller = FedMASController(aggregation=aggregation, num_rounds=num_rounds, network=NETWORK)
     controller.fl_ctx = FLContext()
     controller.get_app_dir = lambda: str(tmp_path)
     controller.models = {"global": {"w": np.zeros(2, dtype=np.float32), "n": np.array(0, dtype=np.int64)}}

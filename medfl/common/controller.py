@@ -89,13 +89,16 @@ class RoundController(ModelController):
     def __init__(self, **settings):
         self.settings = self.Settings.load(settings, CONFIG_FED_SERVER, site=SERVER_SITE)
         super().__init__(persistor_id="", task_check_period=self.settings.task_check_period)
-        self.num_rounds = self.settings.num_rounds
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
         self.start_round = 0
         self._results: Dict[str, FLModel] = {}
         self._result_arrived = threading.Event()
         self._writer = None
+
+    @property
+    def num_rounds(self) -> int:
+        return self.settings.num_rounds
 
     # ------------------------------------------------------------------ what a method provides
     @abstractmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Type
 
 import torch
 from monai.transforms import Randomizable
@@ -35,6 +35,7 @@ from .errors import DataError
 from .params import Params
 from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from .runtime import freeze_setup_objects, seed_everything, select_device
+from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
 
 
@@ -67,6 +68,10 @@ def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
 class RoundExecutor(Executor):
     """Template for a client in a round-based workflow (tasks ``train`` and ``validate``).
 
+    Its settings, read from ``config_train.json`` at the start of the run, are :attr:`Settings` (a method's client
+    declares its subclass of :class:`~medfl.common.settings.ClientSettings`); an unknown key, a wrong type or a
+    value out of range stops the client before round 0 with the file, the key and the closest known key.
+
     Args:
         config_train_filename: the job's per-site training configuration, in the app's config folder.
         analytic_sender_id: id of an NVFlare ``TBWriter`` component; metrics are streamed to the server's
@@ -74,6 +79,8 @@ class RoundExecutor(Executor):
         train_task / validate_task: task names sent by the server's controller.
         memory_gc: after each task, release freed memory to the OS (NVFlare's ``cleanup_memory``).
     """
+
+    Settings: Type[ClientSettings] = ClientSettings
 
     def __init__(
         self,
@@ -90,7 +97,7 @@ class RoundExecutor(Executor):
         self.train_task = train_task
         self.validate_task = validate_task
         self.site: str = ""
-        self.config: Dict[str, Any] = {}
+        self.settings: Optional[ClientSettings] = None
         self.device = torch.device("cpu")
         self.app_dir = ""
         self.writer = None
@@ -101,7 +108,7 @@ class RoundExecutor(Executor):
     # ------------------------------------------------------------------ hooks for each method
     @abstractmethod
     def setup(self, fl_ctx: FLContext) -> None:
-        """Build data loaders, models and optimizers from ``self.config``. Raise :class:`DataError` on bad input."""
+        """Build data loaders, models and optimizers from ``self.settings``. Raise :class:`DataError` on bad input."""
 
     @abstractmethod
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
@@ -125,7 +132,7 @@ class RoundExecutor(Executor):
 
     def num_train_steps(self) -> int:
         """Local optimizer steps of one model in a round: ``len(train_loader)`` per local epoch."""
-        return len(self.train_loader) * int(self.config.get("local_epochs", 1))
+        return len(self.train_loader) * self.settings.local_epochs
 
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         """Extra entries for the meta of the reply to ``task_name`` (e.g. FedMAS's robust factor, PRR-FL's
@@ -150,15 +157,15 @@ class RoundExecutor(Executor):
         self.app_dir = workspace.get_app_dir(job_id)
         config_path = os.path.join(workspace.get_app_config_dir(job_id), self.config_train_filename)
         try:
-            self.config = load_train_config(config_path, site=self.site)
-            seed_everything(int(self.config.get("seed", 0)))
-            if int(self.config.get("num_threads", 0)) > 0:
-                torch.set_num_threads(int(self.config["num_threads"]))
-            self.device = select_device(self.config.get("device", "auto"))
+            self.settings = self.Settings.load(load_train_config(config_path, site=self.site), config_path, self.site)
+            seed_everything(self.settings.seed)
+            if self.settings.num_threads > 0:
+                torch.set_num_threads(self.settings.num_threads)
+            self.device = select_device(self.settings.device)
             if self.analytic_sender_id:
                 self.writer = engine.get_component(self.analytic_sender_id)
             self.setup(fl_ctx)
-            seed_random_transforms(getattr(self, "datasets", {}), int(self.config.get("seed", 0)))
+            seed_random_transforms(getattr(self, "datasets", {}), self.settings.seed)
             freeze_setup_objects()
         except (DataError, ValueError, KeyError) as e:
             self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"

@@ -13,8 +13,18 @@ from monai.metrics import DiceMetric
 
 from nvflare.apis.signal import Signal
 
+from .settings import OptimizerSpec
+
 Batch = Dict[str, torch.Tensor]
 StepFn = Callable[[torch.nn.Module, Batch, Callable, torch.optim.Optimizer], torch.Tensor]
+
+
+def build_optimizer(parameters, spec: OptimizerSpec, lr: Optional[float] = None) -> torch.optim.Optimizer:
+    """The torch optimizer of ``spec`` over ``parameters`` (``lr`` overrides ``spec.lr``, e.g. a decayed rate)."""
+    lr = spec.lr if lr is None else lr
+    if spec.name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 class TrainingAborted(RuntimeError):

@@ -10,17 +10,32 @@ from __future__ import annotations
 
 from typing import Dict
 
+from pydantic import Field, field_validator
+
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from medfl.common.controller import RoundController, required_meta
+from medfl.common.controller import RoundController, ServerSettings, required_meta
 from medfl.common.errors import DataError
 from medfl.common.params import Params, bundle, unbundle, weighted_mean
+from medfl.common.settings import NetworkSpec
 from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
-from medfl.federations.isic2019.server import ISIC2019Server
+from medfl.federations.isic2019.server import ISIC2019Server, ISIC2019ServerSettings
 
 from . import networks  # noqa: F401  (registers free_head_resnet)
 from .aggregation import aggregation_weights, canonical_method
 from .protocol import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR
+
+
+class MASSettings(ServerSettings):
+    """FedMAS server settings (its workflow ``args`` in ``config_fed_server.json``)."""
+
+    network: NetworkSpec = Field(description="the network of the global model (a free-head network)")
+    aggregation: str = Field("mas", description="mas, avg, mas_inv or mas_DRW (case-insensitive), §3.5 (d)")
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return canonical_method(value)
 
 
 class MASController(RoundController):
@@ -30,16 +45,14 @@ class MASController(RoundController):
     (checked by its SHA-256). The best global model is kept by the clients' validation metric
     (:meth:`RoundController.track_best`).
 
-    ``config_train.json`` (read by the server too): ``network`` and ``seed`` build the initial model.
-
-    Args:
-        aggregation: ``"mas"``, ``"avg"``, ``"mas_inv"`` or ``"mas_DRW"`` (case-insensitive).
-        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    Settings: :class:`MASSettings`.
     """
 
-    def __init__(self, aggregation: str = "mas", **kwargs):
-        super().__init__(**kwargs)
-        self.aggregation = canonical_method(aggregation)
+    Settings = MASSettings
+
+    @property
+    def aggregation(self) -> str:
+        return self.settings.aggregation
 
     def initial_models(self) -> Dict[str, Params]:
         return {"global": self.build_initial_params()}
@@ -83,9 +96,15 @@ class MASController(RoundController):
                             + "); MAS compares divergences across clients, so every client needs the same file")
 
 
+class FedMASControllerSettings(ISIC2019ServerSettings, MASSettings):
+    """FedMAS on Fed-ISIC2019: MAS's settings and the federation's initial trunk."""
+
+
 class FedMASController(ISIC2019Server, MASController):
     """FedMAS on Fed-ISIC2019 (``jobs/fedmas_isic2019``): MAS aggregation and the federation's pooled balanced
     accuracy; each round's weights and robust factors go to its ``balanced_accuracy.json`` history."""
+
+    Settings = FedMASControllerSettings
 
     def record_aggregation(self, round_number: int, summary: Dict[str, dict]) -> None:
         self.record(round_number, aggregation=summary)

@@ -15,13 +15,13 @@ This module holds the names both sides use and the pure parts; the tasks run in
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, Mapping
+from typing import Dict, Mapping
 
 import numpy as np
 
 from medfl.common.errors import DataError
 
-from .amp_norm import DEFAULT_AMPLITUDE_MODE, AmplitudeNormalize
+from .amp_norm import AmplitudeNormalize
 
 AMPLITUDE_TASK = "harmofl_amplitude"
 REFERENCE_TASK = "harmofl_reference"
@@ -61,8 +61,7 @@ def average_amplitudes(replies: Mapping[str, Mapping[str, np.ndarray]]) -> np.nd
     return np.mean(np.stack(list(arrays.values())), axis=0).astype(np.float32)
 
 
-def amplitude_normalizer(config: Mapping[str, Any], reference: np.ndarray) -> AmplitudeNormalize:
-    """The transform that ``config_train.json`` asks for (``amplitude_mode``, ``amplitude_window_ratio``)
+def amplitude_normalizer(options, reference: np.ndarray) -> AmplitudeNormalize:
+    """The transform that a client's HarmoFL options ask for (``amplitude_mode``, ``amplitude_window_ratio``)
     around ``reference``."""
-    return AmplitudeNormalize(reference, mode=config.get("amplitude_mode", DEFAULT_AMPLITUDE_MODE),
-                              window_ratio=config.get("amplitude_window_ratio"))
+    return AmplitudeNormalize(reference, mode=options.amplitude_mode, window_ratio=options.amplitude_window_ratio)
