@@ -55,7 +55,7 @@ def test_checkpoints(models_dir: Path, npz: Optional[Path]) -> Dict[str, Dict[st
         path = models_dir / checkpoint_name(kind, "global")
         if not path.is_file():
             raise DataError("model checkpoint not found", path)
-        state = torch.load(path, map_location="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
         model = build_network(network["name"], **network["args"])
         model.load_state_dict(state["state_dict"])
         results[kind] = evaluate_classifier(model, loader, torch.device("cpu"))

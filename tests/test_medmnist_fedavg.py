@@ -167,7 +167,7 @@ def test_server_samples_averages_by_examples_and_tests_at_round_0_and_after_each
     assert [h["trained_by"] for h in history] == [[], trained[0], trained[1]]
     assert all(0.0 <= h["accuracy"] <= 1.0 and h["loss"] > 0 for h in history)
     assert (root / "app" / "best_global_model.pt").is_file() and (root / "app" / "last_global_model.pt").is_file()
-    assert torch.load(root / "app" / "server_state.pt")["extra"]["test_history"][-1]["step"] == 1
+    assert torch.load(root / "app" / "server_state.pt", weights_only=True)["extra"]["test_history"][-1]["step"] == 1
 
 
 def test_task_check_period_reaches_nvflare():

@@ -20,7 +20,7 @@ def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
     first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": 2}, {"num_threads": 1})
     run_simulator(first, tmp_path / "ws1", PROSTATE_CLIENTS, demo_prostate)
     state_file = tmp_path / "ws1" / "server" / "simulate_job" / "app_server" / "server_state.pt"
-    saved = torch.load(state_file)
+    saved = torch.load(state_file, weights_only=True)
     assert saved["completed_round"] == 1
 
     resumed = make_job_variant("fedavg_prostate", tmp_path / "resumed",
@@ -34,5 +34,6 @@ def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
         assert list(after) == ["2", "3"], after
         # the models the first run validated after its last round are exactly the ones the resumed run starts from
         assert after["2"] == before["2"], (client, before, after)
-    final = torch.load(tmp_path / "ws2" / "server" / "simulate_job" / "app_server" / "server_state.pt")
+    final = torch.load(tmp_path / "ws2" / "server" / "simulate_job" / "app_server" / "server_state.pt",
+                       weights_only=True)
     assert final["completed_round"] == 2

@@ -279,7 +279,7 @@ class RoundController(ModelController):
         if not os.path.isfile(path):
             self.panic(f"resume_from: state file not found: {path}")
             return
-        state = _as_numpy(torch.load(path))
+        state = _as_numpy(torch.load(path, weights_only=True))
         self.models, self.best_scores = state["models"], state["best_scores"]
         self.load_extra_state(state["extra"])
         self.start_round = state["completed_round"] + 1
