@@ -9,21 +9,31 @@ reported validation metric), for a federation that compares methods on their own
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from functools import partial
+from typing import Dict, List, Optional
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.config import config_path
 from medfl.common.controller import RoundController, checkpoint_name
 from medfl.common.errors import DataError
-from medfl.common.executor import seed_everything
+from medfl.common.executor import NUM_VAL_SAMPLES, seed_everything
 from medfl.common.io import atomic_write_json
 from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, to_numpy, unbundle, weighted_mean
+from medfl.common.validation import ResultSpec, check_non_negative, check_sample_count
 
 from . import networks  # noqa: F401  (registers resnet_classifier and free_head_resnet)
 from .aggregation import aggregation_weights, canonical_method
-from .evaluation import TESTING, VALIDATION, balanced_accuracy_from_counts, pool_counts, select_rounds
+from .data import ISIC_CLASSES
+from .evaluation import (
+    TESTING,
+    VALIDATION,
+    balanced_accuracy_from_counts,
+    check_class_counts,
+    pool_counts,
+    select_rounds,
+)
 from .executor import AGGREGATION, CLASS_COUNTS, PRIOR_SHA256, ROBUST_FACTOR, SAMPLES_PER_EPOCH
 
 HISTORY_FILE = "balanced_accuracy.json"
@@ -66,6 +76,15 @@ class MASController(RoundController):
 
     def payload_meta(self, client: str) -> dict:
         return {AGGREGATION: self.aggregation}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """After training, also the sample count n_k of an epoch and (but for ``avg``) a robust factor r_k >= 0."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.train_task:
+            spec.meta[SAMPLES_PER_EPOCH] = partial(check_sample_count, maximum=self.max_client_samples)
+            if self.aggregation != "avg":
+                spec.meta[ROBUST_FACTOR] = check_non_negative
+        return spec
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         clients = sorted(results)
@@ -121,6 +140,12 @@ class FedMASController(MASController):
     def record_aggregation(self, round_number: int, summary: Dict[str, dict]) -> None:
         self._record(round_number)["aggregation"] = summary
         self._write_history()
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """Every reply also carries the per-class counts of both splits (ISIC 2019's classes)."""
+        spec = super().expected_result(client, task, sent)
+        spec.checks.append(_class_counts_problem)
+        return spec
 
     # ------------------------------------------------------------------ evaluation and model selection
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
@@ -185,6 +210,15 @@ class FedMASController(MASController):
     def load_extra_state(self, state: dict) -> None:
         self.history = list(state["history"])
         self.best_test_score = float(state["best_test_score"])
+
+
+def _class_counts_problem(result: FLModel) -> Optional[str]:
+    """What is wrong with a reply's per-class counts (:func:`~.evaluation.check_class_counts`), or ``None``."""
+    meta = result.meta or {}
+    if CLASS_COUNTS not in meta:
+        return f"the reply has no '{CLASS_COUNTS}' in its meta"
+    problem = check_class_counts(meta[CLASS_COUNTS], len(ISIC_CLASSES), meta.get(NUM_VAL_SAMPLES))
+    return f"{CLASS_COUNTS} {problem}" if problem else None
 
 
 def _meta(results: Dict[str, FLModel], client: str, key: str):

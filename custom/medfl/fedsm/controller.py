@@ -9,11 +9,13 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import RoundController, client_weights
 from medfl.common.io import atomic_write_json
-from medfl.common.params import Params, bundle, unbundle, weighted_mean
+from medfl.common.networks import build_network
+from medfl.common.params import SEP, Params, bundle, unbundle, weighted_mean
+from medfl.common.validation import ArraySpec, ResultSpec, array_specs
 
 from . import networks  # noqa: F401  (registers the selector networks)
 from .executor import SITE_LABEL
-from .moments import MOMENTS_NAME
+from .moments import MOMENTS_NAME, moment_specs
 from .softpull import soft_pull
 
 SITE_LABELS_FILE = "site_labels.json"
@@ -28,7 +30,8 @@ class FedSMController(RoundController):
 
     Per round: global and selector <- sample-weighted FedAvg of the clients' updates (the selector's Adam
     moments too, when the clients' moment filters send them); personalised models <- :func:`soft_pull`
-    with ``soft_pull_lambda``. The best version of every model is tracked on its validation metric.
+    with ``soft_pull_lambda``. The best version of every model is tracked on its validation metric. A client sends
+    back the bundle it received, with the selector's Adam moments for every trained selector parameter or none.
 
     Args:
         soft_pull_lambda: SoftPull's lambda (0.7 in the paper).
@@ -43,6 +46,7 @@ class FedSMController(RoundController):
         self.soft_pull_lambda = soft_pull_lambda
         self.site_labels = dict(site_labels or {})
         self.selector_moments: Params = {}
+        self.selector_parameters: Dict[str, ArraySpec] = {}
 
     def initial_models(self) -> Dict[str, Params]:
         clients = sorted(c.name for c in self.engine.get_clients())
@@ -54,8 +58,12 @@ class FedSMController(RoundController):
             raise ValueError(f"site_labels {self.site_labels} must cover every client (missing {unknown}) and match the "
                        f"selector's num_classes ({num_classes}) in config_train.json")
         atomic_write_json(self.site_labels, os.path.join(self.get_app_dir(), SITE_LABELS_FILE))
+        # the selector's trained parameters (their Adam moments come back); built before the seeded initial models
+        selector = self.train_config["selector_network"]
+        trained = {name for name, _ in build_network(selector["name"], **selector.get("args", {})).named_parameters()}
         segmentation = self.build_initial_params()
         models = {"global": segmentation, "selector": self.build_initial_params("selector_network")}
+        self.selector_parameters = {k: v for k, v in array_specs(models["selector"]).items() if k in trained}
         models.update({personal_name(client): dict(segmentation) for client in clients})
         return models
 
@@ -68,6 +76,17 @@ class FedSMController(RoundController):
 
     def payload_meta(self, client: str) -> dict:
         return {SITE_LABEL: self.site_labels[client]}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """The bundle as sent, without the moments sent, plus every selector moment or none (the client's moment
+        filters may be off)."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.train_task:
+            prefix = f"{MOMENTS_NAME}{SEP}"
+            spec.params = {k: v for k, v in spec.params.items() if not k.startswith(prefix)}
+            moments = bundle({MOMENTS_NAME: moment_specs(self.selector_parameters)})
+            spec.optional_groups = {"selector Adam moments": moments}
+        return spec
 
     def model_for_metric(self, client: str, key: str) -> str:
         return personal_name(client) if key == "personal" else key

@@ -15,6 +15,7 @@ from medfl.common.controller import RoundController, client_weights
 from medfl.common.executor import seed_everything
 from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, to_numpy, unbundle
+from medfl.common.validation import ResultSpec, check_metrics
 
 from . import networks  # noqa: F401  (registers vgg16_slim)
 from .executor import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_METRICS, shared_params
@@ -89,6 +90,13 @@ class PFAController(RoundController):
         if self.new_best_round is None:
             return {}
         return {BEST_PERSONAL_ROUND: self.new_best_round, BEST_PERSONAL_SCORE: self.best_personal_score}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """The deputy as sent (without BatchNorm), and after training the metrics the selection uses."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.train_task:
+            spec.meta[TRAINED_METRICS] = check_metrics
+        return spec
 
     def first_selection_round(self) -> int:
         return min(math.ceil(self.selection_start * self.num_rounds), self.num_rounds - 1)
