@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import PROSTATE_CLIENTS as SLICE_CLIENTS
-from helpers import make_job_variant, run, run_simulator
+from helpers import as_longer_run, make_job_variant, run, run_simulator
 from make_demo_camelyon17 import make_demo_camelyon17
 from make_demo_nuclei import make_demo_nuclei
 from make_demo_prostate import make_demo_federation
@@ -109,6 +109,7 @@ def test_harmofl_nuclei(tmp_path, shared_data):
     # resume: the stored reference is broadcast again (not recomputed) and training goes on from round 2
     state_file = tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt"
     digest = torch.load(state_file.parent / AMPLITUDE_FILE, weights_only=True)[DIGEST_KEY]
+    as_longer_run(state_file, 3)  # a 3-round run stopped after its second round
     resumed = make_job_variant("harmofl_nuclei", tmp_path / "resumed", {"num_rounds": 3, "resume_from": str(state_file)},
                                {"num_threads": 1, "network": SMALL_UNET, "dataset_root": "DATASET_ROOT/raw/demo_nuclei",
                                 "patch_size": SIZE})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import PROSTATE_CLIENTS
-from helpers import make_job_variant, run_simulator
+from helpers import as_longer_run, make_job_variant, run_simulator
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +22,7 @@ def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
     state_file = tmp_path / "ws1" / "server" / "simulate_job" / "app_server" / "server_state.pt"
     saved = torch.load(state_file, weights_only=True)
     assert saved["completed_round"] == 1
+    as_longer_run(state_file, 3)  # a 3-round run stopped after its second round
 
     resumed = make_job_variant("fedavg_prostate", tmp_path / "resumed",
                                {"num_rounds": 3, "resume_from": str(state_file)}, {"num_threads": 1})

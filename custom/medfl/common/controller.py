@@ -33,10 +33,12 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
+from .errors import DataError
 from .executor import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, freeze_setup_objects, seed_everything
 from .io import atomic_torch_save
 from .networks import build_network
 from .params import Params, to_numpy
+from .resume import read_server_state
 from .validation import DEFAULT_MAX_CLIENT_SAMPLES, ResultSpec, array_specs, check_result, check_sample_count
 
 STATE_FILE = "server_state.pt"
@@ -47,12 +49,6 @@ def _as_torch(obj):
     if isinstance(obj, dict):
         return {k: _as_torch(v) for k, v in obj.items()}
     return torch.as_tensor(obj) if isinstance(obj, (np.ndarray, np.generic)) else obj
-
-
-def _as_numpy(obj):
-    if isinstance(obj, dict):
-        return {k: _as_numpy(v) for k, v in obj.items()}
-    return obj.numpy() if torch.is_tensor(obj) else obj
 
 
 def checkpoint_name(kind: str, model_name: str) -> str:
@@ -198,8 +194,8 @@ class RoundController(ModelController):
         config_dir = self.engine.get_workspace().get_app_config_dir(job_id)
         self.train_config = load_train_config(os.path.join(config_dir, self.config_train_filename), site="server")
         self.models = self.initial_models()
-        if self.resume_from:
-            self._resume(self.resume_from)
+        if self.resume_from and not self._resume(self.resume_from):
+            return
         freeze_setup_objects()
         if not self.before_rounds():
             return
@@ -319,15 +315,23 @@ class RoundController(ModelController):
                  "best_scores": self.best_scores, "extra": self.extra_state()}
         atomic_torch_save(_as_torch(state), os.path.join(self.get_app_dir(), STATE_FILE))
 
-    def _resume(self, path: str) -> None:
-        if not os.path.isfile(path):
-            self.panic(f"resume_from: state file not found: {path}")
-            return
-        state = _as_numpy(torch.load(path, weights_only=True))
+    def _resume(self, path: str) -> bool:
+        """Continue from a state file written by :meth:`save_state`; ``False`` (after :meth:`panic` naming the file
+        and the problem) when it is missing, unreadable or not a state of this job."""
+        try:
+            state = read_server_state(path, self.num_rounds, self.models)
+            self.load_extra_state(state["extra"])
+        except DataError as e:
+            self.panic(f"resume_from: {e}")
+            return False
+        except (KeyError, TypeError, ValueError) as e:
+            self.panic(f"resume_from: [server] {path}: the method's extra state does not fit this job "
+                       f"({type(e).__name__}: {e}); was it written by another method?")
+            return False
         self.models, self.best_scores = state["models"], state["best_scores"]
-        self.load_extra_state(state["extra"])
         self.start_round = state["completed_round"] + 1
         self.info(f"resumed from {path}: continuing at round {self.start_round + 1}/{self.num_rounds}")
+        return True
 
     def _open_writer(self) -> None:
         from torch.utils.tensorboard import SummaryWriter

@@ -1,0 +1,1 @@
+../../../../../../custom/medfl/common/resume.py
