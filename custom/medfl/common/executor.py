@@ -13,6 +13,7 @@ best version of each model with them.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import random
 from abc import abstractmethod
@@ -37,6 +38,7 @@ from .config import load_train_config
 from .errors import DataError
 from .params import Params
 from .train import Batch, TrainingAborted, optimizer_step
+from .validation import non_finite_problem, update_norm
 
 NUM_TRAIN_SAMPLES = "num_train_samples"
 NUM_VAL_SAMPLES = "num_val_samples"
@@ -91,6 +93,16 @@ def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
             transform.set_random_state(seed=seed)
             seeded += 1
     return seeded
+
+
+def check_update(params: Params) -> None:
+    """Raise ``FloatingPointError`` if the update's norm is not finite (NaN or inf weights): such an update is never
+    sent; the task fails with the site, the round and the first key at fault."""
+    norm = update_norm(params)
+    if not math.isfinite(norm):
+        problem = next(filter(None, (non_finite_problem(k, np.asarray(v)) for k, v in sorted(params.items()))), "")
+        raise FloatingPointError(f"the update's norm is {norm} ({problem}); not sending it (check the learning "
+                                 "rate and the input data)")
 
 
 class RoundExecutor(Executor):
@@ -220,8 +232,9 @@ class RoundExecutor(Executor):
             self.train_round(abort_signal, fl_ctx)
             meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
             meta.update(self.result_meta(task_name))
-            result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
-                             current_round=self.current_round)
+            params = self.export_params(fl_ctx)
+            check_update(params)
+            result = FLModel(params=params, metrics=metrics, meta=meta, current_round=self.current_round)
             return FLModelUtils.to_shareable(result)
         except TrainingAborted:
             self.log_info(fl_ctx, "task aborted")
