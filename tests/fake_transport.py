@@ -3,8 +3,8 @@
 :func:`attach` gives a controller an engine (clients, a workspace in a temporary folder holding
 ``config/config_train.json``) and replaces the transport: every task goes to ``answer(client, task, sent)``, whose
 ``FLModel`` comes back at once through the controller's own result callback, as NVFlare would deliver it (with
-``meta["client_name"]``); an answer of ``None`` is a client that never answers. Log lines and panics are recorded in ``controller.log``; a panic does not stop anything by
-itself, as in NVFlare the workflow returns after it.
+``meta["client_name"]``); an answer of ``None`` is a client that never answers. Log lines and panics are recorded
+in ``controller.log``; a panic does not stop anything by itself, as in NVFlare the workflow returns after it.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_a_non_finite_loss_names_the_batch_files():
         train_epoch(model, DataLoader(slices(2), batch_size=2), nan_loss, optimizer, torch.device("cpu"))
     assert str(error.value) == ("training loss is nan on the batch of Case00/image_000.nii.gz, Case01/image_001.nii.gz "
                                 "(check the learning rate and the input data)")
-    with pytest.raises(FloatingPointError, match=r"on the batch of Case00/\S+, .*Case15/image_015.nii.gz and 4 more \("):
+    with pytest.raises(FloatingPointError, match=r"batch of Case00/\S+, .*Case15/image_015.nii.gz and 4 more \("):
         train_epoch(model, DataLoader(slices(20), batch_size=20), nan_loss, optimizer, torch.device("cpu"))
 
 

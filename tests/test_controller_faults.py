@@ -170,4 +170,5 @@ def test_a_result_of_a_client_that_got_no_task_is_rejected():
     controller = FakeRounds(dead=[])
     assert controller.scatter_and_gather("train", CLIENTS[:2], 0) is not None
     assert controller._collect(valid_result("site-z")) is False
-    assert controller.messages["error"] == ["round 0: rejected the result of site-z: no task was sent to it in this round"]
+    assert controller.messages["error"] == [
+        "round 0: rejected the result of site-z: no task was sent to it in this round"]

@@ -122,22 +122,26 @@ def set_metric(value):
 
 
 # (corruption of client_b's training result, the reason the server must give), for every controller
+NON_FINITE = r"\S+ holds 1 non-finite value\(s\) \(NaN or inf\) of \d+"
 BAD_RESULTS = {
-    "nan_weights": (set_entry(with_nan), r"\S+ holds 1 non-finite value\(s\) \(NaN or inf\) of \d+"),
-    "inf_weights": (set_entry(lambda a: with_nan(a, np.inf)), r"\S+ holds 1 non-finite value\(s\) \(NaN or inf\) of \d+"),
-    "broadcastable_shape": (set_entry(lambda a: np.zeros(1, a.dtype)), r"\S+ has shape \(1,\) but \([\d, ]+\) is expected"),
+    "nan_weights": (set_entry(with_nan), NON_FINITE),
+    "inf_weights": (set_entry(lambda a: with_nan(a, np.inf)), NON_FINITE),
+    "broadcastable_shape": (set_entry(lambda a: np.zeros(1, a.dtype)),
+                            r"\S+ has shape \(1,\) but \([\d, ]+\) is expected"),
     "integer_dtype": (set_entry(lambda a: a.astype(np.int64)), r"\S+ has dtype int64 but float32 is expected"),
     "missing_key": (lambda r: r.params.pop(first_float_key(r)), r"missing array\(s\) \['\S+'\]"),
     "extra_key": (lambda r: r.params.update({"global/extra": np.zeros(1, np.float32)}),
                   r"unexpected array\(s\) \['global/extra'\]"),
-    "samples_1e9": (set_meta(NUM_TRAIN_SAMPLES, 1e9), r"num_train_samples is 1000000000.0 \(float\), not an integer count"),
+    "samples_1e9": (set_meta(NUM_TRAIN_SAMPLES, 1e9),
+                    r"num_train_samples is 1000000000.0 \(float\), not an integer count"),
     "samples_negative": (set_meta(NUM_TRAIN_SAMPLES, -30), r"num_train_samples is -30, not a positive count"),
     "samples_nan": (set_meta(NUM_TRAIN_SAMPLES, math.nan), r"num_train_samples is nan \(float\), not an integer count"),
     "samples_zero": (set_meta(NUM_TRAIN_SAMPLES, 0), r"num_train_samples is 0, not a positive count"),
     "val_samples_float": (set_meta(NUM_VAL_SAMPLES, 4.0), r"num_val_samples is 4.0 \(float\), not an integer count"),
     "metric_1e9": (set_metric(1e9), r"metric \w+ = 1000000000.0 is outside \[0, 1\]"),
     "metric_nan": (set_metric(math.nan), r"metric \w+ is nan"),
-    "wrong_round": (lambda r: setattr(r, "current_round", 7), r"the result is for round 7, but the task was sent in round [01]"),
+    "wrong_round": (lambda r: setattr(r, "current_round", 7),
+                    r"the result is for round 7, but the task was sent in round [01]"),
 }
 METHOD_BAD_RESULTS = {
     "fedsm": {
@@ -276,7 +280,8 @@ def test_a_metric_of_1e9_never_becomes_the_best_model(tmp_path):
 
 
 @pytest.mark.parametrize("reply, reason", [
-    ({AMPLITUDE_KEY: with_nan(AMPLITUDE)}, r"\[client_b\] amplitude holds 1 non-finite value\(s\) \(NaN or inf\) of 64"),
+    ({AMPLITUDE_KEY: with_nan(AMPLITUDE)},
+     r"\[client_b\] amplitude holds 1 non-finite value\(s\) \(NaN or inf\) of 64"),
     ({AMPLITUDE_KEY: AMPLITUDE.astype(np.int64)}, r"\[client_b\] the amplitude must be a float array, got int64"),
     ({AMPLITUDE_KEY: AMPLITUDE[:, :4]}, r"clients' amplitude shapes differ: .*"),
 ])

@@ -25,8 +25,8 @@ MODELS = {"global": {"w": np.zeros((2, 3), np.float32), "n": np.array(4)}}
 
 
 def state(**changes):
-    saved = {"completed_round": 1, "num_rounds": 4, "models": {"global": {"w": torch.zeros(2, 3), "n": torch.tensor(4)}},
-             "best_scores": {"global": 0.5}, "extra": {}}
+    saved = {"completed_round": 1, "num_rounds": 4, "best_scores": {"global": 0.5}, "extra": {},
+             "models": {"global": {"w": torch.zeros(2, 3), "n": torch.tensor(4)}}}
     saved.update(changes)
     return saved
 
@@ -48,7 +48,8 @@ def written(tmp_path, content) -> str:
      "model 'global' does not fit this job's network: w has shape (3,) but (2, 3) is expected"),
     (state(models={"global": {"w": torch.full((2, 3), float("nan")), "n": torch.tensor(4)}}),
      "model 'global' does not fit this job's network: w holds 6 non-finite value(s) (NaN or inf) of 6"),
-    (state(models={"selector": {}, "global": {}}), "holds the models ['global', 'selector'], but this job has ['global']"),
+    (state(models={"selector": {}, "global": {}}),
+     "holds the models ['global', 'selector'], but this job has ['global']"),
     ({"state_dict": {"w": torch.zeros(2, 3)}, "score": 0.5},
      "not a server state: missing ['completed_round', 'num_rounds', 'models', 'best_scores', 'extra'] (a "
      "server_state.pt of this job is expected, not a model checkpoint)"),

@@ -18,6 +18,7 @@ from .params import Params
 from .validation import array_specs, check_params
 
 STATE_KEYS = ("completed_round", "num_rounds", "models", "best_scores", "extra")
+MAX_REASON_CHARS = 200  # of torch's own error, quoted in ours
 
 
 def as_numpy(obj: Any) -> Any:
@@ -42,7 +43,8 @@ def read_server_state(path: str, num_rounds: int, models: Mapping[str, Params]) 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, non-torch or unsafe files
-        raise error(f"not a readable torch state file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        first_sentence = str(e).splitlines()[0].split(". ")[0][:MAX_REASON_CHARS] if str(e) else ""
+        raise error(f"not a readable torch state file ({type(e).__name__}: {first_sentence})") from None
     if not isinstance(state, dict):
         raise error(f"holds a {type(state).__name__}, not a server state (written by save_state?)")
     missing = [key for key in STATE_KEYS if key not in state]

@@ -161,7 +161,7 @@ def _real(value: Any) -> bool:
 
 
 def _shown(value: Any) -> str:
-    """A value as a message shows it: numpy numbers as plain Python numbers (``1000000000.0``, not ``np.float64(...)``)."""
+    """A value as a message shows it: numpy numbers as plain Python ones (``1000000000.0``, not ``np.float64(...)``)."""
     if _real(value):
         return repr(int(value)) if isinstance(value, (int, np.integer)) else repr(float(value))
     return repr(value)

@@ -57,8 +57,9 @@ def check_class_counts(counts: Any, num_classes: int, num_val_samples: Any) -> O
             return f"has no 'correct' and 'total' counts for its '{split}' split"
         for name in ("correct", "total"):
             values = pair[name]
-            if (not isinstance(values, Sequence) or len(values) != num_classes
-                    or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values)):
+            counts_ok = isinstance(values, Sequence) and len(values) == num_classes and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values)
+            if not counts_ok:
                 return f"'{split}' {name} is {values!r}, not {num_classes} counts >= 0"
         if any(c > t for c, t in zip(pair["correct"], pair["total"])):
             return f"'{split}' has more correct predictions {list(pair['correct'])} than samples {list(pair['total'])}"
