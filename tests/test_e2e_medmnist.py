@@ -55,8 +55,8 @@ def test_fedavg_medmnist_samples_clients_and_tests_on_the_server(tmp_path, demo_
         assert list((job_dir / "tb_events" / client).glob("events.*")), client
 
     for kind in ("best", "last"):
-        assert torch.load(app_server / f"{kind}_global_model.pt")["state_dict"], kind
-    assert torch.load(app_server / "server_state.pt")["completed_round"] == 1
+        assert torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)["state_dict"], kind
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
     out = run(["python", "result_stat/medmnist_test_only.py", "--models_dir", app_server,
                "--plot", tmp_path / "test.png"], env={"DATASET_ROOT": str(demo_medmnist)}).stdout
     assert "best global model (sent in round" in out and "server test accuracy per round: 0:" in out, out

@@ -28,9 +28,9 @@ def _test_only(app_server, demo_prostate, *extra):
 def test_fedavg_prostate(tmp_path, demo_prostate):
     workspace, app_server = _run("fedavg_prostate", tmp_path, demo_prostate)
     for kind in ("best", "last"):
-        state = torch.load(app_server / f"{kind}_global_model.pt")
+        state = torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)
         assert state["state_dict"], f"{kind} global model is empty"
-    assert torch.load(app_server / "server_state.pt")["completed_round"] == 1
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
     for client in PROSTATE_CLIENTS:
         assert list((workspace / "server" / "simulate_job" / "tb_events" / client).glob("events.*")), client
     out = _test_only(app_server, demo_prostate)
@@ -46,7 +46,7 @@ def test_fedsm_prostate_headline(tmp_path, demo_prostate):
         for name in names:
             assert (app_server / f"{kind}_{name}_model.pt").is_file(), f"{kind} {name}"
     assert json.loads((app_server / "site_labels.json").read_text()) == {c: i for i, c in enumerate(PROSTATE_CLIENTS)}
-    assert torch.load(app_server / "server_state.pt")["extra"]["selector_moments"], \
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["extra"]["selector_moments"], \
         "the moment filters are configured, so the server must hold averaged moments"
     for client in PROSTATE_CLIENTS:  # round 1 loads the moments averaged after round 0
         assert "loaded synced Adam moments" in (workspace / client / "log.txt").read_text(), client
@@ -68,7 +68,8 @@ def test_fedsm_without_moment_filters(tmp_path, demo_prostate):
     config["task_data_filters"], config["task_result_filters"] = [], []
     client_config.write_text(json.dumps(config))
     run_simulator(variant, tmp_path / "ws", PROSTATE_CLIENTS, demo_prostate)
-    state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt")
+    state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt",
+                       weights_only=True)
     assert state["extra"]["selector_moments"] == {}
     assert set(state["models"]) == {"global", "selector"} | {f"personal_{c}" for c in PROSTATE_CLIENTS}
 

@@ -14,7 +14,13 @@ from medfl.common.errors import DataError
 from medfl.common.metrics import balanced_accuracy
 from medfl.common.params import bundle
 from medfl.common.settings import ConfigError
-from medfl.federations.isic2019.evaluation import balanced_accuracy_from_counts, class_hits, pool_counts, select_rounds
+from medfl.federations.isic2019.evaluation import (
+    balanced_accuracy_from_counts,
+    check_class_counts,
+    class_hits,
+    pool_counts,
+    select_rounds,
+)
 from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
 from medfl.federations.isic2019.server import HISTORY_FILE
 from medfl.fedmas.aggregation import aggregation_weights, canonical_method
@@ -141,3 +147,21 @@ def test_track_best_names_a_client_without_counts(tmp_path):
     broken = FLModel(params={}, meta={SAMPLES_PER_EPOCH: 1})
     with pytest.raises(DataError, match=r"\[b\] the client's reply has no 'class_counts'"):
         controller.track_best({"b": broken}, 0)
+
+
+@pytest.mark.parametrize("counts, problem", [
+    ([1, 2], "is a list, not a dict of splits"),
+    ({"validation": split_counts([1, 1, 0, 0], [1, 1, 0, 0])["validation"]},
+     "has no 'correct' and 'total' counts for its 'testing' split"),
+    ({**split_counts([1, 1, 0, 0], [1, 1, 0, 0]), "testing": {"correct": [1, 1], "total": [2, 2]}},
+     "'testing' correct is [1, 1], not 4 counts >= 0"),
+    (split_counts([1, -1, 0, 0], [1, 1, 0, 0]), "'validation' correct is [1, -1, 0, 0], not 4 counts >= 0"),
+    (split_counts([1.0, 1, 0, 0], [1, 1, 0, 0]), "'validation' correct is [1.0, 1, 0, 0], not 4 counts >= 0"),
+    (split_counts([1, 1, 0, 0], [3, 1, 0, 0]), "'testing' has more correct predictions [3, 1, 0, 0] than samples "
+                                               "[2, 2, 0, 0]"),
+])
+def test_class_counts_that_cannot_be_true_are_named(counts, problem):
+    assert check_class_counts(counts, 4, 4) == problem
+    assert check_class_counts(split_counts([1, 1, 0, 0], [1, 1, 0, 0]), 4, 4) is None
+    assert check_class_counts(split_counts([1, 1, 0, 0], [1, 1, 0, 0]), 4, 5) == (
+        "'validation' counts 4 samples, but the client reports 5 validation samples")

@@ -176,3 +176,50 @@ def test_task_check_period_reaches_nvflare():
     """RoundController passes task_check_period to NVFlare's ModelController (0.5 s there by default)."""
     assert MedMNISTFedAvgController(data_root="/data")._task_check_period == 0.5
     assert MedMNISTFedAvgController(data_root="/data", task_check_period=0.1)._task_check_period == 0.1
+
+
+def _medmnist_run(federation, root: Path, corrupt):
+    """The real controller on 4 fake clients that return the global model + 1; site-2's training results go
+    through ``corrupt`` (``None``: it never answers them)."""
+    from fake_transport import attach
+
+    def answer(client, task, sent):
+        meta = {NUM_VAL_SAMPLES: 5}
+        if task == "validate":
+            return FLModel(metrics={"global": 0.5, "global_loss": 0.7}, meta=meta)
+        params = {k: np.asarray(v + 1, v.dtype) for k, v in sent.params.items()}
+        result = FLModel(params=params, metrics={"global": 0.5, "global_loss": 0.7}, current_round=sent.current_round,
+                         meta={**meta, NUM_TRAIN_SAMPLES: 10})
+        if client != "site-2":
+            return result
+        return corrupt(result) if corrupt else None
+
+    server = {k: federation["config"][k] for k in ("dataset", "data_root", "eval_batch_size", "network", "seed")}
+    controller = MedMNISTFedAvgController(num_rounds=2, fraction_fit=1.0, min_fit_clients=1, min_clients=3, **server)
+    attach(controller, root, SITES, answer, federation["config"])
+    controller.run()
+    return controller
+
+
+def _with(result, **changes):
+    for name, value in changes.items():
+        getattr(result, name).update(value)
+    return result
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda r: _with(r, metrics={"global_loss": -1.0}), "metric global_loss = -1.0 is outside [0, inf]"),
+    (lambda r: _with(r, params={k: np.full_like(v, np.nan) for k, v in r.params.items() if v.dtype.kind == "f"}),
+     "global/classifier.0.bias holds 120 non-finite value(s) (NaN or inf) of 120"),
+])
+def test_server_rejects_a_bad_result_and_keeps_nothing_of_it(federation, tmp_path, corrupt, reason):
+    controller = _medmnist_run(federation, tmp_path / "bad", corrupt)
+    assert controller.log["error"] == [f"round {r}: rejected the result of site-2: {reason}" for r in range(2)]
+    silent = _medmnist_run(federation, tmp_path / "silent", None)
+    for key, value in silent.models["global"].items():
+        assert np.array_equal(controller.models["global"][key], value), key
+    for name in ("last_global_model.pt", "best_global_model.pt"):
+        got, expected = (torch.load(c.app_dir / name, weights_only=True) for c in (controller, silent))
+        assert all(torch.equal(got["state_dict"][k], v) for k, v in expected["state_dict"].items()), name
+    history = json.loads((controller.app_dir / TEST_METRICS_FILE).read_text())
+    assert all(math.isfinite(h["loss"]) for h in history)

@@ -97,7 +97,7 @@ def test_det_client_round_keeps_batchnorm_and_personal_model_local(federation, t
         assert {f"{prefix}_{m}" for m in ("accuracy", "macro_f1", "macro_auc")} <= set(result.metrics)
     trained = result.meta[TRAINED_METRICS]  # sent through the common executor's result_meta hook
     assert set(trained) == set(result.metrics)
-    last = torch.load(tmp_path / "last_personal_model.pt")
+    last = torch.load(tmp_path / "last_personal_model.pt", weights_only=True)
     assert last["round_number"] == 0 and last["metrics"] == trained
     assert not (tmp_path / "best_personal_model.pt").exists()
 
@@ -115,7 +115,7 @@ def test_det_client_round_keeps_batchnorm_and_personal_model_local(federation, t
     # the server's selection of round 0 arrives with the next task: the personal model as it was then is saved
     reply = task(client, "validate", received, 2, {BEST_PERSONAL_ROUND: 0, BEST_PERSONAL_SCORE: 0.5})
     assert reply.params is None or not reply.params
-    best = torch.load(tmp_path / "best_personal_model.pt")
+    best = torch.load(tmp_path / "best_personal_model.pt", weights_only=True)
     assert best["round_number"] == 0 and best["score"] == 0.5 and best["metrics"] == trained
     for key, value in best["state_dict"].items():
         torch.testing.assert_close(value, personal_before[key])

@@ -12,10 +12,12 @@ best version of each model with them.
 
 from __future__ import annotations
 
+import math
 import os
 from abc import abstractmethod
 from typing import Any, Dict, Iterator, Optional, Type
 
+import numpy as np
 import torch
 from monai.transforms import Randomizable
 from torch.utils.data import ConcatDataset, Dataset, Subset
@@ -37,6 +39,7 @@ from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from .runtime import freeze_setup_objects, seed_everything, select_device
 from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
+from .validation import non_finite_problem, update_norm
 
 
 def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
@@ -63,6 +66,16 @@ def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
             transform.set_random_state(seed=seed)
             seeded += 1
     return seeded
+
+
+def check_update(params: Params) -> None:
+    """Raise ``FloatingPointError`` if the update's norm is not finite (NaN or inf weights): such an update is never
+    sent; the task fails with the site, the round and the first key at fault."""
+    norm = update_norm(params)
+    if not math.isfinite(norm):
+        problem = next(filter(None, (non_finite_problem(k, np.asarray(v)) for k, v in sorted(params.items()))), "")
+        raise FloatingPointError(f"the update's norm is {norm} ({problem}); not sending it (check the learning "
+                                 "rate and the input data)")
 
 
 class RoundExecutor(Executor):
@@ -203,8 +216,9 @@ class RoundExecutor(Executor):
             meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
             meta[NUM_TRAIN_STEPS] = self.num_train_steps()
             meta.update(self.result_meta(task_name))
-            result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
-                             current_round=self.current_round)
+            params = self.export_params(fl_ctx)
+            check_update(params)
+            result = FLModel(params=params, metrics=metrics, meta=meta, current_round=self.current_round)
             return FLModelUtils.to_shareable(result)
         except TrainingAborted:
             self.log_info(fl_ctx, "task aborted")

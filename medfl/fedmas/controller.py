@@ -8,6 +8,7 @@ validation metric), for a federation that compares methods on their own metric (
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict
 
 from pydantic import Field, field_validator
@@ -18,6 +19,7 @@ from medfl.common.controller import RoundController, ServerSettings, required_me
 from medfl.common.errors import DataError
 from medfl.common.params import Params, bundle, unbundle, weighted_mean
 from medfl.common.settings import NetworkSpec
+from medfl.common.validation import ResultSpec, check_non_negative, check_sample_count
 from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
 from medfl.federations.isic2019.server import ISIC2019Server, ISIC2019ServerSettings
 
@@ -62,6 +64,15 @@ class MASController(RoundController):
 
     def payload_meta(self, client: str) -> dict:
         return {AGGREGATION: self.aggregation}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """After training, also the sample count n_k of an epoch and (but for ``avg``) a robust factor r_k >= 0."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.settings.train_task:
+            spec.meta[SAMPLES_PER_EPOCH] = partial(check_sample_count, maximum=self.settings.max_client_samples)
+            if self.aggregation != "avg":
+                spec.meta[ROBUST_FACTOR] = check_non_negative
+        return spec
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         clients = sorted(results)

@@ -11,10 +11,13 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import CONFIG_FED_SERVER, SERVER_SITE, RoundController, ServerSettings, client_weights
 from medfl.common.io import atomic_write_json
-from medfl.common.params import Params, bundle, unbundle, weighted_mean
+from medfl.common.networks import build_network
+from medfl.common.params import SEP, Params, bundle, unbundle, weighted_mean
 from medfl.common.settings import ConfigError, NetworkSpec
+from medfl.common.validation import ArraySpec, ResultSpec, array_specs
 
 from . import networks  # noqa: F401  (registers the selector networks)
+from .moments import moment_specs
 from .protocol import MOMENTS_NAME, SITE_LABEL
 from .softpull import soft_pull
 
@@ -51,6 +54,7 @@ class FedSMController(RoundController):
         super().__init__(**settings)
         self.site_labels = dict(self.settings.site_labels)
         self.selector_moments: Params = {}
+        self.selector_parameters: Dict[str, ArraySpec] = {}
 
     def initial_models(self) -> Dict[str, Params]:
         clients = sorted(c.name for c in self.engine.get_clients())
@@ -64,8 +68,12 @@ class FedSMController(RoundController):
                               f"labels 0 .. num_classes - 1 of selector_network ({num_classes})",
                               path=CONFIG_FED_SERVER, site=SERVER_SITE)
         atomic_write_json(self.site_labels, os.path.join(self.get_app_dir(), SITE_LABELS_FILE))
+        # the selector's trained parameters (their Adam moments come back); built before the seeded initial models
+        selector = self.settings.selector_network
+        trained = {name for name, _ in build_network(selector.name, **selector.args).named_parameters()}
         segmentation = self.build_initial_params()
         models = {"global": segmentation, "selector": self.build_initial_params(self.settings.selector_network)}
+        self.selector_parameters = {k: v for k, v in array_specs(models["selector"]).items() if k in trained}
         models.update({personal_name(client): dict(segmentation) for client in clients})
         return models
 
@@ -78,6 +86,17 @@ class FedSMController(RoundController):
 
     def payload_meta(self, client: str) -> dict:
         return {SITE_LABEL: self.site_labels[client]}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """The bundle as sent, without the moments sent, plus every selector moment or none (the client's moment
+        filters may be off)."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.settings.train_task:
+            prefix = f"{MOMENTS_NAME}{SEP}"
+            spec.params = {k: v for k, v in spec.params.items() if not k.startswith(prefix)}
+            moments = bundle({MOMENTS_NAME: moment_specs(self.selector_parameters)})
+            spec.optional_groups = {"selector Adam moments": moments}
+        return spec
 
     def model_for_metric(self, client: str, key: str) -> str:
         return personal_name(client) if key == "personal" else key

@@ -14,6 +14,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from medfl.common.errors import DataError
 from medfl.common.io import atomic_torch_save
 from medfl.common.protocol import NUM_TRAIN_SAMPLES
+from medfl.common.validation import check_sample_count
 from medfl.fedavg.controller import FedAvgController, FedAvgSettings
 
 from . import networks  # noqa: F401  (registers harmofl_unet, harmofl_densenet121)
@@ -42,7 +43,8 @@ class HarmoFLController(FedAvgController):
     """HarmoFL workflow (Jiang et al., AAAI 2022): amplitude exchange, then rounds of FedAvg.
 
     Before the first round (see :mod:`medfl.harmofl.amplitude_exchange`): task ``amplitude_task`` collects
-    every client's mean amplitude spectrum ``A_k`` (nothing else), the server forms ``A = 1/K sum_k A_k``,
+    every client's mean amplitude spectrum ``A_k`` (nothing else; checked: a finite, non-negative float array of one
+    shape for all, and a valid training-set size), the server forms ``A = 1/K sum_k A_k``,
     task ``reference_task`` broadcasts it with the smallest training-set size, and every client must answer
     the digest of ``A``. ``A`` is saved as ``harmofl_amplitude.pt`` beside the models (test scripts need it)
     and in the resume state; a resumed run broadcasts it again instead of recomputing it. The rounds are
@@ -66,6 +68,10 @@ class HarmoFLController(FedAvgController):
             if replies is None:
                 return False
             try:
+                for client, reply in sorted(replies.items()):
+                    problem = check_sample_count((reply.meta or {}).get(NUM_TRAIN_SAMPLES), self.settings.max_client_samples)
+                    if problem:
+                        raise DataError(f"{NUM_TRAIN_SAMPLES} {problem}", site=client)
                 self.amplitude = average_amplitudes({client: r.params or {} for client, r in replies.items()})
             except DataError as e:
                 self.panic(f"amplitude exchange: {e}")

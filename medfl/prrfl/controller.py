@@ -17,6 +17,7 @@ from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, to_numpy, unbundle
 from medfl.common.runtime import seed_everything
 from medfl.common.settings import NetworkSpec
+from medfl.common.validation import ResultSpec, check_metrics
 from medfl.federations.dermoscopy import networks  # noqa: F401  (registers vgg16_slim)
 
 from .pfa import pfa_aggregate_state_dicts, pfa_ratio, shared_params
@@ -87,6 +88,13 @@ class PFAController(RoundController):
         if self.new_best_round is None:
             return {}
         return {BEST_PERSONAL_ROUND: self.new_best_round, BEST_PERSONAL_SCORE: self.best_personal_score}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """The deputy as sent (without BatchNorm), and after training the metrics the selection uses."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.settings.train_task:
+            spec.meta[TRAINED_METRICS] = check_metrics
+        return spec
 
     def first_selection_round(self) -> int:
         return min(math.ceil(self.settings.selection_start * self.num_rounds), self.num_rounds - 1)

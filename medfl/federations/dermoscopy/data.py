@@ -19,6 +19,7 @@ from monai import transforms as mt
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medfl.common.data import SAMPLE_ID
 from medfl.common.errors import DataError
 
 __all__ = ["SPLITS", "SkinLesionDataset", "build_client_datasets", "eval_transforms", "split_csv_path",
@@ -178,7 +179,8 @@ class SkinLesionDataset(Dataset):
             raise self._error(
                 f"image is {pixels.shape[1]}x{pixels.shape[0]}, expected {self.image_size}x{self.image_size} "
                 "(config_train.json 'image_size' must match the prepared images)", path)
-        return {"image": self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), "label": label}
+        return {"image": self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), "label": label,
+                SAMPLE_ID: str(path)}
 
 
 def build_client_datasets(settings, site: str) -> dict[str, SkinLesionDataset]:

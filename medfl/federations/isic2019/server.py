@@ -18,11 +18,21 @@ from medfl.common.errors import DataError
 from medfl.common.io import atomic_write_json
 from medfl.common.networks import build_network
 from medfl.common.params import Params, to_numpy
+from medfl.common.protocol import NUM_VAL_SAMPLES
 from medfl.common.runtime import seed_everything
 from medfl.common.settings import NetworkSpec
+from medfl.common.validation import ResultSpec
 
 from . import networks  # noqa: F401  (registers resnet_classifier)
-from .evaluation import TESTING, VALIDATION, balanced_accuracy_from_counts, pool_counts, select_rounds
+from .data import ISIC_CLASSES
+from .evaluation import (
+    TESTING,
+    VALIDATION,
+    balanced_accuracy_from_counts,
+    check_class_counts,
+    pool_counts,
+    select_rounds,
+)
 from .protocol import CLASS_COUNTS
 
 HISTORY_FILE = "balanced_accuracy.json"
@@ -64,6 +74,12 @@ class ISIC2019Server(RoundController):
             model.load_trunk_checkpoint(path)
             self.info(f"initial trunk loaded from {path}")
         return {"global": to_numpy(model.state_dict())}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """Every reply also carries the per-class counts of both splits (ISIC 2019's classes)."""
+        spec = super().expected_result(client, task, sent)
+        spec.checks.append(_class_counts_problem)
+        return spec
 
     def history_header(self) -> Dict[str, str]:
         """Entries at the top of ``balanced_accuracy.json`` (default: the aggregation rule's name)."""
@@ -121,7 +137,7 @@ class ISIC2019Server(RoundController):
         selected = select_rounds([r for r in self.history if "pooled" in r])
         if not selected:
             return
-        last = "final model, " + checkpoint_name("last", "global") if self.final_validation else "last measured model"
+        last = "final model, " + checkpoint_name("last", "global") if self.settings.final_validation else "last measured model"
         lines = [("selected on validation, " + checkpoint_name("best", "global"), "validation_selected"),
                  (last, "last"),
                  ("selected on the TEST split as the original does (optimistic), "
@@ -138,3 +154,12 @@ class ISIC2019Server(RoundController):
         super().load_extra_state(state)
         self.history = list(state["history"])
         self.best_test_score = float(state["best_test_score"])
+
+
+def _class_counts_problem(result: FLModel) -> Optional[str]:
+    """What is wrong with a reply's per-class counts (:func:`~.evaluation.check_class_counts`), or ``None``."""
+    meta = result.meta or {}
+    if CLASS_COUNTS not in meta:
+        return f"the reply has no '{CLASS_COUNTS}' in its meta"
+    problem = check_class_counts(meta[CLASS_COUNTS], len(ISIC_CLASSES), meta.get(NUM_VAL_SAMPLES))
+    return f"{CLASS_COUNTS} {problem}" if problem else None
