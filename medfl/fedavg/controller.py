@@ -51,7 +51,8 @@ class FedAvgController(RoundController):
         if self.settings.fraction_fit < 1.0:
             clients = sample_clients(available, round_number, self.settings.fraction_fit,
                                      self.settings.min_fit_clients, self.settings.sampling_seed)
-            task = "final validation" if round_number == self.num_rounds else f"round {round_number + 1}"
+            last = round_number == self.num_rounds
+            task = "final validation" if last else f"round {round_number + 1}/{self.num_rounds}"
             self.info(f"{task}: sampled {len(clients)} of {len(available)} clients: {', '.join(clients)}")
         self.sampled[round_number] = clients
         return clients
