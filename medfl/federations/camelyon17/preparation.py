@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.data_root, args.output_dir, args.seed, args.test_fraction, args.val_fraction,
                           args.test_unit, args.max_patches_per_hospital)
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
         print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")

@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.data_root, args.output_dir, args.sites, args.seed, args.split, args.channels,
                           args.intensity)
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
         print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " images")

@@ -243,7 +243,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.input_dir, args.output_dir, args.source, args.sites, args.size, args.all_slices,
                           args.split, args.seed, tuple(args.percentiles))
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
         print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " slices")

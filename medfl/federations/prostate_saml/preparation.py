@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.input_dir, args.output_dir, args.sites, args.size, args.split_level, args.split,
                           args.seed, args.clip_percentile)
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for client, counts in summary.items():
         print(f"{client}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " slices")
