@@ -139,7 +139,8 @@ def _edit(path: Path, change) -> None:
 
 @pytest.mark.parametrize("problem, change, message", [
     ("an image in neither HAM10000 nor the extra folder", lambda rows, columns: rows[1].update(image_id="ISIC_0099999"),
-     r"clientB/valid_clientB\.csv: image ISIC_0099999 listed here is in none of .*/images/, .*/isic2017/$"),
+     r"^error: \[clientB\] .*clientB/valid_clientB\.csv: image ISIC_0099999 listed here is in none of "
+     r".*/images/, .*/isic2017/$"),
     ("a label that disagrees with HAM10000's dx", lambda rows, columns: rows[0].update(label=str(
         (int(rows[0]["label"]) + 1) % 3)), r"\[clientB\] .*valid_clientB\.csv: line 2: image ISIC_\d+ has label \d "
      r"\(\w+\), but HAM10000_metadata\.csv gives dx \w+$"),

@@ -101,15 +101,15 @@ def index_images(folders: Sequence[Path]) -> dict[str, Path]:
 
 
 def locate_images(image_ids: Iterable[str], found: Mapping[str, Path], folders: Sequence[Path],
-                  listed_in: Path | str) -> dict[str, Path]:
+                  listed_in: Path | str, site: str | None = None) -> dict[str, Path]:
     """``image_id -> path`` of every id from ``found`` (:func:`index_images` of ``folders``); `DataError` naming
-    the list ``listed_in``, the first missing image, the folders searched and how many images are missing."""
+    the site, the list ``listed_in``, the first missing image, the folders searched and how many are missing."""
     image_ids = list(dict.fromkeys(image_ids))
     missing = [image_id for image_id in image_ids if image_id not in found]
     if missing:
         searched = ", ".join(f"{folder}/" for folder in folders)
         more = f" ({len(missing) - 1} more listed images are missing too)" if len(missing) > 1 else ""
-        raise DataError(f"image {missing[0]} listed here is in none of {searched}{more}", path=listed_in)
+        raise DataError(f"image {missing[0]} listed here is in none of {searched}{more}", path=listed_in, site=site)
     return {image_id: found[image_id] for image_id in image_ids}
 
 

@@ -263,7 +263,9 @@ def prepare_federation(
     paths = {}
     for client, plan in plans.items():
         for split, images in plan.splits.items():
-            paths[client, split] = locate_images([i.image_id for i in images], found, folders, plan.listed_in[split])
+            site = client if split_csv_dir is not None else None  # a client's own CSV, not the shared metadata
+            paths[client, split] = locate_images([i.image_id for i in images], found, folders, plan.listed_in[split],
+                                                 site)
             for path in paths[client, split].values():
                 image_header(path, client)
 
