@@ -159,7 +159,7 @@ def demo_federation(ham_dir: Path, test_fraction: float, valid_fraction: float, 
     meta_file = ham_dir / HAM10000_METADATA
     records = read_ham10000_metadata(ham_dir)
     folders = ham10000_image_folders(ham_dir)
-    sources = locate_images([record.image_id for record in records], index_images(folders), folders, meta_file)
+    paths = locate_images([record.image_id for record in records], index_images(folders), folders, meta_file)
     by_center: dict[int, list[Sample]] = defaultdict(list)
     for line, record in enumerate(records, start=2):
         if record.source not in HAM_SOURCE_TO_CENTER or record.dx not in HAM_DX_TO_CLASS:
@@ -169,7 +169,7 @@ def demo_federation(ham_dir: Path, test_fraction: float, valid_fraction: float, 
             )
         label = ISIC_CLASSES.index(HAM_DX_TO_CLASS[record.dx])
         by_center[HAM_SOURCE_TO_CENTER[record.source]].append(
-            Sample(record.image_id, label, record.lesion_id, sources[record.image_id]))
+            Sample(record.image_id, label, record.lesion_id, paths[record.image_id]))
     federation = {}
     for center, samples in sorted(by_center.items()):
         rest, test = split_off(samples, test_fraction, seed)
@@ -178,12 +178,17 @@ def demo_federation(ham_dir: Path, test_fraction: float, valid_fraction: float, 
     return federation
 
 
+def center_name(center: int) -> str:
+    """The client (folder and site) name of FLamby centre ``center``: ``center_<k>``."""
+    return f"center_{center}"
+
+
 def check_images(federation: Federation) -> None:
     """Every image of the federation is present and its header readable (before anything is written)."""
     for center, parts in sorted(federation.items()):
         for samples in parts.values():
             for sample in samples:
-                image_header(sample.source, site=f"center_{center}")
+                image_header(sample.source, site=center_name(center))
 
 
 def write_image(sample: Sample, folder: Path, image_size: int, site: str) -> str:
@@ -204,7 +209,7 @@ def write_federation(federation: Federation, out: Path, image_size: int, setting
     clients = {}
     with StagedOutput() as staged:
         for center, parts in sorted(federation.items()):
-            name = f"center_{center}"
+            name = center_name(center)
             folder = staged.folder(out / name)
             (folder / "images").mkdir()
             counts = {}
