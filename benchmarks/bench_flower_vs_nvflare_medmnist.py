@@ -99,9 +99,11 @@ def run_nvflare(cfg: BenchConfig, workdir: Path, nvflare: str) -> RunResult:
     times come from the server's ``test_metrics.json``."""
     server = {"num_rounds": cfg.rounds, "fraction_fit": cfg.fraction_fit, "min_fit_clients": cfg.min_fit_clients,
               "sampling_seed": cfg.sampling_seed}
-    train = {"dataset": cfg.dataset, "npz_path": str(cfg.npz.resolve()), "split_dir": str(cfg.split_dir.resolve()),
+    if cfg.npz.name != f"{cfg.dataset}.npz":
+        raise ValueError(f"the job reads <data_root>/{cfg.dataset}.npz; rename {cfg.npz} accordingly")
+    train = {"dataset": cfg.dataset, "data_root": str(cfg.npz.resolve().parent), "datalist": str(cfg.split_dir.resolve()),
              "network": {"name": cfg.network, "args": {}},
-             "optimizer": {"name": "sgd", "args": {"lr": cfg.lr, "momentum": cfg.momentum}},
+             "optimizer": {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum},
              "local_epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size,
              "seed": cfg.seed, "num_threads": cfg.cpus_per_client, "device": "cpu"}
     job = make_variant(JOB_DIR, workdir / "nvflare_job", server, train)

@@ -128,25 +128,27 @@ def medmnist(work: Path, args) -> Tuple[Path, List[str]]:
     return root, list(MEDMNIST_CLIENTS)
 
 
-MEDMNIST_TRAIN = {"dataset": "breastmnist", "npz_path": "DATASET_ROOT/medmnist/breastmnist.npz",
-                  "split_dir": "DATASET_ROOT/medmnist/splits_breastmnist"}
-ISIC_TRAIN = {"trunk_checkpoint": f"DATASET_ROOT/{TRUNK}", "image_size": ISIC_SIZE}
+MEDMNIST_TRAIN = {"dataset": "breastmnist", "data_root": "DATASET_ROOT/medmnist",
+                  "datalist": "DATASET_ROOT/medmnist/splits_breastmnist"}
+ISIC_TRAIN = {"image_size": ISIC_SIZE}
+ISIC_SERVER = {"trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
 FEDMAS_TRAIN = {**ISIC_TRAIN, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
                 "network": {"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 512, "depth": ISIC_DEPTH}}}
-JOBS: Dict[str, Tuple[Setup, Dict]] = {
-    "fedavg_prostate": (prostate, {}),
-    "fedsm_prostate": (prostate, {}),
-    "harmofl_prostate": (harmofl, {}),
-    "harmofl_prostate_2d": (prostate, {}),
-    "harmofl_camelyon17": (camelyon17, {"dataset_root": "DATASET_ROOT/raw"}),
-    "harmofl_nuclei": (nuclei, {"dataset_root": "DATASET_ROOT/raw", "patch_size": 64}),
-    "prrfl_dermoscopy": (dermoscopy, {}),
-    "fedavg_dermoscopy": (dermoscopy, {}),
-    "fedmas_dermoscopy": (dermoscopy_with_prior, {}),
-    "fedmas_isic2019": (isic2019, FEDMAS_TRAIN),
-    "fedavg_bsm_isic2019": (isic2019, ISIC_TRAIN),
-    "fedavg_isic2019": (isic2019, ISIC_TRAIN),
-    "fedavg_medmnist": (medmnist, MEDMNIST_TRAIN),
+# job -> (data set-up, server overrides, config_train.json overrides)
+JOBS: Dict[str, Tuple[Setup, Dict, Dict]] = {
+    "fedavg_prostate": (prostate, {}, {}),
+    "fedsm_prostate": (prostate, {}, {}),
+    "harmofl_prostate": (harmofl, {}, {}),
+    "harmofl_prostate_2d": (prostate, {}, {}),
+    "harmofl_camelyon17": (camelyon17, {}, {"data_root": "DATASET_ROOT/raw"}),
+    "harmofl_nuclei": (nuclei, {}, {"data_root": "DATASET_ROOT/raw", "patch_size": 64}),
+    "prrfl_dermoscopy": (dermoscopy, {}, {}),
+    "fedavg_dermoscopy": (dermoscopy, {}, {}),
+    "fedmas_dermoscopy": (dermoscopy_with_prior, {}, {}),
+    "fedmas_isic2019": (isic2019, ISIC_SERVER, FEDMAS_TRAIN),
+    "fedavg_bsm_isic2019": (isic2019, ISIC_SERVER, ISIC_TRAIN),
+    "fedavg_isic2019": (isic2019, ISIC_SERVER, ISIC_TRAIN),
+    "fedavg_medmnist": (medmnist, {}, MEDMNIST_TRAIN),
 }
 
 
@@ -160,10 +162,11 @@ def main(argv=None) -> Dict[str, int]:
     peaks = {}
     print(f"{'job':20s} {'clients':>7s} {'wall s':>7s} {'peak RSS GiB':>13s}")
     for job in args.jobs:
-        setup, overrides = JOBS[job]
+        setup, server_overrides, overrides = JOBS[job]
         with contextlib.redirect_stdout(io.StringIO()):  # the preparation's progress would split the table
             data, clients = setup(args.work / "data", args)
-        server = {"num_rounds": 2, **({"min_fit_clients": len(clients)} if job == "fedavg_medmnist" else {})}
+        server = {"num_rounds": 2, **server_overrides,
+                  **({"min_fit_clients": len(clients)} if job == "fedavg_medmnist" else {})}
         run = run_job(job, args.work / job, clients, data, server, {"num_threads": 1, "local_epochs": 1, **overrides})
         peaks[job] = run.peak_rss_bytes
         print(f"{job:20s} {len(clients):7d} {run.wall_s:7.0f} {run.peak_rss_bytes / 2**30:13.2f}", flush=True)

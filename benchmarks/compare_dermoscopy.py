@@ -44,7 +44,9 @@ from medfl.common.controller import checkpoint_name
 from medfl.common.metrics import macro_f1, predict_probabilities
 from medfl.common.networks import build_network
 from medfl.common.resnet import trunk_features
-from medfl.federations.dermoscopy.client import round_learning_rate
+from medfl.common.settings import OptimizerSpec
+from medfl.common.train import build_optimizer
+from medfl.federations.dermoscopy.client import DermoscopySettings, round_learning_rate
 from medfl.federations.dermoscopy.data import build_client_datasets, split_csv_path
 from medfl.federations.dermoscopy.preparation import prepare_federation
 from medfl.fedmas import pretrain as pretrain_moco
@@ -94,7 +96,7 @@ def dermoscopy_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
 
     return Recipe(build_model=lambda: build_network(network["name"], **network.get("args", {})),
                   loss_fn=torch.nn.CrossEntropyLoss(),
-                  make_optimizer=lambda model: torch.optim.SGD(model.parameters(), **optimizer["args"]),
+                  make_optimizer=lambda model: build_optimizer(model.parameters(), OptimizerSpec(**optimizer)),
                   make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor),
                   metric=macro_f1_metric, epochs=rounds * epochs_per_round, batch_size=int(config["batch_size"]),
                   seed=seed, drop_last=True)
@@ -103,7 +105,7 @@ def dermoscopy_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
 def dermoscopy_sites(config: Dict, clients: List[str]) -> Dict[str, SiteData]:
     sites = {}
     for client in clients:
-        splits = build_client_datasets(config, client)
+        splits = build_client_datasets(DermoscopySettings.load(config, "config_train.json", client), client)
         sites[client] = SiteData(splits["training"], splits["validation"], splits["testing"])
     return sites
 

@@ -29,8 +29,9 @@ from results_table import report
 from simrun import ROOT, run_job, server_curve
 from torch.utils.data import DataLoader
 
-from medfl.common.classification import build_optimizer
 from medfl.common.networks import build_network
+from medfl.common.settings import NetworkSpec, OptimizerSpec
+from medfl.common.train import build_optimizer
 from medfl.federations.medmnist import testing as medmnist_test_only
 from medfl.federations.medmnist.data import MedMNISTDataset, medmnist_info
 from medfl.federations.medmnist.evaluation import evaluate_classifier
@@ -59,10 +60,10 @@ def accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
 
 
 def medmnist_recipe(config: Dict, image_size: int, rounds: int, seed: int) -> Recipe:
-    network = network_for_data(config["network"], medmnist_info(config["dataset"]), image_size)
-    return Recipe(build_model=lambda: build_network(network["name"], **network["args"]),
+    network = network_for_data(NetworkSpec(**config["network"]), medmnist_info(config["dataset"]), image_size)
+    return Recipe(build_model=lambda: build_network(network.name, **network.args),
                   loss_fn=torch.nn.CrossEntropyLoss(),
-                  make_optimizer=lambda model: build_optimizer(model.parameters(), config["optimizer"]),
+                  make_optimizer=lambda model: build_optimizer(model.parameters(), OptimizerSpec(**config["optimizer"])),
                   metric=accuracy, epochs=rounds * int(config["local_epochs"]), batch_size=int(config["batch_size"]),
                   eval_batch_size=int(config["eval_batch_size"]), seed=seed)
 
@@ -84,8 +85,8 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     workflow = json.loads((job_config / "config_fed_server.json").read_text())["workflows"][0]
     rounds = args.rounds or workflow["args"]["num_rounds"]
     clients = [site_name(i + 1) for i in range(args.clients)]
-    paths = {"dataset": args.dataset, "npz_path": f"DATASET_ROOT/medmnist/{args.dataset}.npz",
-             "split_dir": f"DATASET_ROOT/medmnist/splits_{args.dataset}"}
+    paths = {"dataset": args.dataset, "data_root": "DATASET_ROOT/medmnist",
+             "datalist": f"DATASET_ROOT/medmnist/splits_{args.dataset}"}
     npz, split_dir = data / "medmnist" / f"{args.dataset}.npz", data / "medmnist" / f"splits_{args.dataset}"
 
     test_set = MedMNISTDataset.from_npz(npz, "test", args.dataset)

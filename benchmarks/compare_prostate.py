@@ -37,7 +37,8 @@ from simrun import ROOT, run_job, server_curve
 from medfl.common.config import PLACEHOLDER
 from medfl.common.data import SegmentationSliceDataset, datalist_path, load_segmentation_pairs, read_datalist
 from medfl.common.networks import build_network
-from medfl.common.train import evaluate_dice
+from medfl.common.settings import OptimizerSpec
+from medfl.common.train import build_optimizer, evaluate_dice
 from medfl.federations.prostate2d.client import TRAIN_AUGMENTATION
 from medfl.federations.prostate2d.demo import make_demo_federation
 from medfl.federations.prostate2d.preparation import prepare
@@ -80,7 +81,7 @@ def prostate_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
     network = config["network"]
     return Recipe(build_model=lambda: build_network(network["name"], **network.get("args", {})),
                   loss_fn=DiceLoss(sigmoid=True),
-                  make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=float(config["learning_rate"])),
+                  make_optimizer=lambda model: build_optimizer(model.parameters(), OptimizerSpec(**config["optimizer"])),
                   metric=evaluate_dice, epochs=rounds * int(config["local_epochs"]),
                   batch_size=int(config["batch_size"]), seed=seed)
 

@@ -27,6 +27,8 @@ from medfl.common.params import Params, bundle, unbundle
 from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.fedavg.controller import FedAvgController
 from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
+from medfl.federations.medmnist.data import medmnist_info
+from medfl.federations.medmnist.networks import MEDMNIST_IMAGE_SIZE, network_for_data
 from medfl.fedmas.protocol import PRIOR_SHA256, ROBUST_FACTOR
 from medfl.fedsm.moments import MOMENT_KEYS
 from medfl.fedsm.protocol import MOMENTS_NAME
@@ -85,18 +87,19 @@ def offline_round(job: str, round_number: int = 1) -> OfflineRound:
     """The job's controller with its initial models and one round of results from ``JOB_CLIENTS[job]`` clients."""
     workflow = job_config(job, "config_fed_server.json")["workflows"][0]
     module, _, name = workflow["path"].rpartition(".")
-    args = {k: v for k, v in workflow["args"].items() if k != "site_labels"}
+    # initial weights do not change the cost (and the trunk file is not here)
+    args = {k: v for k, v in workflow["args"].items() if k not in ("site_labels", "trunk_checkpoint")}
     controller = getattr(importlib.import_module(module), name)(**args)
     clients = [f"site{i + 1}" for i in range(JOB_CLIENTS[job])]
     _silence(controller, Path(tempfile.mkdtemp(prefix=f"offline_{job}_")), clients)
-    train = job_config(job, "config_train.json")
-    train.pop("trunk_checkpoint", None)  # initial weights do not change the cost; the file is not here
-    controller.train_config = train
     if hasattr(controller, "site_labels"):
         controller.site_labels = {client: label for label, client in enumerate(clients)}
-    # the MedMNIST server's initial_models also loads its test set; only the FedAvg model is needed here
-    initial = FedAvgController.initial_models if job == "fedavg_medmnist" else type(controller).initial_models
-    controller.models = initial(controller)
+    if job == "fedavg_medmnist":  # its initial_models also loads the test set; only the FedAvg model is needed here
+        controller.network = network_for_data(controller.settings.network, medmnist_info(controller.settings.dataset),
+                                              MEDMNIST_IMAGE_SIZE)
+        controller.models = FedAvgController.initial_models(controller)
+    else:
+        controller.models = controller.initial_models()
     if job == "fedsm_prostate":  # from round 1 on the server also sends the averaged selector moments
         controller.selector_moments = _moments(controller.models["selector"])
     meta = {NUM_TRAIN_SAMPLES: SAMPLES_PER_CLIENT, NUM_VAL_SAMPLES: SAMPLES_PER_CLIENT,

@@ -4,7 +4,9 @@
         --server num_rounds=5 --train local_epochs=2 num_threads=1
 
 ``--server KEY=VALUE`` sets an argument of every server workflow that already has it; ``--train KEY=VALUE``
-sets a key of ``config_train.json``. Values are JSON (``5``, ``true``, ``"text"``) or plain strings.
+sets a key of ``config_train.json``, and the same argument of every workflow that has it (settings both sides
+hold, such as ``network`` and ``seed``, stay equal). Values are JSON (``5``, ``true``, ``"text"``) or plain
+strings. The variant is checked through the typed settings of its workflows and executors before it is written.
 
 The target must lie outside the source job and outside the project's ``jobs/`` folder. A variant folder holds a
 marker file (:data:`MARKER`); an existing target is replaced only when it holds that marker (a variant made
@@ -19,6 +21,9 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List
+
+from medfl.common.errors import DataError
+from medfl.job_config import check_job
 
 MARKER = ".medfl_job_variant"
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
@@ -74,6 +79,7 @@ def make_variant(source: Path, target: Path, server: Dict[str, object], train: D
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__"))
     try:
         apply_overrides(staging, server, train)
+        check_job(staging)
         (staging / MARKER).write_text(f"variant of {source.resolve()}\n")
     except BaseException:
         shutil.rmtree(staging)
@@ -95,6 +101,10 @@ def apply_overrides(job: Path, server: Dict[str, object], train: Dict[str, objec
             raise VariantError(f"no workflow of {server_path} has an argument '{key}'")
         for workflow in workflows:
             workflow["args"][key] = value
+    for key, value in train.items():
+        for workflow in config.get("workflows", []):
+            if key in workflow.get("args", {}):
+                workflow["args"][key] = value
     server_path.write_text(json.dumps(config, indent=2) + "\n")
     if train:
         train_path = config_dir / "config_train.json"
@@ -114,7 +124,7 @@ def main(argv=None) -> int:
     try:
         target = make_variant(args.source, args.target, parse_assignments(args.server),
                               parse_assignments(args.train), args.force)
-    except VariantError as e:
+    except (VariantError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"job variant written to {target}")

@@ -38,6 +38,17 @@ def run_simulator(job: Path, workspace: Path, clients: Sequence[str], dataset_ro
                env={"DATASET_ROOT": str(dataset_root)}, timeout=timeout)
 
 
+def as_longer_run(state_file: Path, num_rounds: int) -> None:
+    """Turn a finished run's ``server_state.pt`` into the state a run of ``num_rounds`` rounds writes at the same
+    round (a resume refuses a state of another ``num_rounds``). Only for methods whose rounds do not depend on
+    ``num_rounds`` (FedAvg, HarmoFL): the rest of the state is then the same."""
+    import torch
+
+    state = torch.load(state_file, weights_only=True)
+    state["num_rounds"] = num_rounds
+    torch.save(state, state_file)
+
+
 def make_job_variant(job: str, target: Path, server: Dict[str, object], train: Dict[str, object]) -> Path:
     from medfl.variant import make_variant
 
@@ -199,3 +210,11 @@ class ProvisionedDeployment:
         status = self.nvflare("job", "wait", job_id, "--timeout", str(timeout), timeout=timeout + 60)
         assert "FINISHED:COMPLETED" in status.stdout + status.stderr, status.stdout + status.stderr
         return job_id
+
+
+def configure(executor, config: Dict[str, object], site: Optional[str] = None):
+    """Give a client built outside NVFlare its settings, as its start of run would from ``config_train.json``."""
+    if site is not None:
+        executor.site = site
+    executor.settings = type(executor).Settings.load(config, "config_train.json", executor.site or None)
+    return executor

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, configure
 from PIL import Image
 from test_deploy_poc import (
     FEDERATIONS,
@@ -73,10 +73,10 @@ def make_client(job: str, site: str, app_dir: Path):
     spec = json.loads((config_dir / "config_fed_client.json").read_text())["executors"][0]["executor"]
     module, name = spec["path"].rsplit(".", 1)
     client = getattr(importlib.import_module(module), name)(**spec.get("args", {}))
-    client.site, client.app_dir = site, str(app_dir)
-    client.config = {**json.loads((config_dir / "config_train.json").read_text()), **TRAIN_OVERRIDES.get(job, {}),
-                     "num_threads": 1}
-    return client
+    client.app_dir = str(app_dir)
+    config = {**json.loads((config_dir / "config_train.json").read_text()), **TRAIN_OVERRIDES.get(job, {}),
+              "num_threads": 1}
+    return configure(client, config, site)
 
 
 def load_everything(client) -> None:
@@ -189,6 +189,15 @@ def labels_out_of_range(root: Path, family: str) -> Path:
     return datalist, image  # the datalist line or the sample it describes
 
 
+def non_finite_image(root: Path, family: str) -> Path:
+    """A NaN pixel in a float image (only NIfTI holds floats; 8-bit PNG, JPEG and MedMNIST's uint8 cannot)."""
+    image, _ = first_files(root, family)
+    array = _read(image).astype(np.float32)
+    array.flat[array.size // 2] = np.nan
+    _rewrite(image, array)
+    return image
+
+
 def empty_datalist(root: Path, family: str) -> Path:
     datalist = root / FAMILIES[family][3]
     write = _records(datalist)[1]
@@ -197,11 +206,12 @@ def empty_datalist(root: Path, family: str) -> Path:
 
 
 FAULTS = {f.__name__: f for f in (missing_image, corrupt_image, shape_mismatch, wrong_channels, labels_out_of_range,
-                                  empty_datalist)}
+                                  non_finite_image, empty_datalist)}
 NO_IMAGE_FILES = {"medmnist"}  # images live in one npz: its cases are the npz and the split file
 # colour loaders that convert grey / grey+alpha to RGB as the original code does (PIL ``convert("RGB")``)
 CONVERTS_TO_RGB = {"isic2019", "dermoscopy", "nuclei"}
 PNG_MASKS = {"nuclei"}  # 8-bit PNG masks cannot hold a negative label; instance ids > 1 are valid
+FLOAT_IMAGES = {"prostate", "harmofl_prostate"}  # NIfTI; the other families' files decode to 8-bit integers
 
 
 def cases():
@@ -212,6 +222,8 @@ def cases():
             if fault == "labels_out_of_range" and family in PNG_MASKS:
                 continue
             if fault == "wrong_channels" and family in CONVERTS_TO_RGB:
+                continue
+            if fault == "non_finite_image" and family not in FLOAT_IMAGES:
                 continue
             if family in NO_IMAGE_FILES and fault not in ("empty_datalist", "labels_out_of_range", "corrupt_image"):
                 continue
@@ -276,3 +288,5 @@ def test_nan_loss_stops_training_with_one_line(job, prepared, tmp_path, monkeypa
     with pytest.raises(FloatingPointError) as error:
         client.train_round(Signal(), FLContext())
     assert "\n" not in str(error.value) and "nan" in str(error.value).lower(), str(error.value)
+    if family not in NO_IMAGE_FILES:  # the datasets that read a file per sample name the batch's samples
+        assert " on the batch of " in str(error.value), str(error.value)

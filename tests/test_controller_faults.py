@@ -1,4 +1,5 @@
-"""RoundController with a dead client: skip it, then go on (``min_clients`` met) or stop naming it."""
+"""RoundController with a dead client or a rejected result: skip it, then go on (``min_clients`` met) or stop naming
+it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,22 @@ import time
 from types import SimpleNamespace
 from typing import Dict, List
 
+import numpy as np
 import pytest
 
+from nvflare.app_common.abstract.fl_model import FLModel
+
 from medfl.common.controller import RoundController
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 
 CLIENTS = ["site-a", "site-b", "site-c"]
+SENT = {"global/w": np.zeros(2, np.float32)}
+
+
+def valid_result(client: str, round_number: int = 0) -> FLModel:
+    """What an honest client sends back for the train task: the payload's arrays, its sample counts, the round."""
+    return FLModel(params={"global/w": np.ones(2, np.float32)}, metrics={"global": 0.5}, current_round=round_number,
+                   meta={"client_name": client, NUM_TRAIN_SAMPLES: 10, NUM_VAL_SAMPLES: 5})
 
 
 class FakeRounds(RoundController):
@@ -21,21 +33,21 @@ class FakeRounds(RoundController):
         super().__init__(num_rounds=1, task_check_period=0.01, **kwargs)
         self.dead = dead
         self.sent: List[str] = []
-        self.messages: Dict[str, List[str]] = {"panic": [], "warning": []}
+        self.messages: Dict[str, List[str]] = {"panic": [], "warning": [], "error": []}
         self.abort_signal = SimpleNamespace(triggered=False)
 
     def initial_models(self):
         return {}
 
     def payload_for(self, client):
-        return {}
+        return dict(SENT)
 
     def aggregate(self, results):
         pass
 
     def send_model(self, task_name, data, targets, timeout, callback):
         self.sent += targets
-        callback(SimpleNamespace(meta={"client_name": targets[0]}))
+        callback(valid_result(targets[0], data.current_round))
 
     def get_num_standing_tasks(self):
         return 0
@@ -48,6 +60,9 @@ class FakeRounds(RoundController):
 
     def warning(self, msg):
         self.messages["warning"].append(msg)
+
+    def error(self, msg):
+        self.messages["error"].append(msg)
 
 
 def test_dead_client_gets_no_task_and_the_round_goes_on_with_min_clients():
@@ -71,7 +86,7 @@ def test_dead_client_stops_the_run_naming_it(min_clients):
 def test_no_dead_client_no_message():
     controller = FakeRounds(dead=[])
     assert list(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
-    assert controller.messages == {"panic": [], "warning": []}
+    assert controller.messages == {"panic": [], "warning": [], "error": []}
 
 
 class LateRounds(FakeRounds):
@@ -87,7 +102,7 @@ class LateRounds(FakeRounds):
     def send_model(self, task_name, data, targets, timeout, callback):
         self.sent += targets
         self.tasks_checked_at = time.perf_counter() + self._task_check_period
-        threading.Timer(self.delay, callback, [SimpleNamespace(meta={"client_name": targets[0]})]).start()
+        threading.Timer(self.delay, callback, [valid_result(targets[0], data.current_round)]).start()
 
     def get_num_standing_tasks(self):
         return len(self.sent) if time.perf_counter() < self.tasks_checked_at else 0
@@ -109,7 +124,51 @@ def test_results_come_in_client_order_whatever_the_arrival_order():
     def answer_in_reverse():
         for client in reversed(CLIENTS):
             time.sleep(0.02)
-            controller._collect(SimpleNamespace(meta={"client_name": client}))
+            controller._collect(valid_result(client))
 
     threading.Thread(target=answer_in_reverse).start()
     assert list(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
+
+
+class BadSiteRounds(FakeRounds):
+    """Every client answers; ``bad`` answers with a wrong shape (the broadcastable (1,) of the issue)."""
+
+    def __init__(self, bad: str, **kwargs):
+        super().__init__(dead=[], **kwargs)
+        self.bad = bad
+
+    def send_model(self, task_name, data, targets, timeout, callback):
+        result = valid_result(targets[0], data.current_round)
+        if targets[0] == self.bad:
+            result.params["global/w"] = np.ones(1, np.float32)
+        callback(result)
+
+
+REJECTION = "round 2: rejected the result of site-b: global/w has shape (1,) but (2,) is expected"
+
+
+def test_a_rejected_result_is_logged_and_left_out_and_the_round_goes_on_with_min_clients():
+    controller = BadSiteRounds(bad="site-b", min_clients=2)
+    results = controller.scatter_and_gather("train", CLIENTS, 2)
+    assert sorted(results) == ["site-a", "site-c"]
+    assert controller.messages["error"] == [REJECTION]
+    assert not controller.messages["panic"]
+    assert controller.messages["warning"] == [
+        "round 2: continuing with 2 of 3 clients (min_clients=2); rejected the result of site-b: global/w has shape "
+        "(1,) but (2,) is expected"]
+
+
+def test_a_rejected_result_stops_the_run_with_its_reason_when_min_clients_needs_it():
+    controller = BadSiteRounds(bad="site-b")
+    assert controller.scatter_and_gather("train", CLIENTS, 2) is None
+    assert controller.messages["panic"] == [
+        "round 2: task 'train' got 2 results, needs 3; rejected the result of site-b: global/w has shape (1,) but "
+        "(2,) is expected"]
+
+
+def test_a_result_of_a_client_that_got_no_task_is_rejected():
+    controller = FakeRounds(dead=[])
+    assert controller.scatter_and_gather("train", CLIENTS[:2], 0) is not None
+    assert controller._collect(valid_result("site-z")) is False
+    assert controller.messages["error"] == [
+        "round 0: rejected the result of site-z: no task was sent to it in this round"]

@@ -27,7 +27,8 @@ HARMOFL_DENSENET = {"name": "harmofl_densenet121",
                              "block_config": [1, 1, 1, 1]}}
 SIZE = 32
 PRIOR, TRUNK = "pretrained/moco_r18.pth.tar", "pretrained/resnet18.pth"
-ISIC_SMALL = {"image_size": SIZE, "batch_size": 16, "trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
+ISIC_SMALL = {"image_size": SIZE, "batch_size": 16}
+ISIC_TRUNK = {"trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
 PRRFL_SMALL = {"image_size": SIZE, "local_epochs": 1,
                "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                            "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
@@ -125,18 +126,18 @@ FEDERATIONS = {
         "harmofl_prostate": ({}, {"network": HARMOFL_UNET}),
     }),
     "camelyon17": Federation(tuple(f"hospital{i}" for i in range(1, 6)), _camelyon17, {
-        "harmofl_camelyon17": ({}, {"network": HARMOFL_DENSENET, "dataset_root": "DATASET_ROOT/raw/demo_camelyon17"}),
+        "harmofl_camelyon17": ({}, {"network": HARMOFL_DENSENET, "data_root": "DATASET_ROOT/raw/demo_camelyon17"}),
     }),
     "nuclei": Federation(("brightfield_purple", "confocal_green", "dapi_blue", "widefield_grey"), _nuclei, {
-        "harmofl_nuclei": ({}, {"network": HARMOFL_UNET, "dataset_root": "DATASET_ROOT/raw/demo_nuclei",
+        "harmofl_nuclei": ({}, {"network": HARMOFL_UNET, "data_root": "DATASET_ROOT/raw/demo_nuclei",
                                 "patch_size": SIZE}),
     }),
     "isic2019": Federation(("center_1", "center_2", "center_3", "center_5"), _isic2019, {
-        "fedmas_isic2019": ({}, {**ISIC_SMALL, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
+        "fedmas_isic2019": (ISIC_TRUNK, {**ISIC_SMALL, "prior_checkpoint": f"DATASET_ROOT/{PRIOR}",
                                  "network": {"name": "free_head_resnet",
                                              "args": {"n_classes": 8, "prior_dim": 512, "depth": 18}}}),
-        "fedavg_bsm_isic2019": ({}, ISIC_SMALL),
-        "fedavg_isic2019": ({}, ISIC_SMALL),
+        "fedavg_bsm_isic2019": (ISIC_TRUNK, ISIC_SMALL),
+        "fedavg_isic2019": (ISIC_TRUNK, ISIC_SMALL),
     }),
     "dermoscopy": Federation(("clientA", "clientB", "clientC", "clientD"), _dermoscopy, {
         "prrfl_dermoscopy": ({}, PRRFL_SMALL),
@@ -145,8 +146,8 @@ FEDERATIONS = {
     }),
     "medmnist": Federation(("site-1", "site-2", "site-3", "site-4"), _medmnist, {
         "fedavg_medmnist": ({"fraction_fit": 0.5, "min_fit_clients": 1},
-                            {"dataset": "breastmnist", "npz_path": "DATASET_ROOT/medmnist/breastmnist.npz",
-                             "split_dir": "DATASET_ROOT/medmnist/splits_breastmnist", "local_epochs": 1}),
+                            {"dataset": "breastmnist", "data_root": "DATASET_ROOT/medmnist",
+                             "datalist": "DATASET_ROOT/medmnist/splits_breastmnist", "local_epochs": 1}),
     }),
 }
 

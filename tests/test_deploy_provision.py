@@ -15,4 +15,4 @@ def test_fedsm_in_a_provisioned_deployment(tmp_path, demo_prostate):
         job_id = deployment.submit_and_wait(job)
         deployment.nvflare("job", "download", job_id, "-o", tmp_path / "result")
     app_server = tmp_path / "result" / job_id / "workspace" / "app_server"
-    assert torch.load(app_server / "best_selector_model.pt")["state_dict"]
+    assert torch.load(app_server / "best_selector_model.pt", weights_only=True)["state_dict"]

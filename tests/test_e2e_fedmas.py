@@ -43,12 +43,13 @@ def run_job(dataset_root, tmp_path_factory):
 
     def run_once(job):
         if job not in done:
-            train = {**SMALL, "trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
+            train = dict(SMALL)
             if job == "fedmas_isic2019":
                 train.update(prior_checkpoint=f"DATASET_ROOT/{PRIOR}", network={
                     "name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 512, "depth": 18}})
             tmp = tmp_path_factory.mktemp(job)
-            variant = make_job_variant(job, tmp / "job", {"num_rounds": 2}, train)
+            server = {"num_rounds": 2, "trunk_checkpoint": f"DATASET_ROOT/{TRUNK}"}
+            variant = make_job_variant(job, tmp / "job", server, train)
             run_simulator(variant, tmp / "ws", CLIENTS, dataset_root)
             done[job] = tmp / "ws"
         return done[job]

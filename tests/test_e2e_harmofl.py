@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 from conftest import PROSTATE_CLIENTS as SLICE_CLIENTS
-from helpers import make_job_variant, run, run_simulator
+from helpers import as_longer_run, make_job_variant, run, run_simulator
 from test_deploy_poc import TINY_UNET
 
 from medfl.federations.camelyon17.demo import make_demo_camelyon17
@@ -46,12 +46,12 @@ def run_job(job, tmp_path, clients, data_dir, size, validation_pattern, image_ch
     run_simulator(variant, workspace, clients, data_dir)
     app_server = workspace / "server" / "simulate_job" / "app_server"
     for kind in ("best", "last"):
-        assert torch.load(app_server / f"{kind}_global_model.pt")["state_dict"], kind
-    state = torch.load(app_server / "server_state.pt")
+        assert torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)["state_dict"], kind
+    state = torch.load(app_server / "server_state.pt", weights_only=True)
     assert state["completed_round"] == 1
 
     # the exchange: one (C, H, W) reference, saved and in the resume state, frozen by every client
-    exchange = torch.load(app_server / AMPLITUDE_FILE)
+    exchange = torch.load(app_server / AMPLITUDE_FILE, weights_only=True)
     reference = exchange[AMPLITUDE_KEY]
     assert reference.shape == (image_channels, size, size) and sorted(exchange["clients"]) == sorted(clients)
     assert torch.equal(state["extra"][AMPLITUDE_KEY], reference)
@@ -90,7 +90,7 @@ def test_harmofl_camelyon17(tmp_path):
     make_demo_camelyon17(tmp_path / "raw" / "demo_camelyon17", slides_per_hospital=4, patches_per_slide=6)
     prepare_camelyon17(tmp_path / "raw" / "demo_camelyon17", tmp_path)
     out = run_job("harmofl_camelyon17", tmp_path, HOSPITALS, tmp_path, 96, r"global=[0-9.]+\n",
-                  network=SMALL_DENSENET, dataset_root="DATASET_ROOT/raw/demo_camelyon17")
+                  network=SMALL_DENSENET, data_root="DATASET_ROOT/raw/demo_camelyon17")
     for client in HOSPITALS:
         assert re.search(rf"^{client}: accuracy [0-9.]+, balanced_accuracy .*\(\d+ samples\)$", out, re.M), out
     assert "mean over 5 sites, best global model: accuracy" in out
@@ -101,16 +101,17 @@ def test_harmofl_nuclei(tmp_path, shared_data):
     make_demo_nuclei(shared_data / "nuclei_dsb2018", tmp_path / "raw" / "demo_nuclei")
     prepare_nuclei(tmp_path / "raw" / "demo_nuclei", tmp_path)
     out = run_job("harmofl_nuclei", tmp_path, NUCLEI_SITES, tmp_path, SIZE, r"global=\S+, dice_bg_fg=\S+, dice_fg=",
-                  network=SMALL_UNET, dataset_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE)
+                  network=SMALL_UNET, data_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE)
     for client in NUCLEI_SITES:
         assert re.search(rf"^{client}: dice_bg_fg [0-9.]+, dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
 
 
     # resume: the stored reference is broadcast again (not recomputed) and training goes on from round 2
     state_file = tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt"
-    digest = torch.load(state_file.parent / AMPLITUDE_FILE)[DIGEST_KEY]
+    digest = torch.load(state_file.parent / AMPLITUDE_FILE, weights_only=True)[DIGEST_KEY]
+    as_longer_run(state_file, 3)  # a 3-round run stopped after its second round
     resumed = make_job_variant("harmofl_nuclei", tmp_path / "resumed", {"num_rounds": 3, "resume_from": str(state_file)},
-                               {"num_threads": 1, "network": SMALL_UNET, "dataset_root": "DATASET_ROOT/raw/demo_nuclei",
+                               {"num_threads": 1, "network": SMALL_UNET, "data_root": "DATASET_ROOT/raw/demo_nuclei",
                                 "patch_size": SIZE})
     run_simulator(resumed, tmp_path / "ws2", NUCLEI_SITES, tmp_path)
     server_log = (tmp_path / "ws2" / "server" / "log.txt").read_text()

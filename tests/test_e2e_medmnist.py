@@ -29,8 +29,8 @@ def demo_medmnist(tmp_path_factory, shared_data: Path) -> Path:
 
 def test_fedavg_medmnist_samples_clients_and_tests_on_the_server(tmp_path, demo_medmnist):
     server = {"num_rounds": 2, "fraction_fit": 0.5, "min_fit_clients": 1}
-    train = {"dataset": "breastmnist", "npz_path": "DATASET_ROOT/medmnist/breastmnist.npz",
-             "split_dir": "DATASET_ROOT/medmnist/splits_breastmnist", "local_epochs": 1, "num_threads": 1}
+    train = {"dataset": "breastmnist", "data_root": "DATASET_ROOT/medmnist",
+             "datalist": "DATASET_ROOT/medmnist/splits_breastmnist", "local_epochs": 1, "num_threads": 1}
     variant = make_job_variant("fedavg_medmnist", tmp_path / "job", server, train)
     workspace = tmp_path / "ws"
     run_simulator(variant, workspace, CLIENTS, demo_medmnist)
@@ -55,8 +55,8 @@ def test_fedavg_medmnist_samples_clients_and_tests_on_the_server(tmp_path, demo_
         assert list((job_dir / "tb_events" / client).glob("events.*")), client
 
     for kind in ("best", "last"):
-        assert torch.load(app_server / f"{kind}_global_model.pt")["state_dict"], kind
-    assert torch.load(app_server / "server_state.pt")["completed_round"] == 1
+        assert torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)["state_dict"], kind
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
     out = run(["python", "result_stat/medmnist_test_only.py", "--models_dir", app_server,
                "--plot", tmp_path / "test.png"], env={"DATASET_ROOT": str(demo_medmnist)}).stdout
     assert "best global model (sent in round" in out and "server test accuracy per round: 0:" in out, out

@@ -28,9 +28,9 @@ def _test_only(app_server, demo_prostate, *extra):
 def test_fedavg_prostate(tmp_path, demo_prostate):
     workspace, app_server = _run("fedavg_prostate", tmp_path, demo_prostate)
     for kind in ("best", "last"):
-        state = torch.load(app_server / f"{kind}_global_model.pt")
+        state = torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)
         assert state["state_dict"], f"{kind} global model is empty"
-    assert torch.load(app_server / "server_state.pt")["completed_round"] == 1
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
     for client in PROSTATE_CLIENTS:
         assert list((workspace / "server" / "simulate_job" / "tb_events" / client).glob("events.*")), client
     out = _test_only(app_server, demo_prostate)
@@ -46,7 +46,7 @@ def test_fedsm_prostate_headline(tmp_path, demo_prostate):
         for name in names:
             assert (app_server / f"{kind}_{name}_model.pt").is_file(), f"{kind} {name}"
     assert json.loads((app_server / "site_labels.json").read_text()) == {c: i for i, c in enumerate(PROSTATE_CLIENTS)}
-    assert torch.load(app_server / "server_state.pt")["extra"]["selector_moments"], \
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["extra"]["selector_moments"], \
         "the moment filters are configured, so the server must hold averaged moments"
     for client in PROSTATE_CLIENTS:  # round 1 loads the moments averaged after round 0
         assert "loaded synced Adam moments" in (workspace / client / "log.txt").read_text(), client
@@ -68,7 +68,8 @@ def test_fedsm_without_moment_filters(tmp_path, demo_prostate):
     config["task_data_filters"], config["task_result_filters"] = [], []
     client_config.write_text(json.dumps(config))
     run_simulator(variant, tmp_path / "ws", PROSTATE_CLIENTS, demo_prostate)
-    state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt")
+    state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt",
+                       weights_only=True)
     assert state["extra"]["selector_moments"] == {}
     assert set(state["models"]) == {"global", "selector"} | {f"personal_{c}" for c in PROSTATE_CLIENTS}
 
@@ -81,3 +82,19 @@ def test_unreplaced_placeholder_gives_one_clear_error(tmp_path, demo_prostate):
                  timeout=300)
     logs = result.stdout + result.stderr
     assert "[client_MSD] DATASET_ROOT/dataset_2D: the path still contains the placeholder DATASET_ROOT" in logs, logs[-3000:]
+
+
+def test_a_config_typo_stops_the_client_before_round_0(tmp_path, demo_prostate):
+    """A typo written into a job by hand (not through job_variant, which checks) stops the run before round 0."""
+    variant = make_job_variant("fedavg_prostate", tmp_path / "job", {"num_rounds": 1}, {"num_threads": 1})
+    train = variant / "app" / "config" / "config_train.json"
+    config = json.loads(train.read_text())
+    config["local_epoch"] = config.pop("local_epochs")
+    train.write_text(json.dumps(config))
+    allow_medfl(tmp_path / "ws")
+    result = run([BIN / "nvflare", "simulator", variant, "-w", tmp_path / "ws", "-c", "client_MSD", "-t", "1"],
+                 env={"DATASET_ROOT": str(demo_prostate)}, check=False, timeout=300)
+    logs = result.stdout + result.stderr
+    assert "unknown key 'local_epoch' (did you mean 'local_epochs'?)" in logs, logs[-3000:]
+    assert "[client_MSD]" in logs and "config_train.json" in logs
+    assert not (tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "last_global_model.pt").exists()

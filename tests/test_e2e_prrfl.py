@@ -53,19 +53,20 @@ def fedavg_workspace(dataset_root, tmp_path_factory) -> Path:
 
 def test_prrfl_job_keeps_personalised_models_on_the_clients(prrfl_workspace):
     app_server = prrfl_workspace / "server" / "simulate_job" / "app_server"
-    assert torch.load(app_server / "server_state.pt")["completed_round"] == 1
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
     assert not list(app_server.glob("*personal*")), "personalised models must never reach the server"
-    deputies = {c: torch.load(app_server / f"last_deputy_{c}_model.pt")["state_dict"] for c in CLIENTS}
+    deputies = {c: torch.load(app_server / f"last_deputy_{c}_model.pt", weights_only=True)["state_dict"]
+                for c in CLIENTS}
     assert not any(is_bn_key_name(key) for key in deputies["clientA"]), "BatchNorm must not travel"
     key = "layer1.0.conv.weight"
     assert not torch.allclose(deputies["clientA"][key], deputies["clientB"][key]), "PFA returns one deputy per client"
     for client in CLIENTS:
         app_client = prrfl_workspace / client / "simulate_job" / f"app_{client}"
-        best = torch.load(app_client / "best_personal_model.pt")
+        best = torch.load(app_client / "best_personal_model.pt", weights_only=True)
         # 2 rounds: the selection window (last 20 %) is round 1, delivered by the final validation task
         assert best["round_number"] == 1 and 0.0 <= best["score"] <= 1.0
         assert "layer1.0.bn.running_mean" in best["state_dict"]
-        assert torch.load(app_client / "last_personal_model.pt")["round_number"] == 1
+        assert torch.load(app_client / "last_personal_model.pt", weights_only=True)["round_number"] == 1
         events = prrfl_workspace / "server" / "simulate_job" / "tb_events" / client
         assert list(events.glob("events.*")), client
 
@@ -73,8 +74,9 @@ def test_prrfl_job_keeps_personalised_models_on_the_clients(prrfl_workspace):
 def test_fedavg_baseline_job(fedavg_workspace):
     app_server = fedavg_workspace / "server" / "simulate_job" / "app_server"
     for kind in ("best", "last"):
-        assert "layer1.0.bn.running_mean" in torch.load(app_server / f"{kind}_global_model.pt")["state_dict"]
-    assert torch.load(app_server / "server_state.pt")["completed_round"] == 1
+        saved = torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)
+        assert "layer1.0.bn.running_mean" in saved["state_dict"]
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
 
 
 def test_results_script(prrfl_workspace, fedavg_workspace, dataset_root, tmp_path):

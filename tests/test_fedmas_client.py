@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from helpers import configure
 
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -14,12 +15,13 @@ from medfl.common.errors import DataError
 from medfl.common.params import bundle, to_numpy
 from medfl.common.protocol import NUM_TRAIN_SAMPLES
 from medfl.common.resnet import resnet_trunk
+from medfl.common.settings import ConfigError
 from medfl.federations.isic2019 import preparation
 from medfl.federations.isic2019.client import SkinLesionExecutor
 from medfl.federations.isic2019.evaluation import TESTING, VALIDATION
 from medfl.federations.isic2019.networks import ResNetClassifier
 from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
-from medfl.fedmas.executor import FedMASExecutor
+from medfl.fedmas.executor import FedMASExecutor, FedMASOptions
 from medfl.fedmas.networks import FreeHeadResNet
 from medfl.fedmas.prior import checkpoint_sha256
 from medfl.fedmas.protocol import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR
@@ -46,16 +48,16 @@ def dataset_root(shared_data, tmp_path_factory):
 
 
 def make_client(cls, dataset_root, **overrides):
-    client = cls()
-    client.site = SITE
-    client.config = {
-        "dataset_base_dir": str(dataset_root / "fed_isic2019"),
-        "prior_checkpoint": str(dataset_root / "pretrained" / "moco_r18.pth.tar"),
+    config = {
+        "data_root": str(dataset_root / "fed_isic2019"),
         "network": {"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": PRIOR_DIM, "depth": 18}},
-        "optimizer": {"name": "adam", "args": {"lr": 3e-4}},
-        "loss": "bsm", "free_u": 3.0, "grad_clip_norm": 5.0, "local_epochs": 1,
-        "batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE, **overrides,
+        "optimizer": {"name": "adam", "lr": 3e-4},
+        "loss": "bsm", "grad_clip_norm": 5.0, "local_epochs": 1,
+        "batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE,
     }
+    if issubclass(cls.Settings, FedMASOptions):
+        config.update({"prior_checkpoint": str(dataset_root / "pretrained" / "moco_r18.pth.tar"), "free_u": 3.0})
+    client = configure(cls(), {**config, **overrides}, SITE)
     client.setup(None)
     return client
 
@@ -133,9 +135,11 @@ def test_configuration_errors_are_clear(dataset_root):
     with pytest.raises(ValueError, match="FedMAS needs a network with the projector head"):
         make_client(FedMASExecutor, dataset_root, network={"name": "resnet_classifier", "args": {}})
     with pytest.raises(DataError, match=r"\[center_3\] .*center_3: no data folder for this client"):
-        make_client(SkinLesionExecutor, dataset_root, dataset_base_dir=str(dataset_root))
-    with pytest.raises(ValueError, match="loss must be one of"):
+        make_client(SkinLesionExecutor, dataset_root, data_root=str(dataset_root))
+    with pytest.raises(ConfigError, match=r"\[center_3\] config_train.json: 'loss': Input should be 'bsm' or 'ce'"):
         make_client(SkinLesionExecutor, dataset_root, loss="focal",
                     network={"name": "resnet_classifier", "args": {}})
+    with pytest.raises(ConfigError, match="'loss': Input should be 'bsm'"):
+        make_client(FedMASExecutor, dataset_root, loss="ce")
     assert isinstance(make_client(SkinLesionExecutor, dataset_root, loss="ce",
                                   network={"name": "resnet_classifier", "args": {}}).model, ResNetClassifier)

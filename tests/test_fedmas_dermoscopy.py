@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, configure
 
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -57,10 +57,10 @@ def make_client(dataset_root: Path, tmp_path: Path) -> DermoscopyFedMASExecutor:
     config = json.loads((PROJECT_ROOT / "jobs" / "fedmas_dermoscopy" / "app" / "config" / "config_train.json")
                         .read_text())
     client = DermoscopyFedMASExecutor(analytic_sender_id="")
-    client.site, client.app_dir = SITE, str(tmp_path)
-    client.config = {**config, "data_root": str(dataset_root / "prrfl_ham10000"), "image_size": IMAGE_SIZE,
-                     "prior_checkpoint": str(dataset_root / "pretrained" / "moco_r18.pth.tar"), "network": NETWORK,
-                     "local_epochs": 1, "num_threads": 1}
+    client.app_dir = str(tmp_path)
+    configure(client, {**config, "data_root": str(dataset_root / "prrfl_ham10000"), "image_size": IMAGE_SIZE,
+                       "prior_checkpoint": str(dataset_root / "pretrained" / "moco_r18.pth.tar"),
+                       "network": NETWORK, "local_epochs": 1, "num_threads": 1}, SITE)
     client.setup(FLContext())
     return client
 
@@ -109,7 +109,7 @@ def test_client_round_measures_mas_with_the_dermoscopy_data_and_schedule(dataset
 
 
 def test_mas_server_selects_on_the_clients_reported_metric(tmp_path):
-    controller = MASController(aggregation="mas", num_rounds=2)
+    controller = MASController(aggregation="mas", num_rounds=2, network=NETWORK)
     controller.fl_ctx = FLContext()
     controller.get_app_dir = lambda: str(tmp_path)
     controller.models = {"global": {"w": np.zeros(2, dtype=np.float32)}}

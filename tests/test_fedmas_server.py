@@ -13,7 +13,14 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from medfl.common.errors import DataError
 from medfl.common.metrics import balanced_accuracy
 from medfl.common.params import bundle
-from medfl.federations.isic2019.evaluation import balanced_accuracy_from_counts, class_hits, pool_counts, select_rounds
+from medfl.common.settings import ConfigError
+from medfl.federations.isic2019.evaluation import (
+    balanced_accuracy_from_counts,
+    check_class_counts,
+    class_hits,
+    pool_counts,
+    select_rounds,
+)
 from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
 from medfl.federations.isic2019.server import HISTORY_FILE
 from medfl.fedmas.aggregation import aggregation_weights, canonical_method
@@ -21,6 +28,9 @@ from medfl.fedmas.controller import FedMASController
 from medfl.fedmas.protocol import PRIOR_SHA256, ROBUST_FACTOR
 
 N_CLASSES = 4
+
+
+NETWORK = {"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 512, "depth": 18}}
 
 
 def test_counts_give_sklearn_balanced_accuracy_per_client_and_pooled():
@@ -60,12 +70,12 @@ def test_select_rounds_takes_the_first_best_of_each_split_and_the_last():
 
 def test_aggregation_method_names():
     assert canonical_method("MAS") == "mas" and canonical_method("MAS_drw") == "mas_DRW"
-    with pytest.raises(ValueError, match="unknown aggregation method 'fedprox'"):
-        FedMASController(aggregation="fedprox")
+    with pytest.raises(ConfigError, match="unknown aggregation method 'fedprox'"):
+        FedMASController(aggregation="fedprox", network=NETWORK)
 
 
 def make_controller(tmp_path, aggregation="mas", num_rounds=10):
-    controller = FedMASController(aggregation=aggregation, num_rounds=num_rounds)
+    controller = FedMASController(aggregation=aggregation, num_rounds=num_rounds, network=NETWORK)
     controller.fl_ctx = FLContext()
     controller.get_app_dir = lambda: str(tmp_path)
     controller.models = {"global": {"w": np.zeros(2, dtype=np.float32), "n": np.array(0, dtype=np.int64)}}
@@ -137,3 +147,21 @@ def test_track_best_names_a_client_without_counts(tmp_path):
     broken = FLModel(params={}, meta={SAMPLES_PER_EPOCH: 1})
     with pytest.raises(DataError, match=r"\[b\] the client's reply has no 'class_counts'"):
         controller.track_best({"b": broken}, 0)
+
+
+@pytest.mark.parametrize("counts, problem", [
+    ([1, 2], "is a list, not a dict of splits"),
+    ({"validation": split_counts([1, 1, 0, 0], [1, 1, 0, 0])["validation"]},
+     "has no 'correct' and 'total' counts for its 'testing' split"),
+    ({**split_counts([1, 1, 0, 0], [1, 1, 0, 0]), "testing": {"correct": [1, 1], "total": [2, 2]}},
+     "'testing' correct is [1, 1], not 4 counts >= 0"),
+    (split_counts([1, -1, 0, 0], [1, 1, 0, 0]), "'validation' correct is [1, -1, 0, 0], not 4 counts >= 0"),
+    (split_counts([1.0, 1, 0, 0], [1, 1, 0, 0]), "'validation' correct is [1.0, 1, 0, 0], not 4 counts >= 0"),
+    (split_counts([1, 1, 0, 0], [3, 1, 0, 0]), "'testing' has more correct predictions [3, 1, 0, 0] than samples "
+                                               "[2, 2, 0, 0]"),
+])
+def test_class_counts_that_cannot_be_true_are_named(counts, problem):
+    assert check_class_counts(counts, 4, 4) == problem
+    assert check_class_counts(split_counts([1, 1, 0, 0], [1, 1, 0, 0]), 4, 4) is None
+    assert check_class_counts(split_counts([1, 1, 0, 0], [1, 1, 0, 0]), 4, 5) == (
+        "'validation' counts 4 samples, but the client reports 5 validation samples")

@@ -113,7 +113,8 @@ def test_routing_threshold_one_is_global_only():
 
 
 def test_per_client_bundles_never_mix():
-    controller = FedSMController(num_rounds=1, site_labels={"a": 0, "b": 1})
+    network = {"name": "unet"}
+    controller = FedSMController(num_rounds=1, site_labels={"a": 0, "b": 1}, network=network, selector_network=network)
     controller.models = {"global": {"w": np.zeros(1)}, "selector": {"w": np.ones(1)},
                          personal_name("a"): {"w": np.full(1, 10.0)}, personal_name("b"): {"w": np.full(1, 20.0)}}
     for client, value in (("a", 10.0), ("b", 20.0)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PROSTATE_CLIENTS
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, configure
 from test_deploy_poc import TINY_UNET as SLICE_UNET
 from torch.utils.data import DataLoader, Dataset
 
@@ -51,14 +51,14 @@ def prostate_root(tmp_path_factory):
 
 def prostate_config(root, **overrides):
     config = json.loads((PROJECT_ROOT / "jobs/harmofl_prostate/app/config/config_train.json").read_text())
-    config.update({"dataset_base_dir": str(root / "dataset_harmofl_prostate"),
-                   "datalist_json_path": str(root / "datalist_harmofl_prostate"),
+    config.update({"data_root": str(root / "dataset_harmofl_prostate"),
+                   "datalist": str(root / "datalist_harmofl_prostate"),
                    "network": TINY_UNET, "device": "cpu", **overrides})
     return config
 
 
 def start(executor, site, config):
-    executor.site, executor.config = site, config
+    configure(executor, config, site)
     executor.setup(FLContext())
     return executor
 
@@ -157,8 +157,8 @@ def test_slice_client_is_fedavgs_prostate_client_with_harmofl_added(demo_prostat
     """HarmoFLSliceExecutor on the FedSM/FedAvg slices: the exchange over 1-channel slices, FedAvg's Adam wrapped
     by the perturbation, normalised inputs in both passes, and the test split and score harmofl_test_only uses."""
     config = json.loads((PROJECT_ROOT / "jobs/harmofl_prostate_2d/app/config/config_train.json").read_text())
-    config.update({"dataset_base_dir": str(demo_prostate / "dataset_2D"),
-                   "datalist_json_path": str(demo_prostate / "datalist_2D"), "network": SLICE_UNET,
+    config.update({"data_root": str(demo_prostate / "dataset_2D"),
+                   "datalist": str(demo_prostate / "datalist_2D"), "network": SLICE_UNET,
                    "device": "cpu", "amplitude_mode": "reference_code"})
     executors = {client: start(HarmoFLSliceExecutor(), client, config) for client in PROSTATE_CLIENTS}
     sizes = {client: ex.num_samples("training") for client, ex in executors.items()}
@@ -172,7 +172,7 @@ def test_slice_client_is_fedavgs_prostate_client_with_harmofl_added(demo_prostat
     optimizer = executor.optimizers["global"]
     assert isinstance(optimizer, WeightPerturbationOptimizer) and optimizer.alpha == config["perturbation_alpha"]
     assert isinstance(optimizer.base_optimizer, torch.optim.Adam)
-    assert optimizer.base_optimizer.defaults["lr"] == config["learning_rate"]
+    assert optimizer.base_optimizer.defaults["lr"] == config["optimizer"]["lr"]
     model = executor.models["global"]
     seen = []
     model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].mean(dim=(0, 2, 3))))
@@ -218,7 +218,7 @@ class ToyClassificationExecutor(HarmoFLClassificationExecutor):
 
 def test_classification_client_reuses_the_amplitude_and_perturbation_machinery():
     config = {"network": {"name": "test_harmofl_tiny_cnn"}, "batch_size": 4, "device": "cpu",
-              "optimizer": {"name": "sgd", "args": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}}}
+              "optimizer": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}}
     executor = start(ToyClassificationExecutor(), "site-1", config)
     assert isinstance(executor.optimizer, WeightPerturbationOptimizer)
     assert isinstance(executor.optimizer.base_optimizer, torch.optim.SGD)

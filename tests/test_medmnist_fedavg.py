@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import configure
 
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
@@ -18,6 +19,7 @@ from medfl.common.errors import DataError
 from medfl.common.params import bundle, unbundle
 from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
 from medfl.common.sampling import num_fit_clients, sample_clients
+from medfl.common.settings import ConfigError
 from medfl.fedavg.medmnist import MedMNISTFedAvgController
 from medfl.federations.medmnist.client import MedMNISTExecutor
 from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, mean_cross_entropy
@@ -32,9 +34,9 @@ def federation(tmp_path_factory, shared_data: Path) -> dict:
     root = tmp_path_factory.mktemp("medmnist_fedavg")
     npz = shared_data / "medmnist" / "breastmnist.npz"
     prepare_client_splits(npz, root / "splits", num_clients=len(SITES), alpha=1000.0, seed=0, dataset="breastmnist")
-    config = {"dataset": "breastmnist", "npz_path": str(npz), "split_dir": str(root / "splits"),
+    config = {"dataset": "breastmnist", "data_root": str(npz.parent), "datalist": str(root / "splits"),
               "network": {"name": "medmnist_cnn", "args": {}},
-              "optimizer": {"name": "sgd", "args": {"lr": 0.01, "momentum": 0.9}},
+              "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
               "local_epochs": 1, "batch_size": 64, "eval_batch_size": 50, "seed": 0}
     (root / "config").mkdir()
     (root / "config" / "config_train.json").write_text(json.dumps(config))
@@ -64,10 +66,10 @@ def test_sampling_is_seeded_per_round_without_replacement_and_uniform():
 def test_sampling_errors():
     with pytest.raises(ValueError, match=r"needs 3 clients \(fraction_fit=0.1, min_fit_clients=3\) but only 2"):
         sample_clients(["site-1", "site-2"], 0, 0.1, 3, seed=0)
-    with pytest.raises(ValueError, match="fraction_fit must be in"):
-        MedMNISTFedAvgController(fraction_fit=0.0)
-    with pytest.raises(ValueError, match="min_fit_clients must be at least 1"):
-        MedMNISTFedAvgController(min_fit_clients=0)
+    with pytest.raises(ConfigError, match=r"config_fed_server.json: 'fraction_fit': Input should be greater than 0"):
+        MedMNISTFedAvgController(fraction_fit=0.0, data_root="/data")
+    with pytest.raises(ConfigError, match="'min_fit_clients': Input should be greater than or equal to 1"):
+        MedMNISTFedAvgController(min_fit_clients=0, data_root="/data")
 
 
 def test_mean_cross_entropy_equals_torch():
@@ -80,8 +82,7 @@ def test_mean_cross_entropy_equals_torch():
 
 # ------------------------------------------------------------------ client
 def _client(config: dict, site: str = "site-1") -> MedMNISTExecutor:
-    client = MedMNISTExecutor()
-    client.site, client.config = site, dict(config)
+    client = configure(MedMNISTExecutor(), config, site)
     client.setup(FLContext())
     return client
 
@@ -148,7 +149,8 @@ def test_server_samples_averages_by_examples_and_tests_at_round_0_and_after_each
     root = tmp_path
     (root / "app").mkdir()
     (root / "config").symlink_to(federation["root"] / "config")
-    controller = _LoopController(root, num_rounds=2, fraction_fit=0.5, min_fit_clients=1, sampling_seed=0)
+    server = {k: federation["config"][k] for k in ("dataset", "data_root", "eval_batch_size", "network", "seed")}
+    controller = _LoopController(root, num_rounds=2, fraction_fit=0.5, min_fit_clients=1, sampling_seed=0, **server)
     controller.run()
 
     kinds = [e[0] for e in controller.events]
@@ -167,10 +169,57 @@ def test_server_samples_averages_by_examples_and_tests_at_round_0_and_after_each
     assert [h["trained_by"] for h in history] == [[], trained[0], trained[1]]
     assert all(0.0 <= h["accuracy"] <= 1.0 and h["loss"] > 0 for h in history)
     assert (root / "app" / "best_global_model.pt").is_file() and (root / "app" / "last_global_model.pt").is_file()
-    assert torch.load(root / "app" / "server_state.pt")["extra"]["test_history"][-1]["step"] == 1
+    assert torch.load(root / "app" / "server_state.pt", weights_only=True)["extra"]["test_history"][-1]["step"] == 1
 
 
 def test_task_check_period_reaches_nvflare():
     """RoundController passes task_check_period to NVFlare's ModelController (0.5 s there by default)."""
-    assert MedMNISTFedAvgController()._task_check_period == 0.5
-    assert MedMNISTFedAvgController(task_check_period=0.1)._task_check_period == 0.1
+    assert MedMNISTFedAvgController(data_root="/data")._task_check_period == 0.5
+    assert MedMNISTFedAvgController(data_root="/data", task_check_period=0.1)._task_check_period == 0.1
+
+
+def _medmnist_run(federation, root: Path, corrupt):
+    """The real controller on 4 fake clients that return the global model + 1; site-2's training results go
+    through ``corrupt`` (``None``: it never answers them)."""
+    from fake_transport import attach
+
+    def answer(client, task, sent):
+        meta = {NUM_VAL_SAMPLES: 5}
+        if task == "validate":
+            return FLModel(metrics={"global": 0.5, "global_loss": 0.7}, meta=meta)
+        params = {k: np.asarray(v + 1, v.dtype) for k, v in sent.params.items()}
+        result = FLModel(params=params, metrics={"global": 0.5, "global_loss": 0.7}, current_round=sent.current_round,
+                         meta={**meta, NUM_TRAIN_SAMPLES: 10})
+        if client != "site-2":
+            return result
+        return corrupt(result) if corrupt else None
+
+    server = {k: federation["config"][k] for k in ("dataset", "data_root", "eval_batch_size", "network", "seed")}
+    controller = MedMNISTFedAvgController(num_rounds=2, fraction_fit=1.0, min_fit_clients=1, min_clients=3, **server)
+    attach(controller, root, SITES, answer, federation["config"])
+    controller.run()
+    return controller
+
+
+def _with(result, **changes):
+    for name, value in changes.items():
+        getattr(result, name).update(value)
+    return result
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda r: _with(r, metrics={"global_loss": -1.0}), "metric global_loss = -1.0 is outside [0, inf]"),
+    (lambda r: _with(r, params={k: np.full_like(v, np.nan) for k, v in r.params.items() if v.dtype.kind == "f"}),
+     "global/classifier.0.bias holds 120 non-finite value(s) (NaN or inf) of 120"),
+])
+def test_server_rejects_a_bad_result_and_keeps_nothing_of_it(federation, tmp_path, corrupt, reason):
+    controller = _medmnist_run(federation, tmp_path / "bad", corrupt)
+    assert controller.log["error"] == [f"round {r}: rejected the result of site-2: {reason}" for r in range(2)]
+    silent = _medmnist_run(federation, tmp_path / "silent", None)
+    for key, value in silent.models["global"].items():
+        assert np.array_equal(controller.models["global"][key], value), key
+    for name in ("last_global_model.pt", "best_global_model.pt"):
+        got, expected = (torch.load(c.app_dir / name, weights_only=True) for c in (controller, silent))
+        assert all(torch.equal(got["state_dict"][k], v) for k, v in expected["state_dict"].items()), name
+    history = json.loads((controller.app_dir / TEST_METRICS_FILE).read_text())
+    assert all(math.isfinite(h["loss"]) for h in history)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from medfl.common.networks import build_network
+from medfl.common.settings import ConfigError, NetworkSpec
 from medfl.federations.medmnist.data import medmnist_info
 from medfl.federations.medmnist.networks import FlowerCNN, network_for_data
 
@@ -34,12 +35,12 @@ def test_densenet121_option():
 
 
 def test_network_sizes_come_from_the_data():
-    breast = network_for_data({"name": "medmnist_cnn"}, medmnist_info("breastmnist"), image_size=28)
-    assert breast == {"name": "medmnist_cnn", "args": {"in_channels": 1, "num_classes": 2, "image_size": 28}}
-    path_64 = network_for_data({"name": "medmnist_cnn", "args": {"num_classes": 9}}, medmnist_info("pathmnist"), 64)
-    model = build_network(path_64["name"], **path_64["args"])
+    breast = network_for_data(NetworkSpec(name="medmnist_cnn"), medmnist_info("breastmnist"), image_size=28)
+    assert breast == NetworkSpec(name="medmnist_cnn", args={"in_channels": 1, "num_classes": 2, "image_size": 28})
+    path_64 = network_for_data(NetworkSpec(name="medmnist_cnn", args={"num_classes": 9}), medmnist_info("pathmnist"), 64)
+    model = build_network(path_64.name, **path_64.args)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 9)
     with pytest.raises(ValueError, match="network args in_channels=3 but the data has 1; leave in_channels out"):
-        network_for_data({"name": "medmnist_cnn", "args": {"in_channels": 3}}, medmnist_info("breastmnist"), 28)
-    with pytest.raises(ValueError, match="needs a 'name'"):
-        network_for_data({"args": {}}, medmnist_info("breastmnist"), 28)
+        network_for_data(NetworkSpec(name="medmnist_cnn", args={"in_channels": 3}), medmnist_info("breastmnist"), 28)
+    with pytest.raises(ConfigError, match="missing key 'name'"):
+        NetworkSpec.load({"args": {}}, "config_train.json")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from medfl.common.errors import DataError
 from medfl.federations.dermoscopy import preparation as prepare
+from medfl.federations.dermoscopy.client import DermoscopySettings
 from medfl.federations.dermoscopy.data import SkinLesionDataset, build_client_datasets, train_transforms
 from medfl.federations.dermoscopy.ham10000 import read_ham10000_metadata, stratified_group_split
 
@@ -153,12 +154,16 @@ def test_dataset_errors(tmp_path):
 
 def test_client_datasets_from_config(federation, monkeypatch):
     monkeypatch.setenv("DATASET_ROOT", str(federation.parent))
-    config = {"data_root": f"DATASET_ROOT/{federation.name}", "image_size": 128}
-    datasets = build_client_datasets(config, "clientB")
+    def settings(**overrides):
+        values = {"network": {"name": "vgg16_slim"}, "data_root": f"DATASET_ROOT/{federation.name}",
+                  "image_size": 128, **overrides}
+        return DermoscopySettings(**values)
+
+    datasets = build_client_datasets(settings(), "clientB")
     assert set(datasets) == {"training", "validation", "testing"}
     assert datasets["validation"].csv_path == federation / "clientB" / "valid_clientB.csv"
     assert datasets["training"][0]["image"].shape == (3, 128, 128)
     with pytest.raises(DataError, match=r"\[clientB\] .*expected 64x64 \(config_train.json 'image_size'"):
-        build_client_datasets({**config, "image_size": 64}, "clientB")["testing"][0]
+        build_client_datasets(settings(image_size=64), "clientB")["testing"][0]
     with pytest.raises(DataError, match=r"\[clientZ\] .*clientZ: no folder for this client"):
-        build_client_datasets(config, "clientZ")
+        build_client_datasets(settings(), "clientZ")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import configure
 
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
@@ -19,10 +20,11 @@ from medfl.common.errors import DataError
 from medfl.common.networks import build_network
 from medfl.common.params import bundle, unbundle
 from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.settings import ConfigError
 from medfl.federations.dermoscopy.client import DermoscopyExecutor, optimizer_for_round, round_learning_rate
 from medfl.federations.dermoscopy.preparation import prepare_federation
 from medfl.prrfl.controller import PFAController, deputy_name
-from medfl.prrfl.executor import DETExecutor
+from medfl.prrfl.executor import DETExecutor, DETSettings
 from medfl.prrfl.pfa import batchnorm_keys, pfa_aggregate_state_dicts, pfa_ratio, shared_params
 from medfl.prrfl.protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_METRICS
 
@@ -50,13 +52,15 @@ def test_network_named_with_its_module():
 
 
 def test_learning_rate_halves_every_five_rounds():
-    assert [round_learning_rate(1e-2, r) for r in (0, 4, 5, 9, 10, 49)] == [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3,
+    assert [round_learning_rate(1e-2, r, 0.5, 5) for r in (0, 4, 5, 9, 10, 49)] == [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3,
                                                                              1e-2 * 0.5 ** 9]
-    optimizer = optimizer_for_round(torch.nn.Linear(2, 2).parameters(), {}, 7)  # the original's SGD, round 7
+    original = DETSettings(network=NETWORK, data_root="unused")
+    optimizer = optimizer_for_round(torch.nn.Linear(2, 2).parameters(), original, 7)  # the original's SGD, round 7
     group = optimizer.param_groups[0]
     assert type(optimizer) is torch.optim.SGD and group["momentum"] == 0
     assert group["lr"] == pytest.approx(5e-3) and group["weight_decay"] == 1e-6
-    custom = {"optimizer": {"name": "sgd", "args": {"lr": 0.1}}, "lr_decay": 0.1, "lr_decay_rounds": 2}
+    custom = DETSettings(network=NETWORK, data_root="unused", optimizer={"name": "sgd", "lr": 0.1}, lr_decay=0.1,
+                         lr_decay_rounds=2)
     optimizer = optimizer_for_round(torch.nn.Linear(2, 2).parameters(), custom, 4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
@@ -64,9 +68,9 @@ def test_learning_rate_halves_every_five_rounds():
 # ---------------------------------------------------------------------------------------------- client
 def make_client(federation: Path, tmp_path: Path, **config) -> DETExecutor:
     client = DETExecutor(analytic_sender_id="")
-    client.site, client.app_dir = "clientA", str(tmp_path)
-    client.config = {"data_root": str(federation), "image_size": IMAGE_SIZE, "network": NETWORK, "batch_size": 16,
-                     "local_epochs": 2, **config}
+    client.app_dir = str(tmp_path)
+    configure(client, {"data_root": str(federation), "image_size": IMAGE_SIZE, "network": NETWORK, "batch_size": 16,
+                       "local_epochs": 2, **config}, "clientA")
     client.setup(FLContext())
     return client
 
@@ -93,7 +97,7 @@ def test_det_client_round_keeps_batchnorm_and_personal_model_local(federation, t
         assert {f"{prefix}_{m}" for m in ("accuracy", "macro_f1", "macro_auc")} <= set(result.metrics)
     trained = result.meta[TRAINED_METRICS]  # sent through the common executor's result_meta hook
     assert set(trained) == set(result.metrics)
-    last = torch.load(tmp_path / "last_personal_model.pt")
+    last = torch.load(tmp_path / "last_personal_model.pt", weights_only=True)
     assert last["round_number"] == 0 and last["metrics"] == trained
     assert not (tmp_path / "best_personal_model.pt").exists()
 
@@ -111,7 +115,7 @@ def test_det_client_round_keeps_batchnorm_and_personal_model_local(federation, t
     # the server's selection of round 0 arrives with the next task: the personal model as it was then is saved
     reply = task(client, "validate", received, 2, {BEST_PERSONAL_ROUND: 0, BEST_PERSONAL_SCORE: 0.5})
     assert reply.params is None or not reply.params
-    best = torch.load(tmp_path / "best_personal_model.pt")
+    best = torch.load(tmp_path / "best_personal_model.pt", weights_only=True)
     assert best["round_number"] == 0 and best["score"] == 0.5 and best["metrics"] == trained
     for key, value in best["state_dict"].items():
         torch.testing.assert_close(value, personal_before[key])
@@ -129,9 +133,9 @@ def test_det_client_first_payload_initialises_both_models(federation, tmp_path):
 
 def test_fedavg_client_reports_every_metric_and_selects_on_macro_f1(federation, tmp_path):
     client = DermoscopyExecutor(analytic_sender_id="")
-    client.site, client.app_dir = "clientA", str(tmp_path)
-    client.config = {"data_root": str(federation), "image_size": IMAGE_SIZE, "network": NETWORK, "batch_size": 16,
-                     "val_metric": "macro_f1"}
+    client.app_dir = str(tmp_path)
+    configure(client, {"data_root": str(federation), "image_size": IMAGE_SIZE, "network": NETWORK, "batch_size": 16,
+                       "val_metric": "macro_f1"}, "clientA")
     client.setup(FLContext())
     metrics = client.evaluate("testing")
     assert metrics["global"] == metrics["global_macro_f1"]
@@ -162,9 +166,8 @@ CLIENTS = ("clientA", "clientB", "clientC")
 
 
 def make_server(clients=CLIENTS, **kwargs) -> PFAController:
-    server = PFAController(num_rounds=10, **kwargs)
+    server = PFAController(num_rounds=10, network=NETWORK, seed=0, **kwargs)
     server.engine, server.fl_ctx = Engine(clients), FLContext()
-    server.train_config = {"network": NETWORK, "seed": 0}
     server.models = server.initial_models()
     return server
 
@@ -223,12 +226,12 @@ def test_selection_of_personalised_models_in_the_last_fifth():
 
 def test_selection_window_keeps_the_last_round_and_settings_are_checked():
     assert make_server().first_selection_round() == 8
-    assert PFAController(num_rounds=2).first_selection_round() == 1
-    assert PFAController(num_rounds=1).first_selection_round() == 0
-    with pytest.raises(ValueError, match="final_validation"):
-        PFAController(final_validation=False)
-    with pytest.raises(ValueError, match="pfa_ratio_start"):
-        PFAController(pfa_ratio_start=0.9, pfa_ratio_end=0.8)
-    with pytest.raises(ValueError, match="weighting"):
-        PFAController(weighting="median")
-    assert math.isinf(PFAController().best_personal_score)
+    assert PFAController(num_rounds=2, network=NETWORK).first_selection_round() == 1
+    assert PFAController(num_rounds=1, network=NETWORK).first_selection_round() == 0
+    with pytest.raises(ConfigError, match="final_validation"):
+        PFAController(final_validation=False, network=NETWORK)
+    with pytest.raises(ConfigError, match="pfa_ratio_start"):
+        PFAController(pfa_ratio_start=0.9, pfa_ratio_end=0.8, network=NETWORK)
+    with pytest.raises(ConfigError, match="weighting"):
+        PFAController(weighting="median", network=NETWORK)
+    assert math.isinf(PFAController(network=NETWORK).best_personal_score)

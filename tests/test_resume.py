@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 from conftest import PROSTATE_CLIENTS
-from helpers import make_job_variant, run_simulator
+from helpers import as_longer_run, make_job_variant, run_simulator
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +19,9 @@ def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
     first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": 2}, {"num_threads": 1})
     run_simulator(first, tmp_path / "ws1", PROSTATE_CLIENTS, demo_prostate)
     state_file = tmp_path / "ws1" / "server" / "simulate_job" / "app_server" / "server_state.pt"
-    saved = torch.load(state_file)
+    saved = torch.load(state_file, weights_only=True)
     assert saved["completed_round"] == 1
+    as_longer_run(state_file, 3)  # a 3-round run stopped after its second round
 
     resumed = make_job_variant("fedavg_prostate", tmp_path / "resumed",
                                {"num_rounds": 3, "resume_from": str(state_file)}, {"num_threads": 1})
@@ -33,5 +34,6 @@ def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
         assert list(after) == ["2", "3"], after
         # the models the first run validated after its last round are exactly the ones the resumed run starts from
         assert after["2"] == before["2"], (client, before, after)
-    final = torch.load(tmp_path / "ws2" / "server" / "simulate_job" / "app_server" / "server_state.pt")
+    final = torch.load(tmp_path / "ws2" / "server" / "simulate_job" / "app_server" / "server_state.pt",
+                       weights_only=True)
     assert final["completed_round"] == 2

@@ -7,9 +7,10 @@ FedAvg baselines use this class as it is, and methods override the loss, the ste
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable, Dict
+from typing import Callable, Dict, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from nvflare.apis.fl_context import FLContext
@@ -20,34 +21,31 @@ from .executor import RoundExecutor
 from .metrics import classification_metrics, predict_probabilities
 from .networks import build_network
 from .params import Params, bundle, load_numpy, to_numpy, unbundle
-from .train import train_epoch
+from .settings import ClientSettings
+from .train import build_optimizer, train_epoch
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
+class ClassificationSettings(ClientSettings):
+    """A classification client's ``config_train.json``: the common keys and the validation metric."""
 
-def build_optimizer(params, spec: Dict) -> torch.optim.Optimizer:
-    """``{"name": "sgd" | "adam", "args": {...}}`` -> a torch optimizer over ``params``."""
-    name = spec.get("name", "sgd").lower()
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, **spec.get("args", {}))
+    val_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"] = Field(
+        "accuracy", description="validation metric reported as 'global' (best-model selection)")
 
 
 class ClassificationExecutor(RoundExecutor):
     """FedAvg client for classification: validates the received ``global`` model, trains it with CE.
 
-    ``config_train.json`` keys: ``network`` (``{"name", "args"}``), ``optimizer`` (``{"name", "args"}``),
-    ``local_epochs``, ``batch_size``, ``val_metric`` (a key of
-    :func:`~medfl.common.metrics.classification_metrics`, default ``"accuracy"``), ``seed``, ``device``.
+    Settings: :class:`ClassificationSettings` (a federation's client adds its data keys in a subclass).
     """
+
+    Settings = ClassificationSettings
 
     @abstractmethod
     def build_datasets(self) -> Dict[str, Dataset]:
-        """``{"training": ..., "validation": ...}`` (``"testing"`` optional) from ``self.config``."""
+        """``{"training": ..., "validation": ...}`` (``"testing"`` optional) from ``self.settings``."""
 
     def build_model(self) -> torch.nn.Module:
-        network = self.config["network"]
-        return build_network(network["name"], **network.get("args", {}))
+        return build_network(self.settings.network.name, **self.settings.network.args)
 
     def build_loss(self) -> Callable:
         """The training loss ``loss(model_output, labels)`` (default: cross-entropy); built after the data."""
@@ -58,13 +56,13 @@ class ClassificationExecutor(RoundExecutor):
         for split in ("training", "validation"):
             if len(self.datasets.get(split, ())) == 0:
                 raise DataError(f"the '{split}' split is empty", site=self.site)
-        batch_size = int(self.config.get("batch_size", 32))
+        batch_size = self.settings.batch_size
         self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True,
                                        drop_last=len(self.datasets["training"]) > batch_size)
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         self.model = self.build_model().to(self.device)
-        self.optimizer = build_optimizer(self.model.parameters(), self.config.get("optimizer", {"name": "sgd", "args": {"lr": 0.01}}))
-        self.val_metric = self.config.get("val_metric", "accuracy")
+        self.optimizer = build_optimizer(self.model.parameters(), self.settings.optimizer)
+        self.val_metric = self.settings.val_metric
         self.loss_fn = self.build_loss()
 
     def num_samples(self, split: str) -> int:
@@ -82,7 +80,7 @@ class ClassificationExecutor(RoundExecutor):
         return {"global": classification_metrics(labels, probabilities)[self.val_metric]}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        epochs = int(self.config.get("local_epochs", 1))
+        epochs = self.settings.local_epochs
         for epoch in range(epochs):
             loss = train_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer, self.device,
                                step=self.train_step, abort_signal=abort_signal)

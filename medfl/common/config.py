@@ -33,7 +33,7 @@ def resolve_placeholder(value: str, site: Optional[str] = None, env: Optional[Di
 
 
 def load_train_config(path: os.PathLike, site: Optional[str] = None) -> Dict[str, Any]:
-    """Read ``config_train.json`` (paths stay unresolved: see :func:`config_path`)."""
+    """Read ``config_train.json`` as a dict (its settings class checks it; paths stay unresolved)."""
     path = Path(path)
     try:
         config = json.loads(path.read_text())
@@ -44,10 +44,3 @@ def load_train_config(path: os.PathLike, site: Optional[str] = None) -> Dict[str
     if not isinstance(config, dict):
         raise DataError("expected a JSON object", path=path, site=site)
     return config
-
-
-def config_path(config: Dict[str, Any], key: str, site: Optional[str] = None) -> Path:
-    """The path stored under ``key`` with ``DATASET_ROOT`` resolved; a missing key is a clear error."""
-    if key not in config:
-        raise DataError(f"config_train.json has no '{key}' entry", site=site)
-    return Path(resolve_placeholder(str(config[key]), site))

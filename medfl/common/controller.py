@@ -6,6 +6,10 @@ here once: sending each client its own payload in parallel, waiting, the minimum
 tracking per model by the validation metric the clients report, atomic checkpoints in the server's app folder,
 resumable state, and TensorBoard scalars.
 
+Every result is checked where it arrives (:meth:`RoundController._collect`) against what the method expects back
+(:meth:`RoundController.expected_result`, :mod:`medfl.common.validation`); a rejected result is logged with the
+client and the reason and is used for nothing, so nothing from it is aggregated, tracked or saved.
+
 ``self.models`` maps a model name (``"global"``, ``"selector"``, ``"personal_client_MSD"`` ...) to its
 parameters. Clients report ``{key: metric}`` for what they received; :meth:`model_for_metric` maps a key to
 the model it measured. Because clients validate *received* models before training, a round's metrics belong
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import abstractmethod
+from functools import partial
 from typing import Dict, List, Optional, Type
 
 import numpy as np
@@ -33,8 +38,10 @@ from .io import atomic_torch_save
 from .networks import build_network
 from .params import Params, to_numpy
 from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
+from .resume import read_server_state
 from .runtime import freeze_setup_objects, seed_everything
 from .settings import ConfigError, NetworkSpec, Settings
+from .validation import DEFAULT_MAX_CLIENT_SAMPLES, ResultSpec, array_specs, check_result, check_sample_count
 
 STATE_FILE = "server_state.pt"
 CONFIG_FED_SERVER = "config_fed_server.json"
@@ -46,12 +53,6 @@ def _as_torch(obj):
     if isinstance(obj, dict):
         return {k: _as_torch(v) for k, v in obj.items()}
     return torch.as_tensor(obj) if isinstance(obj, (np.ndarray, np.generic)) else obj
-
-
-def _as_numpy(obj):
-    if isinstance(obj, dict):
-        return {k: _as_numpy(v) for k, v in obj.items()}
-    return obj.numpy() if torch.is_tensor(obj) else obj
 
 
 def checkpoint_name(kind: str, model_name: str) -> str:
@@ -78,6 +79,8 @@ class ServerSettings(Settings):
         "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim); 0: never"))
     seed: int = Field(0, ge=0, description="seed of the initial models")
     network: Optional[NetworkSpec] = Field(None, description="the network of the initial global model")
+    max_client_samples: int = Field(DEFAULT_MAX_CLIENT_SAMPLES, ge=1, description=(
+        "the most samples a client may report (training or validation); a result claiming more is rejected"))
 
 
 class RoundController(ModelController):
@@ -89,13 +92,19 @@ class RoundController(ModelController):
     def __init__(self, **settings):
         self.settings = self.Settings.load(settings, CONFIG_FED_SERVER, site=SERVER_SITE)
         super().__init__(persistor_id="", task_check_period=self.settings.task_check_period)
-        self.num_rounds = self.settings.num_rounds
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
         self.start_round = 0
         self._results: Dict[str, FLModel] = {}
+        self._expected: Dict[str, ResultSpec] = {}
+        self._rejected: Dict[str, str] = {}
+        self._round = 0
         self._result_arrived = threading.Event()
         self._writer = None
+
+    @property
+    def num_rounds(self) -> int:
+        return self.settings.num_rounds
 
     # ------------------------------------------------------------------ what a method provides
     @abstractmethod
@@ -113,6 +122,20 @@ class RoundController(ModelController):
     def payload_meta(self, client: str) -> dict:
         """Extra information for ``client`` sent beside the payload (e.g. FedSM's selector label)."""
         return {}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """What ``client`` must send back for ``task`` after receiving ``sent``; any other result is rejected.
+
+        Default: for the train task, the arrays it was sent (same keys, shapes, dtypes; finite), the round it was
+        sent in and its training and validation sample counts; for the validation task, no arrays and its validation
+        sample count. Metrics are always checked against their declared ranges. A method whose clients send back
+        something else (FedSM's optional Adam moments) or more meta (FedMAS's robust factor) extends this.
+        """
+        sample_count = partial(check_sample_count, maximum=self.settings.max_client_samples)
+        if task == self.settings.train_task:
+            return ResultSpec(params=array_specs(sent.params), current_round=sent.current_round,
+                              meta={NUM_TRAIN_SAMPLES: sample_count, NUM_VAL_SAMPLES: sample_count})
+        return ResultSpec(meta={NUM_VAL_SAMPLES: sample_count})
 
     def model_for_metric(self, client: str, key: str) -> str:
         """Name of the model in ``self.models`` that a client's metric ``key`` measured."""
@@ -157,8 +180,8 @@ class RoundController(ModelController):
     def run(self) -> None:
         self._open_writer()
         self.models = self.initial_models()
-        if self.settings.resume_from:
-            self._resume(self.settings.resume_from)
+        if self.settings.resume_from and not self._resume(self.settings.resume_from):
+            return
         freeze_setup_objects()
         if not self.before_rounds():
             return
@@ -190,9 +213,10 @@ class RoundController(ModelController):
         aborted or too few clients answered (the workflow then stops with a message naming the missing clients).
         A client whose job NVFlare has deemed dead (no heartbeat for the dead-client grace period,
         ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``) gets no task and counts as missing; one that dies during the round
-        fails its task once NVFlare deems it dead.
+        fails its task once NVFlare deems it dead. A result that is not what :meth:`expected_result` declares is
+        rejected (logged with the client and the reason) and counts as missing.
         """
-        self._results = {}
+        self._results, self._rejected, self._expected, self._round = {}, {}, {}, round_number
         disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
         if disconnected:
             self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
@@ -200,12 +224,13 @@ class RoundController(ModelController):
         for client in targets:
             payload = FLModel(params=self.payload_for(client), current_round=round_number,
                               total_rounds=self.num_rounds, meta=self.payload_meta(client))
+            self._expected[client] = self.expected_result(client, task, payload)
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.settings.task_timeout,
                             callback=self._collect)
         # Done when every target has answered or no task stands (NVFlare ended the others: timeout, error reply,
         # dead client). A result wakes the wait at once: a finished task leaves NVFlare's standing list only at its
         # next task check, so polling that alone would add up to two task_check_periods to every round.
-        while len(self._results) < len(targets) and self.get_num_standing_tasks():
+        while len(self._results) + len(self._rejected) < len(targets) and self.get_num_standing_tasks():
             if self.abort_signal.triggered:
                 self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
                 return None
@@ -222,14 +247,27 @@ class RoundController(ModelController):
         return {client: self._results[client] for client in sorted(self._results)}
 
     def _missing_clients(self, clients: List[str]) -> str:
-        """Which of ``clients`` sent no result, and which of those NVFlare deems disconnected (dead job)."""
-        missing = sorted(set(clients) - set(self._results))
+        """Which of ``clients`` sent no result, which of those NVFlare deems disconnected (dead job), and which
+        results were rejected, with the reasons."""
+        missing = sorted(set(clients) - set(self._results) - set(self._rejected))
         disconnected = [c for c in missing if self.get_client_disconnect_time(c)]
-        return f"no result from {missing} (disconnected: {disconnected})"
+        parts = [f"no result from {missing} (disconnected: {disconnected})"] if missing or not self._rejected else []
+        parts += [f"rejected the result of {client}: {reason}" for client, reason in sorted(self._rejected.items())]
+        return "; ".join(parts)
 
-    def _collect(self, result: FLModel) -> None:
-        self._results[result.meta["client_name"]] = result
+    def _collect(self, result: FLModel) -> bool:
+        """NVFlare's callback for each result: keep it if it is what :meth:`expected_result` declared, else reject
+        it (logged; ``False`` tells NVFlare that it was not accepted)."""
+        client = result.meta["client_name"]
+        expected = self._expected.get(client)
+        problem = "no task was sent to it in this round" if expected is None else check_result(expected, result)
+        if problem:
+            self._rejected[client] = problem
+            self.error(f"round {self._round}: rejected the result of {client}: {problem}")
+        else:
+            self._results[client] = result
         self._result_arrived.set()
+        return problem is None
 
     # ------------------------------------------------------------------ best models, checkpoints, metrics
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
@@ -263,15 +301,23 @@ class RoundController(ModelController):
                  "best_scores": self.best_scores, "extra": self.extra_state()}
         atomic_torch_save(_as_torch(state), os.path.join(self.get_app_dir(), STATE_FILE))
 
-    def _resume(self, path: str) -> None:
-        if not os.path.isfile(path):
-            self.panic(f"resume_from: state file not found: {path}")
-            return
-        state = _as_numpy(torch.load(path))
+    def _resume(self, path: str) -> bool:
+        """Continue from a state file written by :meth:`save_state`; ``False`` (after :meth:`panic` naming the file
+        and the problem) when it is missing, unreadable or not a state of this job."""
+        try:
+            state = read_server_state(path, self.num_rounds, self.models)
+            self.load_extra_state(state["extra"])
+        except DataError as e:
+            self.panic(f"resume_from: {e}")
+            return False
+        except (KeyError, TypeError, ValueError) as e:
+            self.panic(f"resume_from: [server] {path}: the method's extra state does not fit this job "
+                       f"({type(e).__name__}: {e}); was it written by another method?")
+            return False
         self.models, self.best_scores = state["models"], state["best_scores"]
-        self.load_extra_state(state["extra"])
         self.start_round = state["completed_round"] + 1
         self.info(f"resumed from {path}: continuing at round {self.start_round + 1}/{self.num_rounds}")
+        return True
 
     def _open_writer(self) -> None:
         from torch.utils.tensorboard import SummaryWriter

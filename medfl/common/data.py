@@ -7,7 +7,8 @@ A datalist is the JSON file written by ``data_preparation/prepare_prostate_2d.py
      "testing":    [...]}
 
 Paths are relative to the dataset base directory. Every problem (missing file, empty split, unreadable
-image, image/label shape mismatch, negative or fractional mask values) raises :class:`DataError` naming the site and the file.
+image, NaN or infinite values, image/label shape mismatch, negative or fractional mask values) raises
+:class:`DataError` naming the site and the file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 from .errors import DataError
 
 SPLITS = ("training", "validation", "testing")
+SAMPLE_ID = "id"  # item key naming a sample's source (its file), in datasets that know it; errors quote it
 
 
 def datalist_path(datalist: os.PathLike, site: str) -> Path:
@@ -52,15 +54,27 @@ def read_datalist(path: os.PathLike, split: str, site: Optional[str] = None, all
     return items
 
 
+def check_finite(array: np.ndarray, path: os.PathLike, site: Optional[str] = None) -> np.ndarray:
+    """``array`` as loaded from ``path`` if it holds no NaN or infinity (integer images never do), else
+    :class:`DataError` naming the file: every loader of float images calls it once, right after reading."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(f"{bad} of {array.size} values are NaN or infinite; fix or re-export the file",
+                            path=path, site=site)
+    return array
+
+
 def load_nifti(path: os.PathLike, site: Optional[str] = None) -> np.ndarray:
-    """Load a NIfTI image as float32, with a clear error for a missing or corrupt file."""
+    """Load a NIfTI image as float32, with a clear error for a missing or corrupt file or non-finite values."""
     path = Path(path)
     if not path.is_file():
         raise DataError("image file not found", path=path, site=site)
     try:
-        return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+        array = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
     except Exception as e:  # nibabel raises several types for truncated / non-NIfTI files
         raise DataError(f"cannot read NIfTI file ({type(e).__name__}: {e})", path=path, site=site) from None
+    return check_finite(array, path, site)
 
 
 def check_mask(label: np.ndarray, path: os.PathLike, site: Optional[str] = None) -> None:
@@ -91,14 +105,15 @@ def load_segmentation_pairs(items: Sequence[Dict], base_dir: os.PathLike, site: 
         if image.ndim != 2:
             raise DataError(f"expected a 2D slice, got shape {image.shape}", path=image_path, site=site)
         check_mask(label, label_path, site)
-        pairs.append({"image": image[None], "label": (label[None] > 0).astype(np.float32), "id": item["image"]})
+        pairs.append({"image": image[None], "label": (label[None] > 0).astype(np.float32), SAMPLE_ID: item["image"]})
     return pairs
 
 
 class SegmentationSliceDataset(Dataset):
     """In-memory 2D slices with an optional MONAI dictionary transform (e.g. random flips) for training.
 
-    Items are dicts with ``image`` ``(1, H, W)`` float tensor in [0, 1] and ``label`` ``(1, H, W)`` in {0, 1}.
+    Items are dicts with ``image`` ``(1, H, W)`` float tensor in [0, 1], ``label`` ``(1, H, W)`` in {0, 1} and, when
+    the pairs name their source, its :data:`SAMPLE_ID`.
     """
 
     def __init__(self, pairs: Sequence[Dict], transform: Optional[Callable[[Dict], Dict]] = None):
@@ -113,4 +128,7 @@ class SegmentationSliceDataset(Dataset):
         item = {"image": torch.from_numpy(pair["image"]), "label": torch.from_numpy(pair["label"])}
         if self.transform is not None:
             item = self.transform(item)
-        return {"image": torch.as_tensor(item["image"]).float(), "label": torch.as_tensor(item["label"]).float()}
+        sample = {"image": torch.as_tensor(item["image"]).float(), "label": torch.as_tensor(item["label"]).float()}
+        if SAMPLE_ID in pair:
+            sample[SAMPLE_ID] = pair[SAMPLE_ID]
+        return sample

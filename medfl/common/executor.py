@@ -12,10 +12,12 @@ best version of each model with them.
 
 from __future__ import annotations
 
+import math
 import os
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Type
 
+import numpy as np
 import torch
 from monai.transforms import Randomizable
 from torch.utils.data import ConcatDataset, Dataset, Subset
@@ -35,7 +37,9 @@ from .errors import DataError
 from .params import Params
 from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from .runtime import freeze_setup_objects, seed_everything, select_device
+from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
+from .validation import non_finite_problem, update_norm
 
 
 def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
@@ -64,8 +68,22 @@ def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
     return seeded
 
 
+def check_update(params: Params) -> None:
+    """Raise ``FloatingPointError`` if the update's norm is not finite (NaN or inf weights): such an update is never
+    sent; the task fails with the site, the round and the first key at fault."""
+    norm = update_norm(params)
+    if not math.isfinite(norm):
+        problem = next(filter(None, (non_finite_problem(k, np.asarray(v)) for k, v in sorted(params.items()))), "")
+        raise FloatingPointError(f"the update's norm is {norm} ({problem}); not sending it (check the learning "
+                                 "rate and the input data)")
+
+
 class RoundExecutor(Executor):
     """Template for a client in a round-based workflow (tasks ``train`` and ``validate``).
+
+    Its settings, read from ``config_train.json`` at the start of the run, are :attr:`Settings` (a method's client
+    declares its subclass of :class:`~medfl.common.settings.ClientSettings`); an unknown key, a wrong type or a
+    value out of range stops the client before round 0 with the file, the key and the closest known key.
 
     Args:
         config_train_filename: the job's per-site training configuration, in the app's config folder.
@@ -74,6 +92,8 @@ class RoundExecutor(Executor):
         train_task / validate_task: task names sent by the server's controller.
         memory_gc: after each task, release freed memory to the OS (NVFlare's ``cleanup_memory``).
     """
+
+    Settings: Type[ClientSettings] = ClientSettings
 
     def __init__(
         self,
@@ -90,7 +110,7 @@ class RoundExecutor(Executor):
         self.train_task = train_task
         self.validate_task = validate_task
         self.site: str = ""
-        self.config: Dict[str, Any] = {}
+        self.settings: Optional[ClientSettings] = None
         self.device = torch.device("cpu")
         self.app_dir = ""
         self.writer = None
@@ -101,7 +121,7 @@ class RoundExecutor(Executor):
     # ------------------------------------------------------------------ hooks for each method
     @abstractmethod
     def setup(self, fl_ctx: FLContext) -> None:
-        """Build data loaders, models and optimizers from ``self.config``. Raise :class:`DataError` on bad input."""
+        """Build data loaders, models and optimizers from ``self.settings``. Raise :class:`DataError` on bad input."""
 
     @abstractmethod
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
@@ -125,7 +145,7 @@ class RoundExecutor(Executor):
 
     def num_train_steps(self) -> int:
         """Local optimizer steps of one model in a round: ``len(train_loader)`` per local epoch."""
-        return len(self.train_loader) * int(self.config.get("local_epochs", 1))
+        return len(self.train_loader) * self.settings.local_epochs
 
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         """Extra entries for the meta of the reply to ``task_name`` (e.g. FedMAS's robust factor, PRR-FL's
@@ -150,15 +170,15 @@ class RoundExecutor(Executor):
         self.app_dir = workspace.get_app_dir(job_id)
         config_path = os.path.join(workspace.get_app_config_dir(job_id), self.config_train_filename)
         try:
-            self.config = load_train_config(config_path, site=self.site)
-            seed_everything(int(self.config.get("seed", 0)))
-            if int(self.config.get("num_threads", 0)) > 0:
-                torch.set_num_threads(int(self.config["num_threads"]))
-            self.device = select_device(self.config.get("device", "auto"))
+            self.settings = self.Settings.load(load_train_config(config_path, site=self.site), config_path, self.site)
+            seed_everything(self.settings.seed)
+            if self.settings.num_threads > 0:
+                torch.set_num_threads(self.settings.num_threads)
+            self.device = select_device(self.settings.device)
             if self.analytic_sender_id:
                 self.writer = engine.get_component(self.analytic_sender_id)
             self.setup(fl_ctx)
-            seed_random_transforms(getattr(self, "datasets", {}), int(self.config.get("seed", 0)))
+            seed_random_transforms(getattr(self, "datasets", {}), self.settings.seed)
             freeze_setup_objects()
         except (DataError, ValueError, KeyError) as e:
             self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"
@@ -196,8 +216,9 @@ class RoundExecutor(Executor):
             meta[NUM_TRAIN_SAMPLES] = self.num_samples("training")
             meta[NUM_TRAIN_STEPS] = self.num_train_steps()
             meta.update(self.result_meta(task_name))
-            result = FLModel(params=self.export_params(fl_ctx), metrics=metrics, meta=meta,
-                             current_round=self.current_round)
+            params = self.export_params(fl_ctx)
+            check_update(params)
+            result = FLModel(params=params, metrics=metrics, meta=meta, current_round=self.current_round)
             return FLModelUtils.to_shareable(result)
         except TrainingAborted:
             self.log_info(fl_ctx, "task aborted")

@@ -9,6 +9,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from medfl.common.data import check_finite
 from medfl.common.errors import DataError
 
 __all__ = ["read_image"]
@@ -20,7 +21,8 @@ def read_image(path: Union[str, os.PathLike], site: Optional[str] = None) -> np.
     PNG, TIFF and JPEG are read as Pillow opens them: 8-bit modes give ``uint8``, 16-bit grey (``I;16``,
     e.g. fluorescence TIFF) gives native-endian ``uint16``, ``I`` gives ``int32``, ``F`` gives ``float32``,
     ``1`` gives ``bool`` and a palette image (``P``) gives its indices. A missing, unreadable, truncated or
-    multi-page file raises :class:`DataError` naming the site and the file.
+    multi-page file, or a float image with NaN or infinite values, raises :class:`DataError` naming the site and
+    the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -33,4 +35,4 @@ def read_image(path: Union[str, os.PathLike], site: Optional[str] = None) -> np.
         raise DataError(f"cannot read image ({type(e).__name__}: {e})", path=path, site=site) from None
     if frames > 1:
         raise DataError(f"{frames} frames or pages; expected a single 2D image", path=path, site=site)
-    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+    return check_finite(array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("=")), path, site)

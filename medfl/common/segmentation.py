@@ -22,14 +22,14 @@ from .errors import DataError
 from .executor import RoundExecutor
 from .networks import build_network
 from .params import Params, bundle, load_numpy, to_numpy, unbundle
-from .train import evaluate_dice, train_epoch
+from .train import build_optimizer, evaluate_dice, train_epoch
 
 
 class SegmentationExecutor(RoundExecutor):
     """FedAvg client for 2D segmentation: validates the received global model (Dice), trains it locally.
 
-    ``config_train.json`` keys: ``network`` (``{"name", "args"}``), ``learning_rate``, ``local_epochs``,
-    ``batch_size``, ``seed``, ``device``, and the federation's data keys (:meth:`build_split`).
+    Settings: :class:`~medfl.common.settings.ClientSettings` and the federation's data keys (:meth:`build_split`).
+    Every model has its own optimizer of the ``optimizer`` setting, kept across rounds.
     """
 
     model_names = ("global",)
@@ -40,17 +40,16 @@ class SegmentationExecutor(RoundExecutor):
 
     def setup(self, fl_ctx: FLContext) -> None:
         self.datasets = {split: self.build_split(split) for split in ("training", "validation")}
-        batch_size = int(self.config.get("batch_size", 8))
+        batch_size = self.settings.batch_size
         self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True)
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         self.loss_fn = DiceLoss(sigmoid=True)
         self.models = {name: self.build_model(name).to(self.device) for name in self.model_names}
-        lr = float(self.config.get("learning_rate", 1e-3))
-        self.optimizers = {name: torch.optim.Adam(model.parameters(), lr=lr) for name, model in self.models.items()}
+        self.optimizers = {name: build_optimizer(model.parameters(), self.settings.optimizer)
+                           for name, model in self.models.items()}
 
     def build_model(self, name: str) -> torch.nn.Module:
-        network = self.config.get("network", {"name": "unet"})
-        return build_network(network["name"], **network.get("args", {}))
+        return build_network(self.settings.network.name, **self.settings.network.args)
 
     def num_samples(self, split: str) -> int:
         return len(self.datasets[split])
@@ -68,7 +67,7 @@ class SegmentationExecutor(RoundExecutor):
         return {name: evaluate_dice(model, loader, self.device) for name, model in self.models.items()}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        epochs = int(self.config.get("local_epochs", 1))
+        epochs = self.settings.local_epochs
         for name, model in self.models.items():
             for epoch in range(epochs):
                 loss = train_epoch(model, self.train_loader, self.loss_fn, self.optimizers[name], self.device,

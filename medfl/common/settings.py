@@ -16,12 +16,12 @@ import difflib
 from pathlib import Path
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Type, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .config import resolve_placeholder
 from .errors import DataError
 
-__all__ = ["ConfigError", "NetworkSpec", "OptimizerSpec", "Settings", "TrainSettings", "closest_key"]
+__all__ = ["ClientSettings", "ConfigError", "NetworkSpec", "OptimizerSpec", "Settings", "closest_key"]
 
 S = TypeVar("S", bound="Settings")
 MAX_ERRORS_SHOWN = 5
@@ -110,19 +110,20 @@ class OptimizerSpec(Settings):
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (0 for Adam)")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="L2 weight decay")
 
+    @model_validator(mode="after")
+    def _adam_has_no_momentum(self) -> "OptimizerSpec":
+        if self.name == "adam" and self.momentum:
+            raise ValueError("'momentum' applies to SGD only (Adam's moments are its own)")
+        return self
+
 
 class ClientSettings(Settings):
-    """What every client reads from ``config_train.json``, besides its method's keys."""
+    """What every client reads from ``config_train.json``; a method's client adds its own keys in a subclass."""
 
+    network: NetworkSpec = Field(description="the trained network")
+    optimizer: OptimizerSpec = Field(description="the local optimizer (its learning rate included)")
+    local_epochs: int = Field(1, ge=1, description="local epochs per round")
+    batch_size: int = Field(ge=1, description="training batch size")
     seed: int = Field(0, ge=0, description="seed of Python, numpy, torch and the MONAI random transforms")
     num_threads: int = Field(0, ge=0, description="torch threads of this client process (0: torch's default)")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-
-
-class TrainSettings(ClientSettings):
-    """A client that trains one kind of network with one optimizer (most jobs)."""
-
-    network: NetworkSpec = Field(description="the trained network")
-    optimizer: OptimizerSpec = Field(description="the local optimizer")
-    local_epochs: int = Field(1, ge=1, description="local epochs per round")
-    batch_size: int = Field(ge=1, description="training batch size")

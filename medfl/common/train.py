@@ -13,8 +13,20 @@ from monai.metrics import DiceMetric
 
 from nvflare.apis.signal import Signal
 
+from .data import SAMPLE_ID
+from .settings import OptimizerSpec
+
 Batch = Dict[str, torch.Tensor]
+MAX_IDS_SHOWN = 16
 StepFn = Callable[[torch.nn.Module, Batch, Callable, torch.optim.Optimizer], torch.Tensor]
+
+
+def build_optimizer(parameters, spec: OptimizerSpec, lr: Optional[float] = None) -> torch.optim.Optimizer:
+    """The torch optimizer of ``spec`` over ``parameters`` (``lr`` overrides ``spec.lr``, e.g. a decayed rate)."""
+    lr = spec.lr if lr is None else lr
+    if spec.name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 class TrainingAborted(RuntimeError):
@@ -34,6 +46,16 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def batch_ids(batch: Batch) -> str:
+    """`` on the batch of <ids>`` for an error message about ``batch`` ('' when its dataset gives no ids)."""
+    ids = batch.get(SAMPLE_ID) if isinstance(batch, dict) else None
+    if not ids:
+        return ""
+    ids = [str(i) for i in ids]
+    more = f" and {len(ids) - MAX_IDS_SHOWN} more" if len(ids) > MAX_IDS_SHOWN else ""
+    return f" on the batch of {', '.join(ids[:MAX_IDS_SHOWN])}{more}"
+
+
 def train_epoch(
     model: torch.nn.Module,
     loader: Iterable[Batch],
@@ -43,7 +65,8 @@ def train_epoch(
     step: StepFn = optimizer_step,
     abort_signal: Optional[Signal] = None,
 ) -> float:
-    """Train ``model`` for one pass over ``loader``; return the mean loss. Raises on a non-finite loss."""
+    """Train ``model`` for one pass over ``loader``; return the mean loss. A non-finite loss raises
+    ``FloatingPointError`` naming the batch's samples (see :func:`batch_ids`)."""
     model.train()
     total, count = 0.0, 0
     for batch in loader:
@@ -51,7 +74,8 @@ def train_epoch(
             raise TrainingAborted("abort signal received")
         loss = step(model, to_device(batch, device), loss_fn, optimizer)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} (check the learning rate and the input data)")
+            raise FloatingPointError(f"training loss is {loss.item()}{batch_ids(batch)} "
+                                     "(check the learning rate and the input data)")
         total += loss.item()
         count += 1
     return total / max(count, 1)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Literal
+
+from pydantic import Field
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from medfl.common.controller import RoundController, client_weights
+from medfl.common.controller import RoundController, ServerSettings, client_weights
 from medfl.common.params import Params, bundle, unbundle, weighted_mean
-from medfl.common.sampling import check_sampling, sample_clients
+from medfl.common.sampling import sample_clients
+from medfl.common.settings import NetworkSpec
+
+
+class FedAvgSettings(ServerSettings):
+    """FedAvg server settings (its workflow ``args`` in ``config_fed_server.json``)."""
+
+    network: NetworkSpec = Field(description="the network of the global model")
+    weighting: Literal["samples", "steps", "equal"] = Field("samples", description=(
+        "client weights: training-set sizes (FedAvg), local optimizer steps, or 1/K"))
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="share of the connected clients sampled per round")
+    min_fit_clients: int = Field(1, ge=1, description="the least number of clients sampled per round")
+    sampling_seed: int = Field(0, ge=0, description="seed of the per-round client samples")
 
 
 class FedAvgController(RoundController):
@@ -19,23 +33,13 @@ class FedAvgController(RoundController):
     (:func:`~medfl.common.sampling.sample_clients`, seeded by ``(sampling_seed, round)``); the final validation
     goes to a sample drawn the same way.
 
-    Args:
-        weighting: ``"samples"`` (training-set sizes, the standard), ``"steps"`` or ``"equal"``.
-        fraction_fit: share of the connected clients sampled per round, in (0, 1] (1: every client).
-        min_fit_clients: the least number of clients sampled per round (0: every client when ``fraction_fit`` is 1).
-        sampling_seed: seed of the per-round client samples.
-        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    Settings: :class:`FedAvgSettings`.
     """
 
-    def __init__(self, weighting: str = "samples", fraction_fit: float = 1.0, min_fit_clients: int = 1,
-                 sampling_seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        client_weights({}, weighting)  # validate early
-        check_sampling(fraction_fit, min_fit_clients)
-        self.weighting = weighting
-        self.fraction_fit = fraction_fit
-        self.min_fit_clients = min_fit_clients
-        self.sampling_seed = sampling_seed
+    Settings = FedAvgSettings
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
         self.sampled: Dict[int, List[str]] = {}
 
     def initial_models(self) -> Dict[str, Params]:
@@ -44,9 +48,9 @@ class FedAvgController(RoundController):
     def select_clients(self, round_number: int) -> List[str]:
         available = super().select_clients(round_number)
         clients = available
-        if self.fraction_fit < 1.0:
-            clients = sample_clients(available, round_number, self.fraction_fit, self.min_fit_clients,
-                                     self.sampling_seed)
+        if self.settings.fraction_fit < 1.0:
+            clients = sample_clients(available, round_number, self.settings.fraction_fit,
+                                     self.settings.min_fit_clients, self.settings.sampling_seed)
             task = "final validation" if round_number == self.num_rounds else f"round {round_number + 1}"
             self.info(f"{task}: sampled {len(clients)} of {len(available)} clients: {', '.join(clients)}")
         self.sampled[round_number] = clients
@@ -57,7 +61,7 @@ class FedAvgController(RoundController):
 
     def aggregation_weights(self, results: Dict[str, FLModel]) -> List[float]:
         """``a_k`` in ``results`` order (not normalised), by ``weighting``."""
-        return client_weights(results, self.weighting)
+        return client_weights(results, self.settings.weighting)
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         updates = [unbundle(r.params)["global"] for r in results.values()]

@@ -7,9 +7,13 @@ from typing import Dict
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.protocol import NUM_TRAIN_STEPS
-from medfl.federations.isic2019.server import ISIC2019Server
+from medfl.federations.isic2019.server import ISIC2019Server, ISIC2019ServerSettings
 
-from .controller import FedAvgController
+from .controller import FedAvgController, FedAvgSettings
+
+
+class ISIC2019FedAvgSettings(ISIC2019ServerSettings, FedAvgSettings):
+    """FedAvg's settings and the federation's initial trunk."""
 
 
 class ISIC2019FedAvgController(ISIC2019Server, FedAvgController):
@@ -20,6 +24,8 @@ class ISIC2019FedAvgController(ISIC2019Server, FedAvgController):
     ``n_k = len(train_loader) * batch_size`` with one batch size at every centre. Each round's weights go to the
     ``balanced_accuracy.json`` history.
     """
+
+    Settings = ISIC2019FedAvgSettings
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         super().aggregate(results)

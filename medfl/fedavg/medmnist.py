@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from medfl.federations.medmnist.server import MedMNISTTestEvaluation
+from medfl.federations.medmnist.server import MedMNISTTestEvaluation, MedMNISTTestSettings
 
-from .controller import FedAvgController
+from .controller import FedAvgController, FedAvgSettings
+
+
+class MedMNISTFedAvgSettings(MedMNISTTestSettings, FedAvgSettings):
+    """FedAvg's settings (client sampling included) and the server-side test's."""
 
 
 class MedMNISTFedAvgController(MedMNISTTestEvaluation, FedAvgController):
@@ -17,3 +21,5 @@ class MedMNISTFedAvgController(MedMNISTTestEvaluation, FedAvgController):
     model with the best val-size-weighted mean accuracy of the clients that validated it, ``last_global_model.pt``
     the final one.
     """
+
+    Settings = MedMNISTFedAvgSettings

@@ -8,19 +8,36 @@ validation metric), for a federation that compares methods on their own metric (
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict
+
+from pydantic import Field, field_validator
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from medfl.common.controller import RoundController, required_meta
+from medfl.common.controller import RoundController, ServerSettings, required_meta
 from medfl.common.errors import DataError
 from medfl.common.params import Params, bundle, unbundle, weighted_mean
+from medfl.common.settings import NetworkSpec
+from medfl.common.validation import ResultSpec, check_non_negative, check_sample_count
 from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
-from medfl.federations.isic2019.server import ISIC2019Server
+from medfl.federations.isic2019.server import ISIC2019Server, ISIC2019ServerSettings
 
 from . import networks  # noqa: F401  (registers free_head_resnet)
 from .aggregation import aggregation_weights, canonical_method
 from .protocol import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR
+
+
+class MASSettings(ServerSettings):
+    """FedMAS server settings (its workflow ``args`` in ``config_fed_server.json``)."""
+
+    network: NetworkSpec = Field(description="the network of the global model (a free-head network)")
+    aggregation: str = Field("mas", description="mas, avg, mas_inv or mas_DRW (case-insensitive), §3.5 (d)")
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return canonical_method(value)
 
 
 class MASController(RoundController):
@@ -30,16 +47,14 @@ class MASController(RoundController):
     (checked by its SHA-256). The best global model is kept by the clients' validation metric
     (:meth:`RoundController.track_best`).
 
-    ``config_train.json`` (read by the server too): ``network`` and ``seed`` build the initial model.
-
-    Args:
-        aggregation: ``"mas"``, ``"avg"``, ``"mas_inv"`` or ``"mas_DRW"`` (case-insensitive).
-        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    Settings: :class:`MASSettings`.
     """
 
-    def __init__(self, aggregation: str = "mas", **kwargs):
-        super().__init__(**kwargs)
-        self.aggregation = canonical_method(aggregation)
+    Settings = MASSettings
+
+    @property
+    def aggregation(self) -> str:
+        return self.settings.aggregation
 
     def initial_models(self) -> Dict[str, Params]:
         return {"global": self.build_initial_params()}
@@ -49,6 +64,15 @@ class MASController(RoundController):
 
     def payload_meta(self, client: str) -> dict:
         return {AGGREGATION: self.aggregation}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """After training, also the sample count n_k of an epoch and (but for ``avg``) a robust factor r_k >= 0."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.settings.train_task:
+            spec.meta[SAMPLES_PER_EPOCH] = partial(check_sample_count, maximum=self.settings.max_client_samples)
+            if self.aggregation != "avg":
+                spec.meta[ROBUST_FACTOR] = check_non_negative
+        return spec
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         clients = sorted(results)
@@ -83,9 +107,15 @@ class MASController(RoundController):
                             + "); MAS compares divergences across clients, so every client needs the same file")
 
 
+class FedMASControllerSettings(ISIC2019ServerSettings, MASSettings):
+    """FedMAS on Fed-ISIC2019: MAS's settings and the federation's initial trunk."""
+
+
 class FedMASController(ISIC2019Server, MASController):
     """FedMAS on Fed-ISIC2019 (``jobs/fedmas_isic2019``): MAS aggregation and the federation's pooled balanced
     accuracy; each round's weights and robust factors go to its ``balanced_accuracy.json`` history."""
+
+    Settings = FedMASControllerSettings
 
     def record_aggregation(self, round_number: int, summary: Dict[str, dict]) -> None:
         self.record(round_number, aggregation=summary)

@@ -15,17 +15,18 @@ self-supervised prior, Balanced Softmax, and MAS aggregation weights (:class:`~m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Dict
+from typing import Dict, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from medfl.common.networks import register_network
-from medfl.federations.dermoscopy.client import DermoscopyClient
+from medfl.federations.dermoscopy.client import DermoscopyClient, DermoscopySettings
 from medfl.federations.dermoscopy.networks import VGG16_SLIM_BLOCKS, VGG16Slim
 from medfl.federations.isic2019.data import IMAGENET_MEAN, IMAGENET_STD
 
-from .executor import FedMASExecutor
+from .executor import FedMASExecutor, FedMASOptions
 from .networks import FreeHead
 
 
@@ -60,15 +61,22 @@ def unit_range_to_imagenet(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2 - mean) / std
 
 
+class DermoscopyFedMASSettings(FedMASOptions, DermoscopySettings):
+    """FedMAS on a dermoscopy client: the federation's keys (data, SGD schedule) and FedMAS's."""
+
+    loss: Literal["bsm"] = Field("bsm", description="FedMAS trains with Balanced Softmax")
+    grad_clip_norm: float = Field(0.0, ge=0, description="clip the gradient norm to this value (0: off)")
+
+
 class DermoscopyFedMASExecutor(DermoscopyClient, FedMASExecutor):
     """FedMAS client (§3.4, §3.5 (a)-(c)) on a dermoscopy client: the robust factor, BSM on ``z1`` and ``z2`` and
     the prior-alignment term of :class:`~medfl.fedmas.executor.FedMASExecutor`, trained with the federation's SGD
     schedule and reporting its validation metrics (``global`` = ``val_metric``) as the FedAvg dermoscopy client.
 
-    ``config_train.json``: the dermoscopy keys (``data_root``, ``image_size``, ``num_classes``, ``augment``,
-    ``optimizer``, ``lr_decay``, ``lr_decay_rounds``, ``val_metric``, ...), a ``free_head_vgg16_slim`` network, and
-    FedMAS's ``prior_checkpoint``, ``free_u``, ``grad_clip_norm``, ``prior_bn_quirk``.
+    Settings: :class:`DermoscopyFedMASSettings` (with a ``free_head_vgg16_slim`` network).
     """
+
+    Settings = DermoscopyFedMASSettings
 
     def build_datasets(self) -> Dict[str, Dataset]:
         """The client's splits; also sets ``self.class_counts`` (training split) for BSM and the divergences."""

@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Literal, Optional
 
 import torch
+from pydantic import Field
 
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
-from medfl.common.config import config_path
 from medfl.common.errors import DataError
 from medfl.common.params import Params
+from medfl.common.settings import Settings
 from medfl.common.train import TrainingAborted, to_device
-from medfl.federations.isic2019.client import SkinLesionExecutor
+from medfl.federations.isic2019.client import ISIC2019Settings, SkinLesionExecutor
 
 from .aggregation import canonical_method, robust_factor
 from .losses import DEFAULT_FREE_U, ClassDivergence, FedMASLoss, prior_divergence
 from .networks import FreeHead  # registers free_head_resnet
 from .prior import checkpoint_sha256, load_moco_prior
 from .protocol import AGGREGATION, PRIOR_SHA256, ROBUST_FACTOR
+
+
+class FedMASOptions(Settings):
+    """What FedMAS adds to a client's ``config_train.json``."""
+
+    prior_checkpoint: str = Field(description="the frozen MoCo-v2 prior (checkpoint file); DATASET_ROOT allowed")
+    free_u: float = Field(DEFAULT_FREE_U, ge=0, description="weight of the prior-alignment term of the local loss")
+    prior_bn_quirk: bool = Field(False, description=(
+        "run the first D_pre pass with the prior's batch statistics, overwriting its BN statistics, as the "
+        "original code does by accident in round 0 (the paper describes a frozen prior)"))
+
+
+class FedMASSettings(FedMASOptions, ISIC2019Settings):
+    """FedMAS client on Fed-ISIC2019: the federation's keys and FedMAS's (Balanced Softmax only)."""
+
+    loss: Literal["bsm"] = Field("bsm", description="FedMAS trains with Balanced Softmax")
 
 
 class FedMASExecutor(SkinLesionExecutor):
@@ -33,18 +50,17 @@ class FedMASExecutor(SkinLesionExecutor):
     robust factor r_k (``mas_inv``: from 1/D_tr) goes back in the meta with the sample count and the prior's
     SHA-256 (the server checks that every client holds the same prior).
 
-    Extra ``config_train.json`` keys: ``prior_checkpoint`` (MoCo-v2 format, ``DATASET_ROOT`` allowed),
-    ``free_u`` (3), ``prior_bn_quirk`` (default false): when true, the first D_pre pass runs the prior with
-    batch statistics and overwrites its BN running statistics with this client's data, as the original code
-    does by accident in round 0 (§3.3); the paper describes a frozen prior.
+    Settings: :class:`FedMASSettings` (``prior_bn_quirk``: §3.3's accidental BN update of the original code).
     """
+
+    Settings = FedMASSettings
 
     def setup(self, fl_ctx: FLContext) -> None:
         super().setup(fl_ctx)
         if not isinstance(self.model, FreeHead):
             raise ValueError(f"FedMAS needs a network with the projector head of §3.2 (e.g. 'free_head_resnet'), "
-                             f"got {self.config['network']['name']!r}")
-        path = config_path(self.config, "prior_checkpoint", self.site)
+                             f"got {self.settings.network.name!r}")
+        path = self.settings.path("prior_checkpoint", self.site)
         try:
             self.prior = load_moco_prior(path).to(self.device)
         except DataError as e:
@@ -53,15 +69,12 @@ class FedMASExecutor(SkinLesionExecutor):
             raise DataError(f"the prior gives {self.prior.out_features}-d features but network.args.prior_dim is "
                             f"{self.model.prior_dim}: set prior_dim to {self.prior.out_features}", path, self.site)
         self.prior_sha256 = checkpoint_sha256(path)
-        self.prior_bn_quirk = bool(self.config.get("prior_bn_quirk", False))
+        self.prior_bn_quirk = self.settings.prior_bn_quirk
         self.prior_bn_updated = False
         self.d_tr: Optional[ClassDivergence] = None
 
     def build_loss(self) -> Callable:
-        loss = str(self.config.get("loss", "bsm")).lower()
-        if loss != "bsm":
-            raise ValueError(f"FedMAS trains with Balanced Softmax: loss must be 'bsm', got {loss!r}")
-        return FedMASLoss(self.class_counts, float(self.config.get("free_u", DEFAULT_FREE_U))).to(self.device)
+        return FedMASLoss(self.class_counts, self.settings.free_u).to(self.device)
 
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
         super().load_payload(params, fl_ctx)

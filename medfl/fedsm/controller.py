@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict
+
+from pydantic import Field
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from medfl.common.controller import RoundController, client_weights
+from medfl.common.controller import CONFIG_FED_SERVER, SERVER_SITE, RoundController, ServerSettings, client_weights
 from medfl.common.io import atomic_write_json
-from medfl.common.params import Params, bundle, unbundle, weighted_mean
+from medfl.common.networks import build_network
+from medfl.common.params import SEP, Params, bundle, unbundle, weighted_mean
+from medfl.common.settings import ConfigError, NetworkSpec
+from medfl.common.validation import ArraySpec, ResultSpec, array_specs
 
 from . import networks  # noqa: F401  (registers the selector networks)
+from .moments import moment_specs
 from .protocol import MOMENTS_NAME, SITE_LABEL
 from .softpull import soft_pull
 
@@ -22,39 +28,52 @@ def personal_name(client: str) -> str:
     return f"personal_{client}"
 
 
+class FedSMSettings(ServerSettings):
+    """FedSM server settings (its workflow ``args`` in ``config_fed_server.json``)."""
+
+    network: NetworkSpec = Field(description="the segmentation network (global and personalised models)")
+    selector_network: NetworkSpec = Field(description="the selector network; its num_classes = number of sites")
+    soft_pull_lambda: float = Field(0.7, ge=0, le=1, description="SoftPull's lambda: the weight a site keeps")
+    site_labels: Dict[str, int] = Field(default_factory=dict, description=(
+        "{client: selector class}; empty: the connected clients in name order get 0, 1, ..."))
+
+
 class FedSMController(RoundController):
     """FedSM (Xu et al., CVPR 2022) workflow; every client gets {global, its personalised model, selector}.
 
     Per round: global and selector <- sample-weighted FedAvg of the clients' updates (the selector's Adam
     moments too, when the clients' moment filters send them); personalised models <- :func:`soft_pull`
     with ``soft_pull_lambda``. The best version of every model is tracked on its validation metric.
-
-    Args:
-        soft_pull_lambda: SoftPull's lambda (0.7 in the paper).
-        site_labels: ``{client: selector class}``; default: clients in name order get 0, 1, ...
-        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    Settings: :class:`FedSMSettings`; the site labels must cover every client and number as many as the
+    selector's classes (checked before round 0).
     """
 
-    def __init__(self, soft_pull_lambda: float = 0.7, site_labels: Optional[Dict[str, int]] = None, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= soft_pull_lambda <= 1.0:
-            raise ValueError(f"soft_pull_lambda must be in [0, 1], got {soft_pull_lambda}")
-        self.soft_pull_lambda = soft_pull_lambda
-        self.site_labels = dict(site_labels or {})
+    Settings = FedSMSettings
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.site_labels = dict(self.settings.site_labels)
         self.selector_moments: Params = {}
+        self.selector_parameters: Dict[str, ArraySpec] = {}
 
     def initial_models(self) -> Dict[str, Params]:
         clients = sorted(c.name for c in self.engine.get_clients())
         if not self.site_labels:
             self.site_labels = {client: label for label, client in enumerate(clients)}
         unknown = sorted(set(clients) - set(self.site_labels))
-        num_classes = self.train_config.get("selector_network", {}).get("args", {}).get("num_classes")
-        if unknown or num_classes != len(self.site_labels):
-            raise ValueError(f"site_labels {self.site_labels} must cover every client (missing {unknown}) and match the "
-                       f"selector's num_classes ({num_classes}) in config_train.json")
+        num_classes = self.settings.selector_network.args.get("num_classes")
+        labels = sorted(self.site_labels.values())
+        if unknown or num_classes != len(labels) or labels != list(range(len(labels))):
+            raise ConfigError(f"site_labels {self.site_labels} must give every client (missing: {unknown}) one of the "
+                              f"labels 0 .. num_classes - 1 of selector_network ({num_classes})",
+                              path=CONFIG_FED_SERVER, site=SERVER_SITE)
         atomic_write_json(self.site_labels, os.path.join(self.get_app_dir(), SITE_LABELS_FILE))
+        # the selector's trained parameters (their Adam moments come back); built before the seeded initial models
+        selector = self.settings.selector_network
+        trained = {name for name, _ in build_network(selector.name, **selector.args).named_parameters()}
         segmentation = self.build_initial_params()
-        models = {"global": segmentation, "selector": self.build_initial_params("selector_network")}
+        models = {"global": segmentation, "selector": self.build_initial_params(self.settings.selector_network)}
+        self.selector_parameters = {k: v for k, v in array_specs(models["selector"]).items() if k in trained}
         models.update({personal_name(client): dict(segmentation) for client in clients})
         return models
 
@@ -67,6 +86,17 @@ class FedSMController(RoundController):
 
     def payload_meta(self, client: str) -> dict:
         return {SITE_LABEL: self.site_labels[client]}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """The bundle as sent, without the moments sent, plus every selector moment or none (the client's moment
+        filters may be off)."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.settings.train_task:
+            prefix = f"{MOMENTS_NAME}{SEP}"
+            spec.params = {k: v for k, v in spec.params.items() if not k.startswith(prefix)}
+            moments = bundle({MOMENTS_NAME: moment_specs(self.selector_parameters)})
+            spec.optional_groups = {"selector Adam moments": moments}
+        return spec
 
     def model_for_metric(self, client: str, key: str) -> str:
         return personal_name(client) if key == "personal" else key
@@ -81,7 +111,7 @@ class FedSMController(RoundController):
             self.selector_moments = weighted_mean(with_moments, weights)
         elif with_moments:
             self.warning(f"only {len(with_moments)}/{len(updates)} clients sent selector moments; not syncing them")
-        pulled = soft_pull({client: u["personal"] for client, u in updates.items()}, self.soft_pull_lambda)
+        pulled = soft_pull({client: u["personal"] for client, u in updates.items()}, self.settings.soft_pull_lambda)
         self.models.update({personal_name(client): params for client, params in pulled.items()})
 
     def extra_state(self) -> dict:

@@ -6,6 +6,7 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch.utils.data import DataLoader
 
 from nvflare.apis.fl_context import FLContext
@@ -14,8 +15,9 @@ from nvflare.apis.signal import Signal
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, load_numpy, to_numpy, unbundle
-from medfl.common.train import to_device, train_epoch
-from medfl.federations.prostate2d.client import ProstateSegmentationExecutor
+from medfl.common.settings import NetworkSpec, OptimizerSpec
+from medfl.common.train import build_optimizer, to_device, train_epoch
+from medfl.federations.prostate2d.client import ProstateSegmentationExecutor, ProstateSettings
 
 from . import networks  # noqa: F401  (registers the selector networks)
 from .moments import SELECTOR_STATE_PROP, SYNCED_MOMENTS_PROP, load_adam_moments
@@ -33,23 +35,29 @@ class SiteLabelLoss(torch.nn.Module):
         return F.cross_entropy(logits, torch.full((logits.shape[0],), self.label, device=logits.device))
 
 
+class FedSMSettings(ProstateSettings):
+    """FedSM client's ``config_train.json``: the prostate client's keys and the selector's."""
+
+    selector_network: NetworkSpec = Field(description="the selector (image -> site) network")
+    selector_optimizer: OptimizerSpec = Field(description="the selector's optimizer")
+
+
 class FedSMExecutor(ProstateSegmentationExecutor):
     """FedSM client (Xu et al., CVPR 2022): segmentation models ``global`` and ``personal``, plus ``selector``.
 
     The server sends the bundle {global, this client's personalised model, selector} and this client's site
     label. Validation reports Dice of the received global and personalised models and the selector's accuracy
-    at recognising this site. Extra ``config_train.json`` keys: ``selector_network`` (``{"name", "args"}``),
-    ``selector_learning_rate``.
+    at recognising this site. Settings: :class:`FedSMSettings`.
     """
 
+    Settings = FedSMSettings
     model_names = ("global", "personal")
 
     def setup(self, fl_ctx: FLContext) -> None:
         super().setup(fl_ctx)
-        network = self.config.get("selector_network", {"name": "selector_cnn"})
-        self.selector = build_network(network["name"], **network.get("args", {})).to(self.device)
-        lr = float(self.config.get("selector_learning_rate", self.config.get("learning_rate", 1e-3)))
-        self.selector_optimizer = torch.optim.Adam(self.selector.parameters(), lr=lr)
+        network = self.settings.selector_network
+        self.selector = build_network(network.name, **network.args).to(self.device)
+        self.selector_optimizer = build_optimizer(self.selector.parameters(), self.settings.selector_optimizer)
         self.site_label = None
 
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
@@ -85,7 +93,7 @@ class FedSMExecutor(ProstateSegmentationExecutor):
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         super().train_round(abort_signal, fl_ctx)
-        epochs = int(self.config.get("local_epochs", 1))
+        epochs = self.settings.local_epochs
         loss_fn = SiteLabelLoss(self.site_label)
         for epoch in range(epochs):
             loss = train_epoch(self.selector, self.train_loader, loss_fn, self.selector_optimizer, self.device,

@@ -16,8 +16,9 @@ The executor publishes its selector and optimizer under :data:`SELECTOR_STATE_PR
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nvflare.apis.dxo import DXO, DataKind
@@ -26,6 +27,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from medfl.common.params import SEP, Params
+from medfl.common.validation import ArraySpec
 
 from .protocol import MOMENTS_NAME
 
@@ -43,6 +45,16 @@ def adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Pa
             for key in MOMENT_KEYS:
                 moments[f"{name}.{key}"] = torch.as_tensor(state[key]).detach().cpu().numpy().copy()
     return moments
+
+
+def moment_specs(parameters: Mapping[str, ArraySpec]) -> Dict[str, ArraySpec]:
+    """What :func:`adam_moments` gives for a model with these trained ``parameters`` (name -> shape and dtype): the
+    moments shaped as their parameter and a float32 scalar ``step`` (torch's Adam counter), per parameter."""
+    specs = {}
+    for name, spec in parameters.items():
+        specs.update({f"{name}.exp_avg": spec, f"{name}.exp_avg_sq": spec,
+                      f"{name}.step": ArraySpec((), np.dtype(np.float32))})
+    return specs
 
 
 def load_adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, moments: Params) -> int:

@@ -37,7 +37,7 @@ def load_model(models_dir: Path, kind: str, name: str, network: Dict) -> torch.n
     if not path.is_file():
         raise DataError("model checkpoint not found", path=path)
     model = build_network(network["name"], **network.get("args", {}))
-    model.load_state_dict(torch.load(path, map_location="cpu")["state_dict"])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     return model.eval()
 
 

@@ -15,13 +15,14 @@ This module holds the names both sides use and the pure parts; the tasks run in
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, Mapping
+from typing import Dict, Mapping
 
 import numpy as np
 
 from medfl.common.errors import DataError
+from medfl.common.validation import non_finite_problem
 
-from .amp_norm import DEFAULT_AMPLITUDE_MODE, AmplitudeNormalize
+from .amp_norm import AmplitudeNormalize
 
 AMPLITUDE_TASK = "harmofl_amplitude"
 REFERENCE_TASK = "harmofl_reference"
@@ -40,8 +41,9 @@ def amplitude_digest(amplitude: np.ndarray) -> str:
 def average_amplitudes(replies: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarray:
     """Equal-weight mean ``1/K sum_k A_k`` of the clients' replies ``{client: {"amplitude": (C, *spatial)}}``.
 
-    A reply with any other key (only amplitudes may travel), a missing amplitude, a negative or non-finite
-    value, or a shape that differs from the others is a :class:`DataError` naming the client.
+    A reply with any other key (only amplitudes may travel), a missing amplitude, an amplitude that is not a
+    float array, a negative or non-finite value, or a shape that differs from the others is a :class:`DataError`
+    naming the client.
     """
     if not replies:
         raise DataError("no client sent an amplitude spectrum")
@@ -50,19 +52,23 @@ def average_amplitudes(replies: Mapping[str, Mapping[str, np.ndarray]]) -> np.nd
         if set(params) != {AMPLITUDE_KEY}:
             raise DataError(f"the amplitude reply must hold exactly {{'{AMPLITUDE_KEY}'}}, got {sorted(params)}",
                             site=client)
-        amplitude = np.asarray(params[AMPLITUDE_KEY], dtype=np.float64)
-        if amplitude.ndim < 3 or not np.isfinite(amplitude).all() or (amplitude < 0).any():
-            raise DataError(f"expected a finite non-negative (C, *spatial) amplitude, got shape {amplitude.shape}",
+        sent = params[AMPLITUDE_KEY]
+        if not isinstance(sent, np.ndarray) or not np.issubdtype(sent.dtype, np.floating):
+            raise DataError(f"the amplitude must be a float array, got {getattr(sent, 'dtype', type(sent).__name__)}",
                             site=client)
-        arrays[client] = amplitude
+        problem = non_finite_problem(AMPLITUDE_KEY, sent)
+        if problem:
+            raise DataError(problem, site=client)
+        if sent.ndim < 3 or (sent < 0).any():
+            raise DataError(f"expected a non-negative (C, *spatial) amplitude, got shape {sent.shape}", site=client)
+        arrays[client] = sent.astype(np.float64)
     shapes = {client: a.shape for client, a in arrays.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"clients' amplitude shapes differ: {shapes}; prepare every site's images at one size")
     return np.mean(np.stack(list(arrays.values())), axis=0).astype(np.float32)
 
 
-def amplitude_normalizer(config: Mapping[str, Any], reference: np.ndarray) -> AmplitudeNormalize:
-    """The transform that ``config_train.json`` asks for (``amplitude_mode``, ``amplitude_window_ratio``)
+def amplitude_normalizer(options, reference: np.ndarray) -> AmplitudeNormalize:
+    """The transform that a client's HarmoFL options ask for (``amplitude_mode``, ``amplitude_window_ratio``)
     around ``reference``."""
-    return AmplitudeNormalize(reference, mode=config.get("amplitude_mode", DEFAULT_AMPLITUDE_MODE),
-                              window_ratio=config.get("amplitude_window_ratio"))
+    return AmplitudeNormalize(reference, mode=options.amplitude_mode, window_ratio=options.amplitude_window_ratio)

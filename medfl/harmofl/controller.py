@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.errors import DataError
 from medfl.common.io import atomic_torch_save
 from medfl.common.protocol import NUM_TRAIN_SAMPLES
-from medfl.fedavg.controller import FedAvgController
+from medfl.common.validation import check_sample_count
+from medfl.fedavg.controller import FedAvgController, FedAvgSettings
 
 from . import networks  # noqa: F401  (registers harmofl_unet, harmofl_densenet121)
 from .amplitude_exchange import (
@@ -28,38 +30,48 @@ from .amplitude_exchange import (
 )
 
 
+class HarmoFLSettings(FedAvgSettings):
+    """HarmoFL server settings: FedAvg's with the released code's equal weights, and the exchange's task names."""
+
+    weighting: Literal["samples", "steps", "equal"] = Field("equal", description=(
+        "client weights: 1/K as the released code (equal), training-set sizes or local steps"))
+    amplitude_task: str = Field(AMPLITUDE_TASK, description="task name of the amplitude collection")
+    reference_task: str = Field(REFERENCE_TASK, description="task name of the reference broadcast")
+
+
 class HarmoFLController(FedAvgController):
     """HarmoFL workflow (Jiang et al., AAAI 2022): amplitude exchange, then rounds of FedAvg.
 
     Before the first round (see :mod:`medfl.harmofl.amplitude_exchange`): task ``amplitude_task`` collects
-    every client's mean amplitude spectrum ``A_k`` (nothing else), the server forms ``A = 1/K sum_k A_k``,
+    every client's mean amplitude spectrum ``A_k`` (nothing else; checked: a finite, non-negative float array of one
+    shape for all, and a valid training-set size), the server forms ``A = 1/K sum_k A_k``,
     task ``reference_task`` broadcasts it with the smallest training-set size, and every client must answer
     the digest of ``A``. ``A`` is saved as ``harmofl_amplitude.pt`` beside the models (test scripts need it)
     and in the resume state; a resumed run broadcasts it again instead of recomputing it. The rounds are
     :class:`~medfl.fedavg.controller.FedAvgController`'s; the best global model is chosen on the clients'
     validation metric.
 
-    Args:
-        weighting: ``"equal"`` (the released code, ``1/K``) or ``"samples"``.
-        amplitude_task / reference_task: task names of the exchange, as the clients' executors know them.
-        **kwargs: see :class:`~medfl.common.controller.RoundController`.
+    Settings: :class:`HarmoFLSettings`.
     """
 
-    def __init__(self, weighting: str = "equal", amplitude_task: str = AMPLITUDE_TASK,
-                 reference_task: str = REFERENCE_TASK, **kwargs):
-        super().__init__(weighting=weighting, **kwargs)
-        self.amplitude_task = amplitude_task
-        self.reference_task = reference_task
+    Settings = HarmoFLSettings
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
         self.amplitude: Optional[np.ndarray] = None
         self.min_train_samples = 0
 
     def before_rounds(self) -> bool:
         clients = self.select_clients(self.start_round)
         if self.amplitude is None:
-            replies = self._ask_all(self.amplitude_task, FLModel(params={}), clients)
+            replies = self._ask_all(self.settings.amplitude_task, FLModel(params={}), clients)
             if replies is None:
                 return False
             try:
+                for client, reply in sorted(replies.items()):
+                    problem = check_sample_count((reply.meta or {}).get(NUM_TRAIN_SAMPLES), self.settings.max_client_samples)
+                    if problem:
+                        raise DataError(f"{NUM_TRAIN_SAMPLES} {problem}", site=client)
                 self.amplitude = average_amplitudes({client: r.params or {} for client, r in replies.items()})
             except DataError as e:
                 self.panic(f"amplitude exchange: {e}")
@@ -69,7 +81,7 @@ class HarmoFLController(FedAvgController):
                       f"with equal weights")
         digest = amplitude_digest(self.amplitude)
         broadcast = FLModel(params={AMPLITUDE_KEY: self.amplitude}, meta={MIN_TRAIN_SAMPLES: self.min_train_samples})
-        replies = self._ask_all(self.reference_task, broadcast, clients)
+        replies = self._ask_all(self.settings.reference_task, broadcast, clients)
         if replies is None:
             return False
         differing = sorted(client for client, r in replies.items() if r.meta.get(DIGEST_KEY) != digest)
@@ -84,7 +96,7 @@ class HarmoFLController(FedAvgController):
     def _ask_all(self, task: str, model: FLModel, clients: List[str]) -> Optional[Dict[str, FLModel]]:
         """Send ``model`` to every client and wait; ``None`` (after :meth:`panic`) unless all of them answered."""
         model.current_round, model.total_rounds = self.start_round, self.num_rounds
-        results = self.send_model_and_wait(task_name=task, data=model, targets=clients, timeout=self.task_timeout)
+        results = self.send_model_and_wait(task_name=task, data=model, targets=clients, timeout=self.settings.task_timeout)
         if self.abort_signal.triggered:
             return None
         replies = {r.meta["client_name"]: r for r in results}

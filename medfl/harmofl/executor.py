@@ -8,24 +8,18 @@ nuclei; :class:`HarmoFLSliceExecutor`, the 2D prostate federation's FedAvg clien
 A task's data comes from :meth:`build_split`: :class:`HarmoFLProstateExecutor`, :class:`HarmoFLNucleiExecutor`,
 :class:`HarmoFLCamelyon17Executor`, :class:`HarmoFLSliceExecutor`.
 
-``config_train.json`` keys added by HarmoFL (defaults are the released code's):
-
-* ``amplitude_mode`` (``"paper"`` | ``"reference_code"``), ``amplitude_window_ratio`` (``null``: the mode's),
-  ``amplitude_momentum`` (``null``: the mode's): see :mod:`medfl.harmofl.amp_norm`.
-* ``perturbation_alpha``: weight-perturbation radius (0.05).
-* ``truncate_to_smallest_client``: train every client on the first ``min_k n_k`` training samples, as the
-  released code does unless ``--imbalance`` (true).
-* ``optimizer``: ``{"name", "args"}`` of the base optimizer the perturbation wraps; its state persists across
-  rounds (not read by :class:`HarmoFLSliceExecutor`, which wraps FedAvg's Adam ``learning_rate``).
+``config_train.json`` keys added by HarmoFL: :class:`HarmoFLOptions` (defaults: the released code's); the
+``optimizer`` setting is the base optimizer the perturbation wraps, its state kept across rounds.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Dict, List, Mapping
+from typing import Dict, List, Literal, Mapping, Optional
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from nvflare.apis.fl_constant import ReturnCode
@@ -35,22 +29,22 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from medfl.common.classification import ClassificationExecutor, build_optimizer
-from medfl.common.config import config_path
+from medfl.common.classification import ClassificationExecutor, ClassificationSettings
 from medfl.common.data import datalist_path, read_datalist
 from medfl.common.errors import DataError
 from medfl.common.executor import RoundExecutor
 from medfl.common.metrics import classification_metrics, predict_probabilities
 from medfl.common.protocol import NUM_TRAIN_SAMPLES
 from medfl.common.segmentation import SegmentationExecutor
-from medfl.common.train import Batch, evaluate_dice
+from medfl.common.settings import ClientSettings, Settings
+from medfl.common.train import Batch, build_optimizer, evaluate_dice
 from medfl.federations.camelyon17.data import Camelyon17Dataset
 from medfl.federations.nuclei.data import NucleiDataset
-from medfl.federations.prostate2d.client import ProstateSegmentationExecutor
+from medfl.federations.prostate2d.client import ProstateSegmentationExecutor, ProstateSettings
 from medfl.federations.prostate_saml.data import prostate_dataset, prostate_train_augmentation
 
 from . import networks  # noqa: F401  (registers harmofl_unet, harmofl_densenet121)
-from .amp_norm import DEFAULT_AMPLITUDE_MODE, AmplitudeNormalize, mean_amplitude, normalize_inputs
+from .amp_norm import DEFAULT_AMPLITUDE_MODE, MAX_WINDOW_RATIO, AmplitudeNormalize, mean_amplitude, normalize_inputs
 from .amplitude_exchange import (
     AMPLITUDE_KEY,
     AMPLITUDE_TASK,
@@ -63,9 +57,54 @@ from .amplitude_exchange import (
 from .losses import harmofl_segmentation_loss, segmentation_dice_scores
 from .weight_perturbation import DEFAULT_ALPHA, WeightPerturbationOptimizer, weight_perturbation_step
 
-# The released prostate settings, used when config_train.json names none.
-SEGMENTATION_OPTIMIZER = {"name": "adam", "args": {"lr": 1e-4, "weight_decay": 1e-4}}
-SEGMENTATION_BATCH_SIZE = 16
+
+class HarmoFLOptions(Settings):
+    """What HarmoFL adds to a client's ``config_train.json`` (defaults: the released code's)."""
+
+    amplitude_mode: Literal["paper", "reference_code"] = Field(DEFAULT_AMPLITUDE_MODE, description=(
+        "amplitude normalisation as the paper describes it or as the released code computes it (amp_norm)"))
+    amplitude_window_ratio: Optional[float] = Field(None, gt=0, le=MAX_WINDOW_RATIO, description=(
+        "share of the spectrum normalised around its centre (null: the mode's)"))
+    amplitude_momentum: Optional[float] = Field(None, ge=0, le=1, description=(
+        "running-mean momentum of the local amplitude (null: the mode's)"))
+    perturbation_alpha: float = Field(DEFAULT_ALPHA, ge=0, le=1, description="weight-perturbation radius rho")
+    truncate_to_smallest_client: bool = Field(True, description=(
+        "train every client on its first min_k n_k training samples, as the released code unless --imbalance"))
+
+
+class HarmoFLSegmentationSettings(HarmoFLOptions, ClientSettings):
+    """A HarmoFL segmentation client (prostate, nuclei): HarmoFL's options, the common keys and its data."""
+
+    data_root: str = Field(description="folder of the site's prepared images; DATASET_ROOT allowed")
+    datalist: str = Field(description="a datalist file, or a folder holding <client>.json; DATASET_ROOT allowed")
+    augment: bool = Field(True, description="the released code's random rotations and flips of training samples")
+    val_metric: Literal["dice_bg_fg", "dice_fg"] = Field("dice_bg_fg", description=(
+        "validation metric reported as 'global': the released mean Dice of both classes, or the foreground's"))
+
+
+class HarmoFLNucleiSettings(HarmoFLSegmentationSettings):
+    """HarmoFL nuclei client: the segmentation keys and the nuclei images' shape and intensity."""
+
+    patch_size: Optional[int] = Field(None, ge=8, description=(
+        "P x P random training crops and validation/test tiles (null: whole images, which must share one size)"))
+    channels: int = Field(3, ge=1, le=4, description="channels the network sees (grey images are repeated)")
+    intensity: Literal["dtype", "minmax"] = Field("dtype", description=(
+        "to [0, 1] by the image dtype's range, or by each image's min and max"))
+
+
+class HarmoFLSliceSettings(HarmoFLOptions, ProstateSettings):
+    """HarmoFL on the 2D prostate federation: its options and the prostate client's keys."""
+
+
+class HarmoFLClassificationSettings(HarmoFLOptions, ClassificationSettings):
+    """A HarmoFL classification client: its options and the classification keys."""
+
+
+class HarmoFLCamelyon17Settings(HarmoFLClassificationSettings):
+    """HarmoFL Camelyon17 client: the classification keys and the patches."""
+
+    data_root: str = Field(description="the WILDS camelyon17_v1.0 folder; DATASET_ROOT allowed")
+    datalist: str = Field(description="a datalist file, or a folder holding <client>.json; DATASET_ROOT allowed")
 
 
 class HarmoFLClient(RoundExecutor):
@@ -94,7 +133,7 @@ class HarmoFLClient(RoundExecutor):
 
     @abstractmethod
     def build_split(self, split: str) -> Dataset:
-        """The ``{"image", "label"}`` dataset of ``split`` (``training`` augmented) from ``self.config``."""
+        """The ``{"image", "label"}`` dataset of ``split`` (``training`` augmented) from ``self.settings``."""
 
     @abstractmethod
     def harmofl_models(self) -> List[torch.nn.Module]:
@@ -106,7 +145,7 @@ class HarmoFLClient(RoundExecutor):
 
     def wrap_optimizer(self, base: torch.optim.Optimizer) -> WeightPerturbationOptimizer:
         """The weight-perturbation optimizer (radius ``perturbation_alpha``) around ``base``."""
-        return WeightPerturbationOptimizer(base, alpha=float(self.config.get("perturbation_alpha", DEFAULT_ALPHA)))
+        return WeightPerturbationOptimizer(base, alpha=self.settings.perturbation_alpha)
 
     def train_step(self, model: torch.nn.Module, batch: Batch, loss_fn, optimizer) -> torch.Tensor:
         return weight_perturbation_step(model, batch, loss_fn, optimizer)
@@ -115,8 +154,8 @@ class HarmoFLClient(RoundExecutor):
     def local_amplitude(self) -> np.ndarray:
         """``(C, *spatial)`` float32 mean amplitude of the training images as they enter the network."""
         batches = (batch["image"].to(self.device) for batch in self.train_loader)
-        amplitude = mean_amplitude(batches, mode=self.config.get("amplitude_mode", DEFAULT_AMPLITUDE_MODE),
-                                   momentum=self.config.get("amplitude_momentum"))
+        amplitude = mean_amplitude(batches, mode=self.settings.amplitude_mode,
+                                   momentum=self.settings.amplitude_momentum)
         return amplitude.float().cpu().numpy()
 
     def freeze_reference(self, params: Mapping[str, np.ndarray], meta: Mapping) -> str:
@@ -134,11 +173,11 @@ class HarmoFLClient(RoundExecutor):
         if reference.shape != image_shape:
             raise DataError(f"the reference amplitude has shape {reference.shape} but this site's images are "
                             f"{image_shape}: every site must prepare its images at one size", site=self.site)
-        self.normalizer = amplitude_normalizer(self.config, reference)
+        self.normalizer = amplitude_normalizer(self.settings, reference)
         for model in self.harmofl_models():
             normalize_inputs(model, self.normalizer)
         self.reference_digest = digest
-        if self.config.get("truncate_to_smallest_client", True) and MIN_TRAIN_SAMPLES in meta:
+        if self.settings.truncate_to_smallest_client and MIN_TRAIN_SAMPLES in meta:
             self.truncate_training(int(meta[MIN_TRAIN_SAMPLES]))
         return digest
 
@@ -190,18 +229,18 @@ class HarmoFLSegmentationExecutor(HarmoFLClient, SegmentationExecutor):
     (training and evaluation: the networks' BatchNorm uses batch statistics), ``augment``, ``val_metric``.
     """
 
+    Settings = HarmoFLSegmentationSettings
     model_names = ("global",)
 
     def setup(self, fl_ctx: FLContext) -> None:
         self.datasets = {split: self.build_split(split) for split in ("training", "validation")}
-        batch_size = int(self.config.get("batch_size", SEGMENTATION_BATCH_SIZE))
+        batch_size = self.settings.batch_size
         self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True)
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         self.loss_fn = harmofl_segmentation_loss()
-        self.val_metric = self.config.get("val_metric", "dice_bg_fg")
+        self.val_metric = self.settings.val_metric
         self.models = {name: self.build_model(name).to(self.device) for name in self.model_names}
-        spec = self.config.get("optimizer", SEGMENTATION_OPTIMIZER)
-        self.optimizers = {name: self.wrap_optimizer(build_optimizer(model.parameters(), spec))
+        self.optimizers = {name: self.wrap_optimizer(build_optimizer(model.parameters(), self.settings.optimizer))
                            for name, model in self.models.items()}
 
     def harmofl_models(self) -> List[torch.nn.Module]:
@@ -214,8 +253,6 @@ class HarmoFLSegmentationExecutor(HarmoFLClient, SegmentationExecutor):
         loader = self.val_loader if split == "validation" else DataLoader(self.build_split(split),
                                                                           batch_size=self.val_loader.batch_size)
         scores = self.score(self.models["global"], loader)
-        if self.val_metric not in scores:
-            raise DataError(f"val_metric must be one of {sorted(scores)}, got {self.val_metric!r}", site=self.site)
         return {"global": scores[self.val_metric], **scores}
 
 
@@ -224,9 +261,9 @@ class HarmoFLProstateExecutor(HarmoFLSegmentationExecutor):
     ``datalist_json_path`` = a folder of ``<client>.json`` or one file)."""
 
     def build_split(self, split: str) -> Dataset:
-        base_dir = config_path(self.config, "dataset_base_dir", self.site)
-        datalist = datalist_path(config_path(self.config, "datalist_json_path", self.site), self.site)
-        augment = split == "training" and bool(self.config.get("augment", True))
+        base_dir = self.settings.path("data_root", self.site)
+        datalist = datalist_path(self.settings.path("datalist", self.site), self.site)
+        augment = split == "training" and self.settings.augment
         return prostate_dataset(read_datalist(datalist, split, self.site), base_dir, self.site, augment=augment)
 
 
@@ -239,15 +276,17 @@ class HarmoFLNucleiExecutor(HarmoFLSegmentationExecutor):
     :class:`~medfl.federations.nuclei.data.NucleiDataset`; ``augment``: the prostate task's rotations and flips.
     """
 
+    Settings = HarmoFLNucleiSettings
+
     def build_split(self, split: str) -> Dataset:
-        datalist = datalist_path(config_path(self.config, "datalist", self.site), self.site)
+        datalist = datalist_path(self.settings.path("datalist", self.site), self.site)
         training = split == "training"
-        patch_size = self.config.get("patch_size")
-        augment = prostate_train_augmentation() if training and self.config.get("augment", True) else None
-        base_dir = config_path(self.config, "dataset_root", self.site)
+        patch_size = self.settings.patch_size
+        augment = prostate_train_augmentation() if training and self.settings.augment else None
+        base_dir = self.settings.path("data_root", self.site)
         return NucleiDataset(read_datalist(datalist, split, self.site), base_dir, self.site,
-                             channels=int(self.config.get("channels", 3)),
-                             intensity=self.config.get("intensity", "dtype"), patch_size=patch_size,
+                             channels=self.settings.channels, intensity=self.settings.intensity,
+                             patch_size=patch_size,
                              random_crop=training and patch_size is not None, transform=augment)
 
 
@@ -262,6 +301,7 @@ class HarmoFLSliceExecutor(HarmoFLClient, ProstateSegmentationExecutor):
     of the module docstring except ``optimizer``. :meth:`score` reports ``dice_fg`` (foreground Dice).
     """
 
+    Settings = HarmoFLSliceSettings
     build_split = ProstateSegmentationExecutor.build_split  # the federation's slices (abstract in HarmoFLClient)
 
     def setup(self, fl_ctx: FLContext) -> None:
@@ -280,6 +320,8 @@ class HarmoFLClassificationExecutor(HarmoFLClient, ClassificationExecutor):
     accuracy): the common classification client with HarmoFL's exchange, normalisation and perturbed step.
     Subclasses provide :meth:`build_split` (:class:`HarmoFLCamelyon17Executor`).
     """
+
+    Settings = HarmoFLClassificationSettings
 
     def build_datasets(self) -> Dict[str, Dataset]:
         return {split: self.build_split(split) for split in ("training", "validation")}
@@ -300,7 +342,9 @@ class HarmoFLCamelyon17Executor(HarmoFLClassificationExecutor):
     """HarmoFL Camelyon17 client: 96 x 96 patches of the WILDS layout (``dataset_root``) and the datalists of
     ``prepare_camelyon17.py`` (``datalist``); ``ToTensor()`` only, no augmentation, as the released code."""
 
+    Settings = HarmoFLCamelyon17Settings
+
     def build_split(self, split: str) -> Dataset:
-        datalist = datalist_path(config_path(self.config, "datalist", self.site), self.site)
-        return Camelyon17Dataset(read_datalist(datalist, split, self.site),
-                                 config_path(self.config, "dataset_root", self.site), self.site)
+        datalist = datalist_path(self.settings.path("datalist", self.site), self.site)
+        return Camelyon17Dataset(read_datalist(datalist, split, self.site), self.settings.path("data_root", self.site),
+                                 self.site)

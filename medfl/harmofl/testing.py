@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from medfl.common.controller import checkpoint_name
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
+from medfl.common.settings import NetworkSpec
 from medfl.harmofl.amp_norm import normalize_inputs
 from medfl.harmofl.amplitude_exchange import AMPLITUDE_FILE, AMPLITUDE_KEY, amplitude_normalizer
 from medfl.harmofl.executor import HarmoFLClient
@@ -47,11 +48,11 @@ def client_executor(config_dir: Path) -> HarmoFLClient:
     return executor
 
 
-def load_global_model(models_dir: Path, kind: str, network: Dict) -> torch.nn.Module:
+def load_global_model(models_dir: Path, kind: str, network: NetworkSpec) -> torch.nn.Module:
     path = models_dir / checkpoint_name(kind, "global")
     if not path.is_file():
         raise DataError("model checkpoint not found", path=path)
-    model = build_network(network["name"], **network.get("args", {}))
+    model = build_network(network.name, **network.args)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     return model
 
@@ -59,21 +60,21 @@ def load_global_model(models_dir: Path, kind: str, network: Dict) -> torch.nn.Mo
 def evaluate_sites(models_dir: Path, kind: str = "best", clients: Sequence[str] = ()) -> Dict[str, Dict[str, float]]:
     """``{client: {metric: value}}`` of the saved global model on every client's testing split."""
     config_dir = models_dir / "config"
-    config = load_json(config_dir / "config_train.json")
+    executor = client_executor(config_dir)
+    settings = executor.Settings.load(load_json(config_dir / "config_train.json"), str(config_dir / "config_train.json"))
     amplitude_path = models_dir / AMPLITUDE_FILE
     if not amplitude_path.is_file():
         raise DataError("amplitude reference not found (written by HarmoFLController after the exchange)",
                         path=amplitude_path)
     exchange = torch.load(amplitude_path, weights_only=True)
-    model = load_global_model(models_dir, kind, config["network"])
-    normalize_inputs(model, amplitude_normalizer(config, exchange[AMPLITUDE_KEY].numpy()))
-    executor = client_executor(config_dir)
-    executor.config, executor.device = config, torch.device("cpu")
+    model = load_global_model(models_dir, kind, settings.network)
+    normalize_inputs(model, amplitude_normalizer(settings, exchange[AMPLITUDE_KEY].numpy()))
+    executor.settings, executor.device = settings, torch.device("cpu")
     results = {}
     for client in clients or exchange["clients"]:
         executor.site = client
         dataset = executor.build_split("testing")
-        loader = DataLoader(dataset, batch_size=int(config.get("batch_size", 16)))
+        loader = DataLoader(dataset, batch_size=settings.batch_size)
         results[client] = executor.score(model, loader)
         scores = ", ".join(f"{k} {v:.4f}" for k, v in results[client].items())
         print(f"{client}: {scores} ({len(dataset)} samples)")

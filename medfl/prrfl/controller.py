@@ -4,17 +4,20 @@ the personalised models (which stay on the clients)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from medfl.common.controller import RoundController, client_weights
+from medfl.common.controller import RoundController, ServerSettings, client_weights
 from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, to_numpy, unbundle
 from medfl.common.runtime import seed_everything
+from medfl.common.settings import NetworkSpec
+from medfl.common.validation import ResultSpec, check_metrics
 from medfl.federations.dermoscopy import networks  # noqa: F401  (registers vgg16_slim)
 
 from .pfa import pfa_aggregate_state_dicts, pfa_ratio, shared_params
@@ -23,6 +26,27 @@ from .protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_
 
 def deputy_name(client: str) -> str:
     return f"{DEPUTY}_{client}"
+
+
+class PFASettings(ServerSettings):
+    """PRR-FL server settings (its workflow ``args`` in ``config_fed_server.json``)."""
+
+    network: NetworkSpec = Field(description="the deputy network (the clients' personalised models too)")
+    pfa_ratio_start: float = Field(0.7, ge=0, le=1, description="PFA's low-frequency box ratio L at round 0")
+    pfa_ratio_end: float = Field(0.95, ge=0, le=1, description="the ratio L grows linearly towards this value")
+    weighting: Literal["equal", "samples"] = Field("equal", description=(
+        "weights of the amplitude mean: equal (the original) or training-set sizes"))
+    selection_start: float = Field(0.8, ge=0, le=1, description=(
+        "share of the rounds before the personalised-model selection window opens (0.8: the last 20 %)"))
+    selection_metric: str = Field("personal_macro_f1", description="the clients' trained metric to select on")
+
+    @model_validator(mode="after")
+    def _ordered_ratios_and_final_validation(self) -> "PFASettings":
+        if self.pfa_ratio_start > self.pfa_ratio_end:
+            raise ValueError(f"pfa_ratio_start {self.pfa_ratio_start} exceeds pfa_ratio_end {self.pfa_ratio_end}")
+        if not self.final_validation:
+            raise ValueError("PFAController needs final_validation=true: it carries the last round's selection")
+        return self
 
 
 class PFAController(RoundController):
@@ -40,44 +64,19 @@ class PFAController(RoundController):
     The next task (the next round's, or the final validation) tells every client to save its personalised model,
     unchanged since, as ``best_personal_model.pt`` in its app folder.
 
-    Args:
-        pfa_ratio_start / pfa_ratio_end: the box side ratio L grows linearly from start (round 0) towards end.
-        weighting: ``"equal"`` (the original) or ``"samples"`` weights of the amplitude mean.
-        selection_start: share of the rounds before the selection window opens (0.8: the last 20 %).
-        selection_metric: key of the clients' trained metrics to select on (validation macro-F1).
-        **kwargs: see :class:`~medfl.common.controller.RoundController`; ``final_validation`` must stay true so that
-            a best found in the last round reaches the clients.
+    Settings: :class:`PFASettings`.
     """
 
-    def __init__(
-        self,
-        pfa_ratio_start: float = 0.7,
-        pfa_ratio_end: float = 0.95,
-        weighting: str = "equal",
-        selection_start: float = 0.8,
-        selection_metric: str = "personal_macro_f1",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if not 0.0 <= pfa_ratio_start <= pfa_ratio_end <= 1.0:
-            raise ValueError(f"need 0 <= pfa_ratio_start <= pfa_ratio_end <= 1, got {pfa_ratio_start}, {pfa_ratio_end}")
-        if not 0.0 <= selection_start <= 1.0:
-            raise ValueError(f"selection_start must be in [0, 1], got {selection_start}")
-        if not self.final_validation:
-            raise ValueError("PFAController needs final_validation=true: it carries the last round's selection")
-        client_weights({}, weighting)  # validate early
-        self.pfa_ratio_start = pfa_ratio_start
-        self.pfa_ratio_end = pfa_ratio_end
-        self.weighting = weighting
-        self.selection_start = selection_start
-        self.selection_metric = selection_metric
+    Settings = PFASettings
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
         self.best_personal_score = -math.inf
         self.new_best_round: Optional[int] = None
 
     def initial_models(self) -> Dict[str, Params]:
-        seed_everything(int(self.train_config.get("seed", 0)))
-        network = self.train_config["network"]
-        initial = shared_params(build_network(network["name"], **network.get("args", {})))
+        seed_everything(self.settings.seed)
+        initial = shared_params(build_network(self.settings.network.name, **self.settings.network.args))
         return {deputy_name(client): dict(initial) for client in sorted(c.name for c in self.engine.get_clients())}
 
     def payload_for(self, client: str) -> Params:
@@ -90,8 +89,15 @@ class PFAController(RoundController):
             return {}
         return {BEST_PERSONAL_ROUND: self.new_best_round, BEST_PERSONAL_SCORE: self.best_personal_score}
 
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """The deputy as sent (without BatchNorm), and after training the metrics the selection uses."""
+        spec = super().expected_result(client, task, sent)
+        if task == self.settings.train_task:
+            spec.meta[TRAINED_METRICS] = check_metrics
+        return spec
+
     def first_selection_round(self) -> int:
-        return min(math.ceil(self.selection_start * self.num_rounds), self.num_rounds - 1)
+        return min(math.ceil(self.settings.selection_start * self.num_rounds), self.num_rounds - 1)
 
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
         super().track_best(results, round_number)
@@ -99,24 +105,24 @@ class PFAController(RoundController):
         if not any(trained.values()):
             return  # the final validation: nothing was trained, the last selection is still to be delivered
         self.new_best_round = None
-        missing = sorted(client for client, metrics in trained.items() if self.selection_metric not in (metrics or {}))
+        missing = sorted(client for client, metrics in trained.items() if self.settings.selection_metric not in (metrics or {}))
         if missing:
-            self.warning(f"round {round_number}: no '{self.selection_metric}' after training from {missing}; "
+            self.warning(f"round {round_number}: no '{self.settings.selection_metric}' after training from {missing}; "
                          "this round cannot be selected")
             return
-        score = float(np.mean([metrics[self.selection_metric] for metrics in trained.values()]))
-        self._add_scalar(f"selection/mean_{self.selection_metric}", score, round_number)
+        score = float(np.mean([metrics[self.settings.selection_metric] for metrics in trained.values()]))
+        self._add_scalar(f"selection/mean_{self.settings.selection_metric}", score, round_number)
         if round_number >= self.first_selection_round() and score > self.best_personal_score:
             self.best_personal_score = score
             self.new_best_round = round_number
-            self.info(f"round {round_number}: new best personalised models, mean {self.selection_metric} {score:.4f}")
+            self.info(f"round {round_number}: new best personalised models, mean {self.settings.selection_metric} {score:.4f}")
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         rounds = {r.current_round for r in results.values()}
         if len(rounds) != 1:
             raise ValueError(f"results of one round expected, got rounds {sorted(rounds)}")
         current_round = rounds.pop()
-        ratio = pfa_ratio(current_round, self.num_rounds, self.pfa_ratio_start, self.pfa_ratio_end)
+        ratio = pfa_ratio(current_round, self.num_rounds, self.settings.pfa_ratio_start, self.settings.pfa_ratio_end)
         clients = sorted(results)
         deputies = []
         for client in clients:
@@ -124,7 +130,7 @@ class PFAController(RoundController):
             if DEPUTY not in received:
                 raise ValueError(f"client {client} sent no deputy parameters")
             deputies.append({key: torch.tensor(value) for key, value in received[DEPUTY].items()})
-        weights = client_weights({client: results[client] for client in clients}, self.weighting)
+        weights = client_weights({client: results[client] for client in clients}, self.settings.weighting)
         aggregated = pfa_aggregate_state_dicts(deputies, ratio, weights_k=weights)
         self.models.update({deputy_name(client): to_numpy(state) for client, state in zip(clients, aggregated)})
         self._add_scalar("pfa/ratio", ratio, current_round)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from nvflare.apis.signal import Signal
 
 from medfl.common.metrics import macro_f1, predict_probabilities
-from medfl.common.train import TrainingAborted
+from medfl.common.train import TrainingAborted, batch_ids
 
 __all__ = ["DetStage", "decide_det_stage", "det_local_epoch", "det_losses", "distillation_kl", "next_det_stage"]
 
@@ -134,7 +134,8 @@ def det_local_epoch(
         loss_personal, loss_deputy = det_losses(personal(images), deputy(images), targets, stage)
         if not (torch.isfinite(loss_personal) and torch.isfinite(loss_deputy)):
             raise FloatingPointError(f"DET loss is not finite (personalised {loss_personal.item()}, deputy "
-                                     f"{loss_deputy.item()}): check the learning rate and the input data")
+                                     f"{loss_deputy.item()}){batch_ids(batch)}: check the learning rate and the "
+                                     "input data")
         loss_personal.backward()
         loss_deputy.backward()
         opt_personal.step()

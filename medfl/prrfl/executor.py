@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -24,9 +25,9 @@ from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, unbundle
 from medfl.federations.dermoscopy.client import (
     TRAINED_PREFIX,
+    DermoscopySettings,
     model_metrics,
     optimizer_for_round,
-    setting,
     split_loader,
 )
 from medfl.federations.dermoscopy.data import build_client_datasets
@@ -55,6 +56,13 @@ def load_shared(model: nn.Module, params: Mapping[str, np.ndarray], site: str) -
     model.load_state_dict(state)
 
 
+class DETSettings(DermoscopySettings):
+    """PRR-FL client's ``config_train.json``: the dermoscopy keys and DET's stage thresholds."""
+
+    alpha1: float = Field(0.7, gt=0, le=1, description="Recover -> Exchange when F1_deputy >= alpha1 * F1_personal")
+    alpha2: float = Field(0.9, gt=0, le=1, description="Exchange -> Sublimate when F1_deputy >= alpha2 * F1_personal")
+
+
 class DETExecutor(RoundExecutor):
     """PRR-FL client (Chen et al., MICCAI 2021, Sec. 2.3): Deputy-Enhanced Transfer.
 
@@ -70,22 +78,22 @@ class DETExecutor(RoundExecutor):
     server reports that this round's personalised models have the best mean validation score of the selection
     window. Both hold ``{"state_dict", "round_number", "metrics"}`` (and ``score``, the clients' mean, for best).
 
-    ``config_train.json`` keys: ``data_root``, ``image_size``, ``num_classes``, ``augment`` (see
-    :func:`~medfl.federations.dermoscopy.data.build_client_datasets`), ``network``, ``optimizer``, ``lr_decay``,
-    ``lr_decay_rounds``, ``local_epochs``, ``batch_size``, ``alpha1``, ``alpha2``, ``seed``, ``device``.
+    Settings: :class:`DETSettings`.
     """
 
+    Settings = DETSettings
+
     def setup(self, fl_ctx: FLContext) -> None:
-        self.datasets = build_client_datasets(self.config, self.site)
-        batch_size = int(setting(self.config, "batch_size"))
+        self.datasets = build_client_datasets(self.settings, self.site)
+        batch_size = self.settings.batch_size
         training = self.datasets["training"]
         # BatchNorm1d cannot train on a last batch of one sample; the FedAvg client drops it the same way
         self.train_loader = DataLoader(training, batch_size=batch_size, shuffle=True,
                                        drop_last=len(training) > batch_size)
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
-        network = self.config["network"]
-        self.personal = build_network(network["name"], **network.get("args", {})).to(self.device)
-        self.deputy = build_network(network["name"], **network.get("args", {})).to(self.device)
+        network = self.settings.network
+        self.personal = build_network(network.name, **network.args).to(self.device)
+        self.deputy = build_network(network.name, **network.args).to(self.device)
         self.personal_initialised = False
         self.trained_metrics: Dict[str, float] = {}
 
@@ -121,10 +129,10 @@ class DETExecutor(RoundExecutor):
                 **model_metrics(self.deputy, loader, self.device, DEPUTY)}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        opt_personal = optimizer_for_round(self.personal.parameters(), self.config, self.current_round)
-        opt_deputy = optimizer_for_round(self.deputy.parameters(), self.config, self.current_round)
-        alpha1, alpha2 = float(setting(self.config, "alpha1")), float(setting(self.config, "alpha2"))
-        epochs = int(setting(self.config, "local_epochs"))
+        opt_personal = optimizer_for_round(self.personal.parameters(), self.settings, self.current_round)
+        opt_deputy = optimizer_for_round(self.deputy.parameters(), self.settings, self.current_round)
+        alpha1, alpha2 = self.settings.alpha1, self.settings.alpha2
+        epochs = self.settings.local_epochs
         stage = DetStage.START
         for epoch in range(epochs):
             stage = decide_det_stage(stage, self.personal, self.deputy, self.train_loader, self.device, alpha1, alpha2)

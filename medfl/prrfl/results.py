@@ -67,7 +67,7 @@ def load_model(checkpoint: Path, config: dict) -> torch.nn.Module:
         raise DataError("model checkpoint not found", path=checkpoint)
     network = config["network"]
     model = build_network(network["name"], **network.get("args", {}))
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu")["state_dict"])
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     return model.eval()
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medfl.common.data import SPLITS, datalist_path, read_datalist
+from medfl.common.data import SAMPLE_ID, SPLITS, datalist_path, read_datalist
 from medfl.common.errors import DataError
 from medfl.common.images import read_image
 from medfl.common.splits import seeded_split, site_seed
@@ -214,7 +214,7 @@ class Camelyon17Dataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         image, label = self.items[index]
         return {"image": load_patch(self.base_dir / image, self.site, self.patch_size),
-                "label": torch.tensor(label, dtype=torch.int64)}
+                "label": torch.tensor(label, dtype=torch.int64), SAMPLE_ID: image}
 
 
 def camelyon17_datasets(datalist: Union[str, os.PathLike], base_dir: Union[str, os.PathLike], site: str,

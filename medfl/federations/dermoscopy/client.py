@@ -10,56 +10,57 @@ retrogress of communication ``r -> r+1`` is ``val[r+1] - val_trained[r]`` (``med
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Dict
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
-from medfl.common.classification import ClassificationExecutor, build_optimizer
+from medfl.common.classification import ClassificationExecutor, ClassificationSettings
 from medfl.common.executor import RoundExecutor
 from medfl.common.metrics import classification_metrics, predict_probabilities
+from medfl.common.settings import OptimizerSpec
+from medfl.common.train import build_optimizer
 
 from . import networks  # noqa: F401  (registers vgg16_slim)
-from .data import build_client_datasets
+from .data import DEFAULT_IMAGE_SIZE, DEFAULT_NUM_CLASSES, build_client_datasets
 
 TRAINED_PREFIX = "val_trained"
 
-# the original's settings (ALGORITHMS.md §2.4-2.5), used where config_train.json leaves a key out
-DEFAULTS: Dict[str, Any] = {
-    "optimizer": {"name": "sgd", "args": {"lr": 1e-2, "weight_decay": 1e-6}},
-    "lr_decay": 0.5,
-    "lr_decay_rounds": 5,
-    "local_epochs": 5,
-    "batch_size": 16,
-    "alpha1": 0.7,
-    "alpha2": 0.9,
-}
+class DermoscopySettings(ClassificationSettings):
+    """A dermoscopy client's ``config_train.json``: the federation's data and PRR-FL's SGD schedule.
+
+    The defaults are the original's (a new SGD at ``optimizer.lr * lr_decay ** (round // lr_decay_rounds)``
+    every round, 5 local epochs, batch 16); a job states them all anyway.
+    """
+
+    optimizer: OptimizerSpec = Field(OptimizerSpec(name="sgd", lr=1e-2, weight_decay=1e-6), description=(
+        "the local optimizer, re-created every round at the decayed learning rate (the original's SGD)"))
+    local_epochs: int = Field(5, ge=1, description="local epochs per round")
+    batch_size: int = Field(16, ge=2, description="training batch size")
+    data_root: str = Field(description="the prepared federation (<client>/{train,valid,test}.csv); DATASET_ROOT allowed")
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8, description="side of the prepared square images, in pixels")
+    num_classes: int = Field(DEFAULT_NUM_CLASSES, ge=2, description="classes of the prepared labels")
+    augment: bool = Field(True, description="the original's training augmentation (train_transforms)")
+    lr_decay: float = Field(0.5, gt=0, le=1, description="factor of the learning rate every lr_decay_rounds rounds")
+    lr_decay_rounds: int = Field(5, ge=1, description="rounds between two learning-rate decays")
 
 
-def setting(config: Mapping[str, Any], key: str) -> Any:
-    """``config[key]``, or the original's value from `DEFAULTS`."""
-    return config.get(key, DEFAULTS[key])
-
-
-def round_learning_rate(base_lr: float, current_round: int, decay: float = DEFAULTS["lr_decay"],
-                        decay_rounds: int = DEFAULTS["lr_decay_rounds"]) -> float:
+def round_learning_rate(base_lr: float, current_round: int, decay: float, decay_rounds: int) -> float:
     """``base_lr * decay ** (current_round // decay_rounds)``: the original's 1e-2 halved every 5 rounds."""
     if decay_rounds < 1:
         raise ValueError(f"lr_decay_rounds must be >= 1, got {decay_rounds}")
     return base_lr * decay ** (current_round // decay_rounds)
 
 
-def optimizer_for_round(parameters, config: Mapping[str, Any], current_round: int) -> torch.optim.Optimizer:
-    """A new ``config["optimizer"]`` at the learning rate of ``current_round`` (``lr_decay``, ``lr_decay_rounds``)."""
-    spec = setting(config, "optimizer")
-    args = dict(spec.get("args", {}))
-    args["lr"] = round_learning_rate(float(args.get("lr", DEFAULTS["optimizer"]["args"]["lr"])), current_round,
-                                     float(setting(config, "lr_decay")), int(setting(config, "lr_decay_rounds")))
-    return build_optimizer(parameters, {**spec, "args": args})
+def optimizer_for_round(parameters, settings: DermoscopySettings, current_round: int) -> torch.optim.Optimizer:
+    """A new ``optimizer`` at the learning rate of ``current_round`` (``lr_decay``, ``lr_decay_rounds``)."""
+    lr = round_learning_rate(settings.optimizer.lr, current_round, settings.lr_decay, settings.lr_decay_rounds)
+    return build_optimizer(parameters, settings.optimizer, lr=lr)
 
 
 def model_metrics(model: nn.Module, loader: DataLoader, device: torch.device, prefix: str) -> Dict[str, float]:
@@ -89,18 +90,20 @@ class DermoscopyClient:
     """
 
     def build_datasets(self) -> Dict[str, Dataset]:
-        return build_client_datasets(self.config, self.site)
+        return build_client_datasets(self.settings, self.site)
 
     def evaluate(self, split: str = "validation") -> Dict[str, float]:
         metrics = model_metrics(self.model, split_loader(self, split), self.device, "global")
         return {"global": metrics[f"global_{self.val_metric}"], **metrics}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        self.optimizer = optimizer_for_round(self.model.parameters(), self.config, self.current_round)
+        self.optimizer = optimizer_for_round(self.model.parameters(), self.settings, self.current_round)
         super().train_round(abort_signal, fl_ctx)
         self.log_metrics(self.evaluate("validation"), TRAINED_PREFIX, self.current_round)
 
 
 class DermoscopyExecutor(DermoscopyClient, ClassificationExecutor):
     """FedAvg baseline client on the PRR-FL federation: one ``global`` model trained with cross-entropy
-    (:class:`DermoscopyClient`'s data, metrics and SGD schedule)."""
+    (:class:`DermoscopyClient`'s data, metrics and SGD schedule; settings :class:`DermoscopySettings`)."""
+
+    Settings = DermoscopySettings

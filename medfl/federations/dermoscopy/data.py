@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from monai import transforms as mt
 from PIL import Image
 from torch.utils.data import Dataset
 
-from medfl.common.config import config_path
+from medfl.common.data import SAMPLE_ID
 from medfl.common.errors import DataError
 
 __all__ = ["SPLITS", "SkinLesionDataset", "build_client_datasets", "eval_transforms", "split_csv_path",
@@ -180,19 +179,15 @@ class SkinLesionDataset(Dataset):
             raise self._error(
                 f"image is {pixels.shape[1]}x{pixels.shape[0]}, expected {self.image_size}x{self.image_size} "
                 "(config_train.json 'image_size' must match the prepared images)", path)
-        return {"image": self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), "label": label}
+        return {"image": self.transform(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), "label": label,
+                SAMPLE_ID: str(path)}
 
 
-def build_client_datasets(config: Mapping[str, Any], site: str) -> dict[str, SkinLesionDataset]:
-    """``{"training", "validation", "testing"}`` datasets of ``site`` from ``config_train.json``.
-
-    Keys: ``data_root`` (the prepared federation, may start with ``DATASET_ROOT``), ``image_size`` (default
-    128), ``num_classes`` (3), ``augment`` (true: `train_transforms` on the training split, as the original).
-    """
-    data_root = config_path(config, "data_root", site)
-    image_size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
-    num_classes = int(config.get("num_classes", DEFAULT_NUM_CLASSES))
-    augment = bool(config.get("augment", True))
+def build_client_datasets(settings, site: str) -> dict[str, SkinLesionDataset]:
+    """``{"training", "validation", "testing"}`` datasets of ``site`` from a dermoscopy client's settings
+    (``data_root``, ``image_size``, ``num_classes``, ``augment``: `train_transforms` on the training split)."""
+    data_root = settings.path("data_root", site)
+    image_size, num_classes, augment = settings.image_size, settings.num_classes, settings.augment
     if not (data_root / site).is_dir():
         raise DataError(f"no folder for this client ({site}) in the federation", path=data_root / site, site=site)
     datasets = {}

@@ -7,17 +7,17 @@ pooled balanced accuracy from counts.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch.nn.utils import clip_grad_norm_
 from torch.utils.data import DataLoader, Dataset
 
 from nvflare.apis.fl_context import FLContext
 
-from medfl.common.classification import ClassificationExecutor
-from medfl.common.config import config_path
+from medfl.common.classification import ClassificationExecutor, ClassificationSettings
 from medfl.common.errors import DataError
 from medfl.common.losses import BalancedSoftmaxLoss
 from medfl.common.metrics import predict_probabilities
@@ -29,7 +29,16 @@ from .evaluation import TESTING, VALIDATION, balanced_accuracy_from_counts, clas
 from .protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
 
 SPLIT_FILES = {"training": "train.csv", VALIDATION: "valid.csv", TESTING: "test.csv"}
-LOSSES = ("bsm", "ce")
+
+
+class ISIC2019Settings(ClassificationSettings):
+    """A Fed-ISIC2019 client's ``config_train.json``: the classification keys, the data and the loss."""
+
+    data_root: str = Field(description=(
+        "folder of the prepared centres (<client>/{train,valid,test}.csv, prepare_isic2019.py); DATASET_ROOT allowed"))
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8, description="side of the square network input, in pixels")
+    loss: Literal["bsm", "ce"] = Field("bsm", description="Balanced Softmax (BSM-FL, FedMAS) or cross-entropy (FedAvg)")
+    grad_clip_norm: float = Field(0.0, ge=0, description="clip the gradient norm to this value (0: off)")
 
 
 class SkinLesionExecutor(ClassificationExecutor):
@@ -37,18 +46,18 @@ class SkinLesionExecutor(ClassificationExecutor):
 
     Trains the received global model for ``local_epochs`` with the configured optimizer (Adam 3e-4 in the
     jobs; its state persists across rounds), optionally clipping the gradient norm. BSM uses this client's own
-    class counts. ``config_train.json`` keys besides :class:`ClassificationExecutor`'s: ``dataset_base_dir``
-    (a folder holding ``<client name>/{train,valid,test}.csv`` from ``prepare_isic2019.py``), ``image_size``,
-    ``loss``, ``grad_clip_norm`` (0: off).
+    class counts. Settings: :class:`ISIC2019Settings`.
     """
+
+    Settings = ISIC2019Settings
 
     def build_datasets(self) -> Dict[str, Dataset]:
         """The centre's splits; also sets ``self.class_counts`` (training split), which the losses need."""
-        folder = config_path(self.config, "dataset_base_dir", self.site) / self.site
+        folder = self.settings.path("data_root", self.site) / self.site
         if not folder.is_dir():
             raise DataError("no data folder for this client: client names must be the prepared centre folders "
                             "(center_0 ... center_5, see docs/fedmas.md)", path=folder, site=self.site)
-        size = int(self.config.get("image_size", DEFAULT_IMAGE_SIZE))
+        size = self.settings.image_size
         datasets = {split: SkinLesionDataset(folder / name, image_size=size, train=split == "training", site=self.site)
                     for split, name in SPLIT_FILES.items()}
         self.class_counts = datasets["training"].class_counts()
@@ -60,14 +69,13 @@ class SkinLesionExecutor(ClassificationExecutor):
             raise DataError("the 'testing' split is empty", site=self.site)
         self.n_classes = len(self.class_counts)
         self.test_loader = DataLoader(self.datasets[TESTING], batch_size=self.train_loader.batch_size)
-        self.grad_clip_norm = float(self.config.get("grad_clip_norm", 0.0))
+        self.grad_clip_norm = self.settings.grad_clip_norm
         self.report: Dict[str, Any] = {}
 
     def build_loss(self) -> Callable:
-        loss = str(self.config.get("loss", "bsm")).lower()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        return BalancedSoftmaxLoss(self.class_counts).to(self.device) if loss == "bsm" else F.cross_entropy
+        if self.settings.loss == "bsm":
+            return BalancedSoftmaxLoss(self.class_counts).to(self.device)
+        return F.cross_entropy
 
     def samples_per_epoch(self) -> int:
         """Samples one local epoch sees (``drop_last`` rounds down): the original's FedAvg weight n_k."""

@@ -28,6 +28,7 @@ from monai.transforms import (
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medfl.common.data import SAMPLE_ID
 from medfl.common.errors import DataError
 
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
@@ -189,7 +190,7 @@ class SkinLesionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         path, label = self.items[index]
-        return {"image": self.transform(load_rgb(path, self.site)), "label": label}
+        return {"image": self.transform(load_rgb(path, self.site)), "label": label, SAMPLE_ID: str(path)}
 
     @property
     def labels(self) -> list[int]:

@@ -8,7 +8,8 @@ measures on its pooled CSV), which differs from the mean of the clients' balance
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -42,6 +43,30 @@ def balanced_accuracy_from_counts(correct: Sequence[int], total: Sequence[int]) 
     if not present.any():
         return math.nan
     return float(np.mean(correct_array[present] / total_array[present]))
+
+
+def check_class_counts(counts: Any, num_classes: int, num_val_samples: Any) -> Optional[str]:
+    """``None`` if ``counts`` is a client's ``{split: {"correct": [...], "total": [...]}}`` report for both splits:
+    ``num_classes`` non-negative integers each, ``correct <= total`` class by class, and validation totals summing to
+    the client's validation size ``num_val_samples``; else what is wrong."""
+    if not isinstance(counts, Mapping):
+        return f"is a {type(counts).__name__}, not a dict of splits"
+    for split in (VALIDATION, TESTING):
+        pair = counts.get(split)
+        if not isinstance(pair, Mapping) or not {"correct", "total"} <= set(pair):
+            return f"has no 'correct' and 'total' counts for its '{split}' split"
+        for name in ("correct", "total"):
+            values = pair[name]
+            counts_ok = isinstance(values, Sequence) and len(values) == num_classes and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values)
+            if not counts_ok:
+                return f"'{split}' {name} is {values!r}, not {num_classes} counts >= 0"
+        if any(c > t for c, t in zip(pair["correct"], pair["total"])):
+            return f"'{split}' has more correct predictions {list(pair['correct'])} than samples {list(pair['total'])}"
+    if sum(counts[VALIDATION]["total"]) != num_val_samples:
+        return (f"'{VALIDATION}' counts {sum(counts[VALIDATION]['total'])} samples, but the client reports "
+                f"{num_val_samples} validation samples")
+    return None
 
 
 def pool_counts(counts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[list[int], list[int]]:

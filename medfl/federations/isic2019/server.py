@@ -7,20 +7,32 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+from pydantic import Field
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
-from medfl.common.config import config_path
-from medfl.common.controller import RoundController, checkpoint_name, required_meta
+from medfl.common.controller import SERVER_SITE, RoundController, ServerSettings, checkpoint_name, required_meta
 from medfl.common.errors import DataError
 from medfl.common.io import atomic_write_json
 from medfl.common.networks import build_network
 from medfl.common.params import Params, to_numpy
+from medfl.common.protocol import NUM_VAL_SAMPLES
 from medfl.common.runtime import seed_everything
+from medfl.common.settings import NetworkSpec
+from medfl.common.validation import ResultSpec
 
 from . import networks  # noqa: F401  (registers resnet_classifier)
-from .evaluation import TESTING, VALIDATION, balanced_accuracy_from_counts, pool_counts, select_rounds
+from .data import ISIC_CLASSES
+from .evaluation import (
+    TESTING,
+    VALIDATION,
+    balanced_accuracy_from_counts,
+    check_class_counts,
+    pool_counts,
+    select_rounds,
+)
 from .protocol import CLASS_COUNTS
 
 HISTORY_FILE = "balanced_accuracy.json"
@@ -28,10 +40,18 @@ TEST_SELECTED = "best_test_selected"  # checkpoint kind of the original's test-s
 SPLITS = (VALIDATION, TESTING)
 
 
+class ISIC2019ServerSettings(ServerSettings):
+    """What the Fed-ISIC2019 server side adds to an aggregation controller's settings."""
+
+    network: NetworkSpec = Field(description="the network of the global model (a torchvision-layout ResNet)")
+    trunk_checkpoint: Optional[str] = Field(None, description=(
+        "a torchvision ResNet file initialising the trunk (ImageNet, as the original); DATASET_ROOT allowed"))
+
+
 class ISIC2019Server(RoundController):
     """Fed-ISIC2019 server side as FedMAS evaluates it (§3.7); list it before the aggregation controller.
 
-    * Initial model: ``network`` and ``seed``; ``trunk_checkpoint`` (optional, ``DATASET_ROOT`` allowed)
+    * Initial model: ``network`` and ``seed``; ``trunk_checkpoint`` (:class:`ISIC2019ServerSettings`)
       initialises the ResNet trunk from a torchvision file, as the original's ImageNet initialisation.
     * Every round the clients report per-class counts of the model they received on their validation and test
       splits. The server computes balanced accuracy per client and pooled over clients (from the summed
@@ -47,14 +67,19 @@ class ISIC2019Server(RoundController):
         self.best_test_score = float("-inf")  # kept apart from best_scores, which hold validation scores
 
     def initial_models(self) -> Dict[str, Params]:
-        seed_everything(int(self.train_config.get("seed", 0)))
-        network = self.train_config.get("network", {"name": "resnet_classifier"})
-        model = build_network(network["name"], **network.get("args", {}))
-        if self.train_config.get("trunk_checkpoint"):
-            path = config_path(self.train_config, "trunk_checkpoint", "server")
+        seed_everything(self.settings.seed)
+        model = build_network(self.settings.network.name, **self.settings.network.args)
+        if self.settings.trunk_checkpoint:
+            path = self.settings.path("trunk_checkpoint", SERVER_SITE)
             model.load_trunk_checkpoint(path)
             self.info(f"initial trunk loaded from {path}")
         return {"global": to_numpy(model.state_dict())}
+
+    def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
+        """Every reply also carries the per-class counts of both splits (ISIC 2019's classes)."""
+        spec = super().expected_result(client, task, sent)
+        spec.checks.append(_class_counts_problem)
+        return spec
 
     def history_header(self) -> Dict[str, str]:
         """Entries at the top of ``balanced_accuracy.json`` (default: the aggregation rule's name)."""
@@ -112,7 +137,7 @@ class ISIC2019Server(RoundController):
         selected = select_rounds([r for r in self.history if "pooled" in r])
         if not selected:
             return
-        last = "final model, " + checkpoint_name("last", "global") if self.final_validation else "last measured model"
+        last = "final model, " + checkpoint_name("last", "global") if self.settings.final_validation else "last measured model"
         lines = [("selected on validation, " + checkpoint_name("best", "global"), "validation_selected"),
                  (last, "last"),
                  ("selected on the TEST split as the original does (optimistic), "
@@ -129,3 +154,12 @@ class ISIC2019Server(RoundController):
         super().load_extra_state(state)
         self.history = list(state["history"])
         self.best_test_score = float(state["best_test_score"])
+
+
+def _class_counts_problem(result: FLModel) -> Optional[str]:
+    """What is wrong with a reply's per-class counts (:func:`~.evaluation.check_class_counts`), or ``None``."""
+    meta = result.meta or {}
+    if CLASS_COUNTS not in meta:
+        return f"the reply has no '{CLASS_COUNTS}' in its meta"
+    problem = check_class_counts(meta[CLASS_COUNTS], len(ISIC_CLASSES), meta.get(NUM_VAL_SAMPLES))
+    return f"{CLASS_COUNTS} {problem}" if problem else None

@@ -17,9 +17,11 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
 from medfl.common.errors import DataError
+from medfl.common.settings import Settings
 
 PathType = Union[str, PathLike]
 
@@ -212,3 +214,20 @@ class MedMNISTDataset(Dataset):
             "image": (image - self.mean) / self.std,
             "label": torch.tensor(self.labels[index], dtype=torch.int64),
         }
+
+
+class MedMNISTSource(Settings):
+    """Where a site (or the server) finds a MedMNIST set: the official ``<data_root>/<dataset>.npz``."""
+
+    dataset: str = Field(DEFAULT_DATASET, description="the MedMNIST 2D set (pathmnist, breastmnist, ...)")
+    data_root: str = Field(description="folder holding the official <dataset>.npz; DATASET_ROOT allowed")
+    eval_batch_size: int = Field(50, ge=1, description="batch size of evaluation (the seed's: 50)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        medmnist_info(value)
+        return value
+
+    def npz_path(self, site: str) -> Path:
+        return self.path("data_root", site) / f"{self.dataset}.npz"

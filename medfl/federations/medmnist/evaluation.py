@@ -16,7 +16,6 @@ from medfl.common.metrics import classification_metrics, predict_probabilities
 
 # The server's per-round test metrics, in its app folder (read by result_stat/ and the Flower benchmark).
 TEST_METRICS_FILE = "test_metrics.json"
-DEFAULT_EVAL_BATCH_SIZE = 50  # the seed's evaluation batch size
 
 
 def mean_cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -6,19 +6,20 @@ and built with ``build_network(**network_for_data(config["network"], info, image
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Tuple
 
 import torch
 from monai.networks.nets import DenseNet121
 from torch import nn
 
 from medfl.common.networks import register_network
+from medfl.common.settings import NetworkSpec
 
 from .data import MedMNISTInfo
 
 MEDMNIST_NETWORKS = ("medmnist_cnn", "medmnist_densenet121")
 MEDMNIST_IMAGE_SIZE = 28
-DEFAULT_NETWORK = {"name": "medmnist_cnn"}
+DEFAULT_NETWORK = NetworkSpec(name="medmnist_cnn")
 # DenseNet121 halves the image 5 times (stride-2 stem conv, max-pool, 3 transition pools): below 32 pixels the
 # last transition pool gets a 1x1 map and fails. 28x28 MedMNIST needs the 64/128/224 MedMNIST+ files for it.
 DENSENET121_MIN_IMAGE_SIZE = 32
@@ -86,18 +87,16 @@ def build_medmnist_densenet121(
     return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
 
 
-def network_for_data(network: Mapping[str, Any], info: MedMNISTInfo, image_size: int) -> Dict[str, Any]:
-    """A config's ``{"name", "args"}`` with ``in_channels``, ``num_classes`` and ``image_size`` taken from the data.
+def network_for_data(network: NetworkSpec, info: MedMNISTInfo, image_size: int) -> NetworkSpec:
+    """``network`` with ``in_channels``, ``num_classes`` and ``image_size`` taken from the data.
 
     The job config names only the network; these three follow from the MedMNIST set and the file, so switching
     from PathMNIST to BreastMNIST changes only the data entries. A value given in the config that disagrees with
     the data raises ``ValueError``.
     """
-    if "name" not in network:
-        raise ValueError(f"the network entry needs a 'name' (one of {MEDMNIST_NETWORKS}), got {dict(network)}")
-    args = dict(network.get("args", {}))
+    args = dict(network.args)
     from_data = {"in_channels": info.channels, "num_classes": info.num_classes, "image_size": image_size}
     for key, value in from_data.items():
         if args.setdefault(key, value) != value:
             raise ValueError(f"network args {key}={args[key]} but the data has {value}; leave {key} out of the config")
-    return {"name": network["name"], "args": args}
+    return NetworkSpec(name=network.name, args=args)

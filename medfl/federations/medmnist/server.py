@@ -9,49 +9,54 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from pydantic import Field
 from torch.utils.data import DataLoader
 
-from medfl.common.config import config_path
-from medfl.common.controller import RoundController
+from medfl.common.controller import SERVER_SITE, RoundController, ServerSettings
 from medfl.common.io import atomic_write_json
 from medfl.common.networks import build_network
 from medfl.common.params import Params, load_numpy
 from medfl.common.runtime import select_device
+from medfl.common.settings import NetworkSpec
 
-from .data import DEFAULT_DATASET, MedMNISTDataset, medmnist_info
-from .evaluation import DEFAULT_EVAL_BATCH_SIZE, TEST_METRICS_FILE, evaluate_classifier
+from .data import MedMNISTDataset, MedMNISTSource, medmnist_info
+from .evaluation import TEST_METRICS_FILE, evaluate_classifier
 from .networks import DEFAULT_NETWORK, network_for_data
 
-SERVER_SITE = "server"
+
+class MedMNISTTestSettings(MedMNISTSource, ServerSettings):
+    """What the server-side test adds to an aggregation controller's settings: the test data and the network."""
+
+    network: NetworkSpec = Field(DEFAULT_NETWORK, description=(
+        "the global model's network (in_channels, num_classes, image_size follow from the data)"))
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', ...")
 
 
 class MedMNISTTestEvaluation(RoundController):
-    """Server-side test evaluation of ``self.models["global"]`` on the MedMNIST ``npz_path``'s test split.
-
-    ``config_train.json`` (read by the server too): ``dataset``, ``npz_path``, ``network``, ``eval_batch_size``,
-    ``device``. Each record of ``test_metrics.json`` names the clients that trained the model (``self.sampled``
-    of a sampling controller, when it keeps one).
+    """Server-side test evaluation of ``self.models["global"]`` on the test split of ``<data_root>/<dataset>.npz``
+    (:class:`MedMNISTTestSettings`). Each record of ``test_metrics.json`` names the clients that trained the model
+    (``self.sampled`` of a sampling controller, when it keeps one).
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, **settings):
+        super().__init__(**settings)
         self.test_history: List[dict] = []
 
     def initial_models(self) -> Dict[str, Params]:
-        dataset = self.train_config.get("dataset", DEFAULT_DATASET)
-        npz_path = config_path(self.train_config, "npz_path", SERVER_SITE)
+        dataset = self.settings.dataset
+        npz_path = self.settings.npz_path(SERVER_SITE)
         test_set = MedMNISTDataset.from_npz(npz_path, "test", dataset, site=SERVER_SITE)
-        batch_size = int(self.train_config.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE))
-        self.test_loader = DataLoader(test_set, batch_size=batch_size)
-        network = network_for_data(self.train_config.get("network", DEFAULT_NETWORK), medmnist_info(dataset),
-                                   test_set.image_size)
-        self.train_config["network"] = network  # what build_initial_params builds
-        self.device = select_device(self.train_config.get("device", "auto"))
-        self.test_model = build_network(network["name"], **network["args"]).to(self.device)
+        self.test_loader = DataLoader(test_set, batch_size=self.settings.eval_batch_size)
+        self.network = network_for_data(self.settings.network, medmnist_info(dataset), test_set.image_size)
+        self.device = select_device(self.settings.device)
+        self.test_model = build_network(self.network.name, **self.network.args).to(self.device)
         self.info(f"server test set: {len(test_set)} images of {npz_path}")
         return super().initial_models()
+
+    def build_initial_params(self, network: Optional[NetworkSpec] = None) -> Params:
+        return super().build_initial_params(network or self.network)
 
     def server_evaluate(self, step: int) -> None:
         load_numpy(self.test_model, self.models["global"])

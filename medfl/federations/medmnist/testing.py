@@ -26,13 +26,13 @@ import matplotlib.pyplot as plt
 import torch
 from torch.utils.data import DataLoader
 
-from medfl.common.config import config_path
 from medfl.common.controller import checkpoint_name
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
-from medfl.federations.medmnist.data import DEFAULT_DATASET, MedMNISTDataset, medmnist_info
-from medfl.federations.medmnist.evaluation import DEFAULT_EVAL_BATCH_SIZE, TEST_METRICS_FILE, evaluate_classifier
-from medfl.federations.medmnist.networks import DEFAULT_NETWORK, network_for_data
+from medfl.federations.medmnist.client import MedMNISTSettings
+from medfl.federations.medmnist.data import MedMNISTDataset, medmnist_info
+from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier
+from medfl.federations.medmnist.networks import network_for_data
 
 CHECKPOINTS = ("best", "last")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
@@ -43,18 +43,18 @@ def test_checkpoints(models_dir: Path, npz: Optional[Path]) -> Dict[str, Dict[st
     config_file = models_dir / "config" / "config_train.json"
     if not config_file.is_file():
         raise DataError("no config/config_train.json: is this the server's app folder (app_server)?", models_dir)
-    config = json.loads(config_file.read_text())
-    dataset = config.get("dataset", DEFAULT_DATASET)
-    test_set = MedMNISTDataset.from_npz(npz or config_path(config, "npz_path"), "test", dataset)
-    loader = DataLoader(test_set, batch_size=int(config.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)))
-    network = network_for_data(config.get("network", DEFAULT_NETWORK), medmnist_info(dataset), test_set.image_size)
+    settings = MedMNISTSettings.load(json.loads(config_file.read_text()), str(config_file))
+    dataset = settings.dataset
+    test_set = MedMNISTDataset.from_npz(npz or settings.npz_path("server"), "test", dataset)
+    loader = DataLoader(test_set, batch_size=settings.eval_batch_size)
+    network = network_for_data(settings.network, medmnist_info(dataset), test_set.image_size)
     results = {}
     for kind in CHECKPOINTS:
         path = models_dir / checkpoint_name(kind, "global")
         if not path.is_file():
             raise DataError("model checkpoint not found", path)
-        state = torch.load(path, map_location="cpu")
-        model = build_network(network["name"], **network["args"])
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_network(network.name, **network.args)
         model.load_state_dict(state["state_dict"])
         results[kind] = evaluate_classifier(model, loader, torch.device("cpu"))
         chosen = f" (sent in round {state['round_number']}, clients' val {state['score']:.4f})" if kind == "best" else ""

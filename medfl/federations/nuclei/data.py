@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from medfl.common.data import SPLITS, datalist_path, read_datalist
+from medfl.common.data import SAMPLE_ID, SPLITS, datalist_path, read_datalist
 from medfl.common.errors import DataError
 from medfl.common.images import read_image
 from medfl.common.splits import seeded_split, site_seed
@@ -178,12 +178,13 @@ class NucleiDataset(Dataset):
         if random_crop and patch_size is None:
             raise ValueError("random_crop needs a patch_size")
         base_dir = Path(base_dir)
-        self.pairs = []
+        self.pairs, self.names = [], []
         for item in items:
             if "image" not in item or "label" not in item:
                 raise DataError(f"datalist item without 'image' and 'label': {item}", site=site)
             image, mask = load_pair(base_dir / item["image"], base_dir / item["label"], site, channels, intensity)
             self.pairs.append((torch.from_numpy(image), torch.from_numpy(mask)))
+            self.names.append(item["image"])
         self.patch_size, self.random_crop, self.transform = patch_size, random_crop, transform
         if patch_size is None or random_crop:
             self.index = [(i, 0, 0) for i in range(len(self.pairs))]
@@ -208,7 +209,8 @@ class NucleiDataset(Dataset):
         item = {"image": image, "label": mask}
         if self.transform is not None:
             item = self.transform(item)
-        return {"image": torch.as_tensor(item["image"]).float(), "label": torch.as_tensor(item["label"]).float()}
+        return {"image": torch.as_tensor(item["image"]).float(), "label": torch.as_tensor(item["label"]).float(),
+                SAMPLE_ID: f"{self.names[pair]}@{y},{x}" if self.patch_size is not None else self.names[pair]}
 
 
 def nuclei_datasets(datalist: Union[str, os.PathLike], base_dir: Union[str, os.PathLike], site: str,

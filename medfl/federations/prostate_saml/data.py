@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from monai.transforms import Compose, Flipd, Identityd, OneOf, RandRotate90d
 
-from medfl.common.data import SegmentationSliceDataset, check_mask, load_nifti
+from medfl.common.data import SAMPLE_ID, SegmentationSliceDataset, check_mask, load_nifti
 from medfl.common.errors import DataError
 
 KEYS = ("image", "label")
@@ -61,7 +61,7 @@ def load_prostate_samples(items: Sequence[Dict], base_dir: os.PathLike, site: Op
             raise DataError(f"slice {z} has no neighbour on both sides (volume depth {image.shape[2]})",
                             path=base_dir / item["image"], site=site)
         samples.append({"image": np.ascontiguousarray(image[:, :, z - 1:z + 2].transpose(2, 0, 1)),
-                        "label": label[None, :, :, z].copy(), "id": f"{item['image']}#{z}"})
+                        "label": label[None, :, :, z].copy(), SAMPLE_ID: f"{item['image']}#{z}"})
     return samples
 
 
