@@ -128,11 +128,12 @@ def test_isic_errors_name_the_file(tmp_path):
     rows[1] = "ISIC_0000000," + ",".join(["0.0"] * 8) + ",1.0"  # an UNK image
     truth.write_text("\n".join(rows) + "\n")
     args = ["isic", "--isic-dir", str(tmp_path / "isic"), "--out", str(tmp_path / "out")]
-    with pytest.raises(ValueError, match=r"GroundTruth\.csv: image ISIC_0000000 has 0 of the 8 classes set"):
+    # the command exits with one line "error: <file>: <problem>"
+    with pytest.raises(SystemExit, match=r"^error: .*GroundTruth\.csv: image ISIC_0000000 has 0 of the 8 classes set"):
         preparation.main([*args, "--split-file", str(tmp_path / "isic" / "train_test_split")])
     bad_split = tmp_path / "split.csv"
     bad_split.write_text("image,centre,fold\n")
-    with pytest.raises(ValueError, match=r"split\.csv: missing columns \['center'\]"):
+    with pytest.raises(SystemExit, match=r"^error: .*split\.csv: missing columns \['center'\]"):
         preparation.main([*args, "--split-file", str(bad_split)])
 
 

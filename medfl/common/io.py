@@ -1,4 +1,9 @@
-"""Atomic writes: a file is either the old version or the complete new one, never half-written."""
+"""Atomic, durable writes: a file is either the old version or the complete new one, never half-written.
+
+The new content is written to a temporary file beside the target, flushed to disk (``fsync``), renamed over the
+target, and the folder is flushed too, so that after a crash or power loss the target holds the old or the new
+content, never an empty or truncated file.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,28 @@ from typing import Any, Iterator, Union
 import torch
 
 PathLike = Union[str, os.PathLike]
+TEMPORARY_PREFIX = ".tmp."  # temporary names are ".tmp.<32 hex digits>.<target name>"
+
+
+def temporary_name(path: PathLike, prefix: str = TEMPORARY_PREFIX) -> Path:
+    """A fresh hidden name beside ``path`` that keeps its name at the end (and so its extensions)."""
+    path = Path(path)
+    return path.parent / f"{prefix}{uuid.uuid4().hex}.{path.name}"
+
+
+def fsync_path(path: PathLike) -> None:
+    """Flush a file's or a folder's content (a folder: its entries) to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path``, on error delete it.
+    """Yield a temporary path next to ``path``; on success flush it, rename it over ``path`` and flush the
+    folder; on error delete it.
 
     The temporary name keeps the target's extensions (``.nii.gz``), so writers that choose the format from
     the name (nibabel, PIL) write the right format. The writer creates the file, so it gets the usual
@@ -24,13 +46,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp.{uuid.uuid4().hex}.{path.name}"
+    tmp = temporary_name(path)
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:

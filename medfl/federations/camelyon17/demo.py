@@ -27,13 +27,14 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from medfl.common.io import atomic_path
+from medfl.common.staging import StagedOutput
 from medfl.federations.camelyon17.data import METADATA, NUM_HOSPITALS, PATCH_SIZE, hospital_name, patch_path
 
 Vector3 = Tuple[float, float, float]
 METADATA_COLUMNS = ("", "patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split")
 NODES_PER_PATIENT = 5  # Camelyon17 scans five lymph nodes per patient
 PATCH_ORIGIN = 1024  # slide coordinate of the first synthetic patch, in pixels
+PATCHES = "patches"  # the WILDS folder of all patches (the first part of every patch_path)
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ def render(haematoxylin: np.ndarray, eosin: np.ndarray, style: StainStyle, rng: 
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
-    """Write an image atomically (PNG is chosen from the suffix)."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp)
+    """Write an image into the staged ``patches/`` folder (PNG is chosen from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
 
 
 def make_demo_camelyon17(output_dir: Path, slides_per_hospital: int = 4, patches_per_slide: int = 10,
@@ -121,27 +122,30 @@ def make_demo_camelyon17(output_dir: Path, slides_per_hospital: int = 4, patches
     """Write the demo federation; return ``{site: patch count}``.
 
     Each slide is its own patient (``patient = center * slides_per_hospital + slide``) and holds alternating
-    normal / tumour patches, so every slide and hospital is class-balanced. ``metadata.csv`` is written last.
+    normal / tumour patches, so every slide and hospital is class-balanced. ``patches/`` is built aside and swapped
+    in, ``metadata.csv`` last.
     """
     rows, counts = [], {}
-    for center in range(NUM_HOSPITALS):
-        site = hospital_name(center)
-        style = HOSPITAL_STYLES[site]
-        for slide in range(slides_per_hospital):
-            patient, node = center * slides_per_hospital + slide, slide % NODES_PER_PATIENT
-            for k in range(patches_per_slide):
-                label = k % 2
-                x, y = PATCH_ORIGIN + PATCH_SIZE * k, PATCH_ORIGIN
-                rng = np.random.default_rng([seed, center, slide, k])
-                patch = render(*synthesize_tissue(label, rng), style, rng)
-                write_png(patch, output_dir / patch_path(patient, node, x, y))
-                rows.append((len(rows), patient, node, x, y, label, center * slides_per_hospital + slide, center, 0))
-        counts[site] = slides_per_hospital * patches_per_slide
-        print(f"{site}: {counts[site]} synthetic patches from {slides_per_hospital} slides", flush=True)
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows([METADATA_COLUMNS, *rows])
-    with atomic_path(output_dir / METADATA) as tmp:
-        tmp.write_text(text.getvalue())
+    with StagedOutput() as staged:
+        patches = staged.folder(output_dir / PATCHES)
+        for center in range(NUM_HOSPITALS):
+            site = hospital_name(center)
+            style = HOSPITAL_STYLES[site]
+            for slide in range(slides_per_hospital):
+                patient, node = center * slides_per_hospital + slide, slide % NODES_PER_PATIENT
+                for k in range(patches_per_slide):
+                    label = k % 2
+                    x, y = PATCH_ORIGIN + PATCH_SIZE * k, PATCH_ORIGIN
+                    rng = np.random.default_rng([seed, center, slide, k])
+                    patch = render(*synthesize_tissue(label, rng), style, rng)
+                    write_png(patch, patches / Path(patch_path(patient, node, x, y)).relative_to(PATCHES))
+                    rows.append((len(rows), patient, node, x, y, label, center * slides_per_hospital + slide, center,
+                                 0))
+            counts[site] = slides_per_hospital * patches_per_slide
+            print(f"{site}: {counts[site]} synthetic patches from {slides_per_hospital} slides", flush=True)
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([METADATA_COLUMNS, *rows])
+        staged.file(output_dir / METADATA).write_text(text.getvalue())
     return counts
 
 

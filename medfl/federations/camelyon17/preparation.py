@@ -9,6 +9,10 @@ of the remaining train list in metadata order, unshuffled, as the original. Outp
         {"training": [{"image": "patches/.../patch_....png", "label": 0|1, "slide": "patient_004_node_4"}, ...],
          "validation": [...], "testing": [...]}
 
+Every patch of every hospital is checked (present, PNG header readable) and every hospital split before any
+datalist is written; the datalists are then swapped in together (``medfl.common.staging``), so a failure leaves
+the previous ones exactly as they were.
+
 Real data (see docs/harmofl_data.md for the download)::
 
     python data_preparation/prepare_camelyon17.py --data_root /data/camelyon17_v1.0 --output_dir data_preparation
@@ -28,10 +32,12 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from medfl.common.errors import DataError
-from medfl.common.io import atomic_write_json
+from medfl.common.inputs import image_header
+from medfl.common.staging import StagedOutput
 from medfl.federations.camelyon17.data import (
     DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
+    PATCH_SIZE,
     TEST_UNITS,
     cap_records,
     hospital_name,
@@ -46,23 +52,30 @@ DATALIST_DIR = "datalist_camelyon17"
 def prepare(data_root: Path, output_dir: Path, seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
             val_fraction: float = DEFAULT_VAL_FRACTION, test_unit: str = "slide",
             max_patches_per_hospital: Optional[int] = None) -> Dict[str, Dict[str, int]]:
-    """Split every hospital in the metadata, check its patch files exist, write its datalist.
+    """Check every hospital's patches and split it, then write every hospital's datalist.
 
-    Returns ``{site: {split: patch count}}``. A missing patch raises :class:`DataError` naming the hospital.
+    Returns ``{site: {split: patch count}}``. A missing or unreadable patch raises :class:`DataError` naming the
+    hospital and the file, before anything is written.
     """
     by_hospital: Dict[str, list] = {}
     for record in read_metadata(data_root):
         by_hospital.setdefault(hospital_name(record.center), []).append(record)
-    summary = {}
+    splits_of_site = {}
     for site in sorted(by_hospital):
         records = cap_records(by_hospital[site], max_patches_per_hospital, seed, site)
         for record in records:
-            if not (data_root / record.image).is_file():
-                raise DataError("patch listed in metadata.csv not found", path=data_root / record.image, site=site)
-        splits = split_hospital(records, site, seed, test_fraction, val_fraction, test_unit)
-        atomic_write_json(to_datalist(splits), output_dir / DATALIST_DIR / f"{site}.json")
-        summary[site] = {name: len(part) for name, part in splits.items()}
-    return summary
+            path = data_root / record.image
+            if not path.is_file():
+                raise DataError("patch listed in metadata.csv not found", path=path, site=site)
+            width, height = image_header(path, site)
+            if (width, height) != (PATCH_SIZE, PATCH_SIZE):
+                raise DataError(f"patch is {width}x{height} pixels, expected {PATCH_SIZE}x{PATCH_SIZE}",
+                                path=path, site=site)
+        splits_of_site[site] = split_hospital(records, site, seed, test_fraction, val_fraction, test_unit)
+    with StagedOutput() as staged:
+        for site, splits in splits_of_site.items():
+            staged.write_json(to_datalist(splits), output_dir / DATALIST_DIR / f"{site}.json")
+    return {site: {name: len(part) for name, part in splits.items()} for site, splits in splits_of_site.items()}
 
 
 def main(argv=None) -> None:
@@ -80,7 +93,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.data_root, args.output_dir, args.seed, args.test_fraction, args.val_fraction,
                           args.test_unit, args.max_patches_per_hospital)
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
         print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")

@@ -2,7 +2,8 @@
 
 HAM10000 (Tschandl et al., Sci Data 2018) ships ``HAM10000_metadata.csv`` with one row per image and columns
 ``lesion_id, image_id, dx, dx_type, age, sex, localization, dataset`` (``dataset`` is the acquisition source:
-``vidir_modern``, ``vidir_molemax``, ``rosendahl``, ``vienna_dias``) and the images as ``images/<image_id>.jpg``.
+``vidir_modern``, ``vidir_molemax``, ``rosendahl``, ``vienna_dias``) and the images as ``<image_id>.jpg`` in two
+archives, unpacked as ``HAM10000_images_part_1/`` and ``HAM10000_images_part_2/`` (or gathered in ``images/``).
 Several images can show the same lesion, so splits must be made per lesion to avoid leakage.
 """
 
@@ -21,14 +22,24 @@ from medfl.common.errors import DataError
 __all__ = [
     "HAM10000_METADATA",
     "Ham10000Record",
-    "ham10000_image_path",
+    "HAM10000_IMAGE_FOLDERS",
+    "ham10000_image_folders",
+    "index_images",
     "lesion_labels",
+    "locate_images",
     "read_ham10000_metadata",
     "stratified_group_split",
 ]
 
 HAM10000_METADATA = "HAM10000_metadata.csv"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx", "dataset")
+# image folders of a download, searched in this order: one folder, or the public release's two archives
+HAM10000_IMAGE_FOLDERS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2")
+IMAGE_SUFFIX = ".jpg"
+SOURCE_COLUMN_HINT = (
+    "'dataset' is the acquisition source, a column of the metadata in the Harvard Dataverse release "
+    "(doi:10.7910/DVN/DBW86T); copies of earlier versions lack it"
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,8 @@ def read_ham10000_metadata(root: Path | str, metadata_name: str = HAM10000_METAD
         reader = csv.DictReader(handle)
         missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"missing column(s) {missing}; found {reader.fieldnames}", path=csv_path)
+            hint = f" ({SOURCE_COLUMN_HINT})" if "dataset" in missing else ""
+            raise DataError(f"missing column(s) {missing}; found {reader.fieldnames}{hint}", path=csv_path)
         records = []
         for line, row in enumerate(reader, start=2):
             empty = [column for column in REQUIRED_COLUMNS if not (row[column] or "").strip()]
@@ -65,14 +77,40 @@ def read_ham10000_metadata(root: Path | str, metadata_name: str = HAM10000_METAD
     return records
 
 
-def ham10000_image_path(
-    root: Path | str, image_id: str, image_dir: str = "images", suffix: str = ".jpg"
-) -> Path:
-    """Path of ``<root>/<image_dir>/<image_id><suffix>``; `DataError` naming the file if it is absent."""
-    path = Path(root) / image_dir / f"{image_id}{suffix}"
-    if not path.is_file():
-        raise DataError(f"HAM10000 image {image_id} listed in the metadata is missing", path=path)
-    return path
+def ham10000_image_folders(root: Path | str) -> list[Path]:
+    """Those of the :data:`HAM10000_IMAGE_FOLDERS` that exist under ``root``; `DataError` naming ``root`` if none."""
+    root = Path(root)
+    folders = [root / name for name in HAM10000_IMAGE_FOLDERS if (root / name).is_dir()]
+    if not folders:
+        raise DataError(f"no image folder: expected {HAM10000_IMAGE_FOLDERS[0]}/ or "
+                        f"{' and '.join(f'{name}/' for name in HAM10000_IMAGE_FOLDERS[1:])}", path=root)
+    return folders
+
+
+def index_images(folders: Sequence[Path]) -> dict[str, Path]:
+    """``image_id -> path`` of every ``<image_id>.jpg`` in ``folders`` (not recursive); an image found in two
+    folders is taken from the first."""
+    images: dict[str, Path] = {}
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise DataError("image folder not found", path=folder)
+        for path in sorted(Path(folder).iterdir()):
+            if path.suffix.lower() == IMAGE_SUFFIX and not path.name.startswith("."):
+                images.setdefault(path.stem, path)
+    return images
+
+
+def locate_images(image_ids: Iterable[str], found: Mapping[str, Path], folders: Sequence[Path],
+                  listed_in: Path | str, site: str | None = None) -> dict[str, Path]:
+    """``image_id -> path`` of every id from ``found`` (:func:`index_images` of ``folders``); `DataError` naming
+    the site, the list ``listed_in``, the first missing image, the folders searched and how many are missing."""
+    image_ids = list(dict.fromkeys(image_ids))
+    missing = [image_id for image_id in image_ids if image_id not in found]
+    if missing:
+        searched = ", ".join(f"{folder}/" for folder in folders)
+        more = f" ({len(missing) - 1} more listed images are missing too)" if len(missing) > 1 else ""
+        raise DataError(f"image {missing[0]} listed here is in none of {searched}{more}", path=listed_in, site=site)
+    return {image_id: found[image_id] for image_id in image_ids}
 
 
 def lesion_labels(records: Iterable[Ham10000Record]) -> dict[str, str]:

@@ -6,7 +6,8 @@ Example (the Flower PathMNIST example's setting: 3 clients, near-IID alpha = 100
         --num_clients 3 --alpha 1000 --val_ratio 0.1 --seed 0 --out /data/medmnist/splits_pathmnist
 
 writes ``site-1.json .. site-<K>.json`` (train/val indices into the train split) and ``summary.json`` into
-``--out``; each client reads only its own file. ``--alpha inf`` gives IID partitions, small alpha (0.5, 0.1) skew.
+``--out``; each client reads only its own file. The files are swapped in together when all are written; a failed
+run leaves the previous ones as they were. ``--alpha inf`` gives IID partitions, small alpha (0.5, 0.1) skew.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.npz, args.out, args.num_clients, args.alpha, args.val_ratio, args.seed, args.dataset
         )
     except (OSError, ValueError) as exc:
-        print(f"prepare_medmnist: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{summary['dataset']}: {summary['num_source_samples']} train samples -> {args.out}")
     for site, info in summary["clients"].items():

@@ -7,8 +7,9 @@
 * ``summary.json``: the parameters, the global label histogram and, per client, the sizes, label histograms,
   Dirichlet label distribution and total-variation distance to the global label mix.
 
-Every file is written atomically (temporary file + rename); the summary is written last. Bad split files raise
-:class:`~medfl.common.errors.DataError` naming the site, the file and the problem.
+The files are swapped in together, the summary last (``medfl.common.staging``), so a failed run leaves the previous
+files exactly as they were. Bad split files raise :class:`~medfl.common.errors.DataError` naming the site, the
+file and the problem.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from medfl.common.errors import DataError
-from medfl.common.io import atomic_write_json
+from medfl.common.staging import StagedOutput
 
 from .data import DEFAULT_DATASET, MedMNISTDataset, load_medmnist_split, medmnist_info
 from .partition import (
@@ -103,11 +104,11 @@ def prepare_client_splits(
         "seed": seed,
     }
     tv_distance = total_variation_to_global(labels, parts, num_classes)
-    clients = {}
+    clients, files = {}, {}
     for k, (site, part) in enumerate(zip(sites, parts), start=1):
         train, val = split_train_val(part, val_ratio, seed=(seed, k))
         record = {"format": SPLIT_FORMAT, "version": FORMAT_VERSION, "site": site, **params}
-        atomic_write_json({**record, "train": train.tolist(), "val": val.tolist()}, client_split_path(out_dir, site))
+        files[client_split_path(out_dir, site)] = {**record, "train": train.tolist(), "val": val.tolist()}
         clients[site] = {
             "num_train": len(train),
             "num_val": len(val),
@@ -125,7 +126,10 @@ def prepare_client_splits(
         "mean_tv_distance_to_global": float(tv_distance.mean()),
         "clients": clients,
     }
-    atomic_write_json(summary, out_dir / SUMMARY_NAME)
+    files[out_dir / SUMMARY_NAME] = summary
+    with StagedOutput() as staged:
+        for path, content in files.items():
+            staged.write_json(content, path)
     return summary
 
 

@@ -28,7 +28,7 @@ from scipy.ndimage import gaussian_filter
 
 from medfl.common.errors import DataError
 from medfl.common.images import read_image
-from medfl.common.io import atomic_path
+from medfl.common.staging import StagedOutput
 from medfl.federations.nuclei.data import IMAGES, MASKS
 
 Vector3 = Tuple[float, float, float]
@@ -91,14 +91,14 @@ def render(signal: np.ndarray, style: AcquisitionStyle, rng: np.random.Generator
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
-    """Write an image atomically (uint16 arrays become 16-bit grey PNGs)."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp)
+    """Write an image into a staged site folder (uint16 arrays become 16-bit grey PNGs)."""
+    Image.fromarray(array).save(path)
 
 
 def make_demo_nuclei(source_dir: Path, output_dir: Path, tile_size: int = 64, seed: int = 0) -> Dict[str, int]:
     """Tile the source, deal the tiles to the sites of :data:`SITE_STYLES` round-robin in a seeded order and
-    write them in the site's style; return ``{site: tile count}``. Tile stems are ``r<row>_c<col>``."""
+    write them in the site's style; return ``{site: tile count}``. Tile stems are ``r<row>_c<col>``. Each site's
+    folder is built aside and swapped in when all are written."""
     signal, mask = load_source(source_dir)
     rows, cols = signal.shape[0] // tile_size, signal.shape[1] // tile_size
     if rows * cols < len(SITE_STYLES):
@@ -106,15 +106,20 @@ def make_demo_nuclei(source_dir: Path, output_dir: Path, tile_size: int = 64, se
     order = np.random.default_rng(seed).permutation(rows * cols)
     sites = list(SITE_STYLES)
     counts = dict.fromkeys(sites, 0)
-    for rank, tile in enumerate(order):
-        site = sites[rank % len(sites)]
-        row, col = divmod(int(tile), cols)
-        window = np.s_[row * tile_size : (row + 1) * tile_size, col * tile_size : (col + 1) * tile_size]
-        rng = np.random.default_rng([seed, int(tile)])
-        stem = f"r{row:02d}_c{col:02d}"
-        write_png(render(signal[window], SITE_STYLES[site], rng), output_dir / site / IMAGES / f"{stem}.png")
-        write_png(mask[window], output_dir / site / MASKS / f"{stem}.png")
-        counts[site] += 1
+    with StagedOutput() as staged:
+        folders = {site: staged.folder(output_dir / site) for site in sites}
+        for folder in folders.values():
+            (folder / IMAGES).mkdir()
+            (folder / MASKS).mkdir()
+        for rank, tile in enumerate(order):
+            site = sites[rank % len(sites)]
+            row, col = divmod(int(tile), cols)
+            window = np.s_[row * tile_size : (row + 1) * tile_size, col * tile_size : (col + 1) * tile_size]
+            rng = np.random.default_rng([seed, int(tile)])
+            stem = f"r{row:02d}_c{col:02d}"
+            write_png(render(signal[window], SITE_STYLES[site], rng), folders[site] / IMAGES / f"{stem}.png")
+            write_png(mask[window], folders[site] / MASKS / f"{stem}.png")
+            counts[site] += 1
     for site, count in counts.items():
         print(f"{site}: {count} tiles of {tile_size}x{tile_size}", flush=True)
     return counts

@@ -5,8 +5,10 @@ Input (see docs/harmofl_data.md for converting DSB2018, MoNuSeg, Kumar, CPM to i
     <data_root>/<site>/images/<stem>.png|.tif|.tiff|.jpg|.jpeg
     <data_root>/<site>/masks/<stem>.png|.tif|.tiff      instance ids (0 = background) or binary
 
-Every pair is paired by stem and read once (size, channels, mask values are checked), so a bad file fails here,
-naming the site and the file, rather than in the middle of a federated round. Output (paths relative to
+Every pair of every site is paired by stem and read once (size, channels, mask values are checked) and every
+site split before any datalist is written, so a bad file fails here, naming the site and the file, rather than
+in the middle of a federated round; the datalists are then swapped in together (``medfl.common.staging``), so a
+failure leaves the previous ones exactly as they were. Output (paths relative to
 ``--data_root``)::
 
     <output_dir>/datalist_nuclei/<site>.json
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from medfl.common.errors import DataError
-from medfl.common.io import atomic_write_json
+from medfl.common.staging import StagedOutput
 from medfl.federations.nuclei.data import (
     DEFAULT_FRACTIONS,
     IMAGES,
@@ -53,20 +55,22 @@ def site_folders(data_root: Path, sites: Sequence[str] = ()) -> Dict[str, Path]:
 def prepare(data_root: Path, output_dir: Path, sites: Sequence[str] = (), seed: int = 0,
             fractions: Sequence[float] = DEFAULT_FRACTIONS, channels: int = 3,
             intensity: str = "dtype") -> Dict[str, Dict[str, int]]:
-    """Check every pair of every site, split each site by image, write its datalist; ``{site: {split: count}}``."""
-    summary = {}
+    """Check every pair of every site and split each site by image, then write every site's datalist;
+    ``{site: {split: count}}``."""
+    datalists = {}
     for site, folder in site_folders(data_root, sites).items():
         pairs = {stem: (image, mask) for stem, image, mask in find_pairs(folder, site)}
         for image, mask in pairs.values():
             load_pair(image, mask, site, channels, intensity)
-        datalist = {
+        datalists[site] = {
             split: [{"image": pairs[stem][0].relative_to(data_root).as_posix(),
                      "label": pairs[stem][1].relative_to(data_root).as_posix()} for stem in stems]
             for split, stems in split_site(list(pairs), site, seed, fractions).items()
         }
-        atomic_write_json(datalist, output_dir / DATALIST_DIR / f"{site}.json")
-        summary[site] = {split: len(items) for split, items in datalist.items()}
-    return summary
+    with StagedOutput() as staged:
+        for site, datalist in datalists.items():
+            staged.write_json(datalist, output_dir / DATALIST_DIR / f"{site}.json")
+    return {site: {split: len(items) for split, items in datalist.items()} for site, datalist in datalists.items()}
 
 
 def main(argv=None) -> None:
@@ -83,7 +87,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.data_root, args.output_dir, args.sites, args.seed, args.split, args.channels,
                           args.intensity)
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
         print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " images")

@@ -26,7 +26,7 @@ from typing import Dict, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 
-from medfl.common.io import atomic_path
+from medfl.common.staging import StagedOutput
 
 
 @dataclass(frozen=True)
@@ -104,27 +104,30 @@ def synthesize_case(style: AcquisitionStyle, rng: np.random.Generator) -> Tuple[
 
 
 def write_nifti(array: np.ndarray, spacing: Tuple[float, ...], path: Path) -> None:
-    """Write a NIfTI file atomically with a diagonal affine of the given spacing."""
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(tmp))
+    """Write a NIfTI file with a diagonal affine of the given spacing (into a staged site folder)."""
+    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
 
 
 def make_demo_federation(output_dir: Path, cases_per_site: int = 8, seed: int = 0,
                          sites: Sequence[str] = tuple(SITE_STYLES)) -> Dict[str, int]:
-    """Write ``cases_per_site`` synthetic cases for each of ``sites`` (keys of :data:`ALL_SITE_STYLES`)."""
+    """Write ``cases_per_site`` synthetic cases for each of ``sites`` (keys of :data:`ALL_SITE_STYLES`); each
+    site's folder is built aside and swapped in when all are written."""
     unknown = sorted(set(sites) - set(ALL_SITE_STYLES))
     if unknown:
         raise ValueError(f"unknown demo site(s) {unknown}; known: {list(ALL_SITE_STYLES)}")
     counts = {}
-    for site in sites:
-        style, site_index = ALL_SITE_STYLES[site], list(ALL_SITE_STYLES).index(site)
-        rng = np.random.default_rng([seed, site_index])
-        for case in range(cases_per_site):
-            image, mask = synthesize_case(style, rng)
-            write_nifti(image, style.spacing_mm, output_dir / site / f"Case{case:02d}.nii.gz")
-            write_nifti(mask, style.spacing_mm, output_dir / site / f"Case{case:02d}_segmentation.nii.gz")
-        counts[site] = cases_per_site
-        print(f"{site}: {cases_per_site} synthetic cases ({style.matrix}x{style.matrix}x{style.slices})", flush=True)
+    with StagedOutput() as staged:
+        for site in sites:
+            style, site_index = ALL_SITE_STYLES[site], list(ALL_SITE_STYLES).index(site)
+            rng = np.random.default_rng([seed, site_index])
+            folder = staged.folder(output_dir / site)
+            for case in range(cases_per_site):
+                image, mask = synthesize_case(style, rng)
+                write_nifti(image, style.spacing_mm, folder / f"Case{case:02d}.nii.gz")
+                write_nifti(mask, style.spacing_mm, folder / f"Case{case:02d}_segmentation.nii.gz")
+            counts[site] = cases_per_site
+            print(f"{site}: {cases_per_site} synthetic cases ({style.matrix}x{style.matrix}x{style.slices})",
+                  flush=True)
     return counts
 
 

@@ -9,6 +9,10 @@ never by slice). Output::
     <output_dir>/datalist_2D/client_<site>.json     {"training": [...], "validation": [...], "testing": [...]}
     <output_dir>/datalist_2D/client_All.json        the union of all sites' splits
 
+Every case of every site is paired and its NIfTI headers are read before anything is written; then each site is
+built in a temporary folder and swapped in with its datalist (``medfl.common.staging``), so a failure leaves the
+previous slices and datalists exactly as they were.
+
 Input layouts (``--source``), one folder per site under ``--input_dir``:
 
 * ``saml``: ``<site>/CaseNN.nii.gz`` + ``<site>/CaseNN_segmentation.nii.gz`` (SAML multi-site prostate set and
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from medfl.common.errors import DataError
-from medfl.common.io import atomic_path, atomic_write_json
+from medfl.common.staging import StagedOutput
 
 NIFTI = re.compile(r"^(?P<case>.+?)\.nii(\.gz)?$")
 SAML_MASK = re.compile(r"^(?P<case>.+?)_segmentation\.nii(\.gz)?$", re.IGNORECASE)
@@ -86,6 +90,35 @@ def load_case(image_path: Path, mask_path: Path, site: str) -> Tuple[np.ndarray,
     return image, (mask > 0).astype(np.float32)
 
 
+def check_case(image_path: Path, mask_path: Path, site: str) -> None:
+    """Read the headers of one pair: both must be NIfTI, the image 3D (or 4D, MSD) with the mask's shape."""
+    shapes = []
+    for path in (image_path, mask_path):
+        try:
+            shapes.append(nib.load(str(path)).shape)
+        except Exception as e:
+            raise DataError(f"cannot read NIfTI header ({type(e).__name__}: {e})", path=path, site=site) from None
+    image, mask = shapes
+    if len(image) not in (3, 4) or image[:3] != mask:
+        raise DataError(f"image shape {image} does not match mask shape {mask} ({mask_path})",
+                        path=image_path, site=site)
+
+
+def check_input(input_dir: Path, source: str, sites: Sequence[str]) -> Dict[str, List[Tuple[str, Path, Path]]]:
+    """``{site: [(case_id, image_path, mask_path)]}`` for every site, paired and header-checked (:func:`check_case`)
+    before anything is written."""
+    if not input_dir.is_dir():
+        raise DataError("input folder not found", path=input_dir)
+    site_dirs = site_folders(input_dir, source, sites)
+    if not site_dirs:
+        raise DataError("no site folders", path=input_dir)
+    cases = {site: find_cases(site_dir, source, site) for site, site_dir in site_dirs.items()}
+    for site, site_cases in cases.items():
+        for _, image_path, mask_path in site_cases:
+            check_case(image_path, mask_path, site)
+    return cases
+
+
 def normalize_intensity(volume: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
     """Clip to the ``lower``/``upper`` percentiles and scale to [0, 1]."""
     lo, hi = np.percentile(volume, [lower, upper])
@@ -113,25 +146,26 @@ def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> 
 
 
 def write_slice(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(tmp))
+    """Write one slice (into a staged site folder, so a plain write)."""
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(path))
 
 
-def prepare_site(site_dir: Path, site: str, output_dir: Path, source: str, size: int, all_slices: bool,
+def prepare_site(cases: Sequence[Tuple[str, Path, Path]], site: str, site_folder: Path, size: int, all_slices: bool,
                  percentiles: Tuple[float, float]) -> Dict[str, List[Dict[str, str]]]:
-    """Slice every case of one site; return ``{case_id: [datalist items]}``."""
+    """Slice every case of one site into ``site_folder``; return ``{case_id: [datalist items]}``."""
     items: Dict[str, List[Dict[str, str]]] = {}
-    for case, image_path, mask_path in find_cases(site_dir, source, site):
+    for case, image_path, mask_path in cases:
         image, mask = load_case(image_path, mask_path, site)
         image = normalize_intensity(image, *percentiles)
         if size:
             image, mask = resize_slices(image, size, "bilinear"), resize_slices(mask, size, "nearest")
         keep = [z for z in range(image.shape[2]) if all_slices or mask[:, :, z].any()]
         items[case] = []
+        (site_folder / case).mkdir()
         for z in keep:
             rel = Path(site) / case
-            write_slice(image[:, :, z], output_dir / "dataset_2D" / rel / f"image_{z:03d}.nii.gz")
-            write_slice(mask[:, :, z], output_dir / "dataset_2D" / rel / f"label_{z:03d}.nii.gz")
+            write_slice(image[:, :, z], site_folder / case / f"image_{z:03d}.nii.gz")
+            write_slice(mask[:, :, z], site_folder / case / f"label_{z:03d}.nii.gz")
             items[case].append({"image": str(rel / f"image_{z:03d}.nii.gz"), "label": str(rel / f"label_{z:03d}.nii.gz")})
         print(f"  {site}/{case}: {len(keep)} slices", flush=True)
     return items
@@ -140,20 +174,23 @@ def prepare_site(site_dir: Path, site: str, output_dir: Path, source: str, size:
 def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str] = (), size: int = 256,
             all_slices: bool = False, fractions: Sequence[float] = (0.5, 0.25, 0.25), seed: int = 0,
             percentiles: Tuple[float, float] = (1.0, 99.0)) -> Dict[str, Dict[str, int]]:
-    """Prepare every site; write datalists; return ``{site: {split: slice count}}``."""
+    """Check the whole input, prepare every site, write datalists; return ``{site: {split: slice count}}``."""
     if abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
-    site_dirs = site_folders(input_dir, source, sites)
-    summary = {}
-    for site, site_dir in site_dirs.items():
-        print(f"preparing {site} from {site_dir}", flush=True)
-        items = prepare_site(site_dir, site, output_dir, source, size, all_slices, percentiles)
-        splits = split_cases(list(items), fractions, seed)
-        datalist = {split: [item for case in cases for item in items[case]] for split, cases in splits.items()}
-        atomic_write_json(datalist, output_dir / "datalist_2D" / f"client_{site}.json")
-        summary[site] = {split: len(entries) for split, entries in datalist.items()}
-    if site_dirs:
-        write_union_datalist(output_dir / "datalist_2D")
+    cases_of_site = check_input(input_dir, source, sites)
+    datalist_dir = output_dir / "datalist_2D"
+    summary, datalists = {}, {}
+    with StagedOutput() as staged:
+        for site, site_cases in cases_of_site.items():
+            print(f"preparing {site}: {len(site_cases)} cases", flush=True)
+            site_folder = staged.folder(output_dir / "dataset_2D" / site)
+            items = prepare_site(site_cases, site, site_folder, size, all_slices, percentiles)
+            splits = split_cases(list(items), fractions, seed)
+            datalist = {split: [item for case in cases for item in items[case]] for split, cases in splits.items()}
+            datalists[f"client_{site}.json"] = datalist
+            staged.write_json(datalist, datalist_dir / f"client_{site}.json")
+            summary[site] = {split: len(entries) for split, entries in datalist.items()}
+        staged.write_json(union_datalist(datalist_dir, datalists), datalist_dir / "client_All.json")
     return summary
 
 
@@ -171,15 +208,23 @@ def site_folders(input_dir: Path, source: str, sites: Sequence[str]) -> Dict[str
     return folders
 
 
-def write_union_datalist(datalist_dir: Path) -> None:
-    """``client_All.json``: the union of every ``client_<site>.json`` in the folder (sites prepared by several
-    commands, e.g. SAML sites and MSD, end up in one pooled datalist)."""
-    union: Dict[str, List] = {split: [] for split in ("training", "validation", "testing")}
+def union_datalist(datalist_dir: Path, new: Dict[str, Dict[str, List]]) -> Dict[str, List]:
+    """``client_All.json``: the union of every ``client_<site>.json``, the ``new`` ones (by file name) about to
+    be swapped in and those already in the folder for other sites (sites prepared by several commands, e.g.
+    SAML sites and MSD, end up in one pooled datalist)."""
+    datalists = {}
     for path in sorted(datalist_dir.glob("client_*.json")):
-        if path.stem != "client_All":
-            for split, items in json.loads(path.read_text()).items():
-                union.setdefault(split, []).extend(items)
-    atomic_write_json(union, datalist_dir / "client_All.json")
+        if path.stem != "client_All" and path.name not in new:
+            try:
+                datalists[path.name] = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"cannot read the datalist of an earlier command ({e})", path=path) from None
+    datalists.update(new)
+    union: Dict[str, List] = {split: [] for split in ("training", "validation", "testing")}
+    for name in sorted(datalists):
+        for split, items in datalists[name].items():
+            union.setdefault(split, []).extend(items)
+    return union
 
 
 def main(argv=None) -> None:
@@ -198,7 +243,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.input_dir, args.output_dir, args.source, args.sites, args.size, args.all_slices,
                           args.split, args.seed, tuple(args.percentiles))
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
         print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " slices")

@@ -18,6 +18,10 @@ Pairing, reading and percentile scaling reuse ``prepare_prostate_2d``. Output::
     <output_dir>/datalist_harmofl_prostate/client_<site>.json
         {"training": [{"image": "<site>/<case>/image.nii.gz", "label": ".../label.nii.gz", "slice": i}, ...], ...}
 
+Every case of every site is paired and header-checked before anything is written; each site's folder and then
+its datalist are swapped in only when every site is built (``medfl.common.staging``), so a failure leaves the
+previous output exactly as it was.
+
 Client names are ``client_<site>`` with ``.`` replaced by ``_`` (NVFlare client names allow no dots):
 ``client_BIDMC, client_HK, client_I2CVB, client_ISBI, client_ISBI_1_5, client_UCL``.
 
@@ -29,15 +33,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 
 from medfl.common.errors import DataError
-from medfl.common.io import atomic_path, atomic_write_json
+from medfl.common.staging import StagedOutput
 from medfl.federations.prostate2d.preparation import (
-    find_cases,
+    check_input,
     load_case,
     normalize_intensity,
     resize_slices,
@@ -79,21 +83,23 @@ def split_slices(items: Sequence[Dict], fractions: Sequence[float], seed: int) -
 
 
 def write_volume(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array.astype(np.uint8), np.eye(4)), str(tmp))
+    """Write one volume (into a staged site folder, so a plain write)."""
+    nib.save(nib.Nifti1Image(array.astype(np.uint8), np.eye(4)), str(path))
 
 
-def prepare_site(site_dir: Path, site: str, output_dir: Path, size: int,
+def prepare_site(cases: Sequence[Tuple[str, Path, Path]], site: str, site_folder: Path, size: int,
                  clip_percentile: float) -> Dict[str, List[Dict]]:
-    """Write one site's normalised volumes; return ``{case: [datalist items, one per 2.5-D slice]}``."""
+    """Write one site's normalised volumes into ``site_folder``; return ``{case: [datalist items, one per 2.5-D
+    slice]}``."""
     items: Dict[str, List[Dict]] = {}
-    for case, image_path, mask_path in find_cases(site_dir, "saml", site):
+    for case, image_path, mask_path in cases:
         image, mask = load_case(image_path, mask_path, site)
         if size and image.shape[:2] != (size, size):
             image, mask = resize_slices(image, size, "bilinear"), resize_slices(mask, size, "nearest")
         rel = Path(site) / case
-        write_volume(to_uint8(image, clip_percentile), output_dir / DATASET_DIR / rel / "image.nii.gz")
-        write_volume(mask > 0, output_dir / DATASET_DIR / rel / "label.nii.gz")
+        (site_folder / case).mkdir()
+        write_volume(to_uint8(image, clip_percentile), site_folder / case / "image.nii.gz")
+        write_volume(mask > 0, site_folder / case / "label.nii.gz")
         items[case] = [{"image": str(rel / "image.nii.gz"), "label": str(rel / "label.nii.gz"), "slice": z}
                        for z in center_slices(mask)]
         print(f"  {site}/{case}: {len(items[case])} slices", flush=True)
@@ -103,23 +109,26 @@ def prepare_site(site_dir: Path, site: str, output_dir: Path, size: int,
 def prepare(input_dir: Path, output_dir: Path, sites: Sequence[str] = HARMOFL_PROSTATE_SITES,
             size: int = DEFAULT_SIZE, split_level: str = "slice", fractions: Sequence[float] = SPLIT_FRACTIONS,
             seed: int = 0, clip_percentile: float = CLIP_PERCENTILE) -> Dict[str, Dict[str, int]]:
-    """Prepare every site; write one datalist per client; return ``{client: {split: slice count}}``."""
+    """Check the whole input, prepare every site, write one datalist per client; return ``{client: {split: slice
+    count}}``."""
     if split_level not in ("slice", "patient"):
         raise ValueError(f"split_level must be 'slice' or 'patient', got {split_level!r}")
     if abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    cases_of_site = check_input(input_dir, "saml", sites)
     summary = {}
-    for site in sites:
-        print(f"preparing {site} from {input_dir / site}", flush=True)
-        items = prepare_site(input_dir / site, site, output_dir, size, clip_percentile)
-        if split_level == "slice":
-            datalist = split_slices([item for case in sorted(items) for item in items[case]], fractions, seed)
-        else:
-            cases = split_cases(list(items), fractions, seed)
-            datalist = {split: [item for case in names for item in items[case]] for split, names in cases.items()}
-        client = client_name(site)
-        atomic_write_json(datalist, output_dir / DATALIST_DIR / f"{client}.json")
-        summary[client] = {split: len(entries) for split, entries in datalist.items()}
+    with StagedOutput() as staged:
+        for site, cases in cases_of_site.items():
+            print(f"preparing {site}: {len(cases)} cases", flush=True)
+            items = prepare_site(cases, site, staged.folder(output_dir / DATASET_DIR / site), size, clip_percentile)
+            if split_level == "slice":
+                datalist = split_slices([item for case in sorted(items) for item in items[case]], fractions, seed)
+            else:
+                splits = split_cases(list(items), fractions, seed)
+                datalist = {split: [item for case in names for item in items[case]] for split, names in splits.items()}
+            client = client_name(site)
+            staged.write_json(datalist, output_dir / DATALIST_DIR / f"{client}.json")
+            summary[client] = {split: len(entries) for split, entries in datalist.items()}
     return summary
 
 
@@ -138,7 +147,7 @@ def main(argv=None) -> None:
     try:
         summary = prepare(args.input_dir, args.output_dir, args.sites, args.size, args.split_level, args.split,
                           args.seed, args.clip_percentile)
-    except DataError as e:
+    except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for client, counts in summary.items():
         print(f"{client}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " slices")
