@@ -149,6 +149,7 @@ JOBS: Dict[str, Tuple[Setup, Dict, Dict]] = {
     "fedavg_bsm_isic2019": (isic2019, ISIC_SERVER, ISIC_TRAIN),
     "fedavg_isic2019": (isic2019, ISIC_SERVER, ISIC_TRAIN),
     "fedavg_medmnist": (medmnist, {}, MEDMNIST_TRAIN),
+    "fedavg_medmnist_scaleout": (medmnist, {}, MEDMNIST_TRAIN),
 }
 
 
@@ -166,7 +167,7 @@ def main(argv=None) -> Dict[str, int]:
         with contextlib.redirect_stdout(io.StringIO()):  # the preparation's progress would split the table
             data, clients = setup(args.work / "data", args)
         server = {"num_rounds": 2, **server_overrides,
-                  **({"min_fit_clients": len(clients)} if job == "fedavg_medmnist" else {})}
+                  **({"min_fit_clients": len(clients)} if job == "fedavg_medmnist_scaleout" else {})}
         run = run_job(job, args.work / job, clients, data, server, {"num_threads": 1, "local_epochs": 1, **overrides})
         peaks[job] = run.peak_rss_bytes
         print(f"{job:20s} {len(clients):7d} {run.wall_s:7.0f} {run.peak_rss_bytes / 2**30:13.2f}", flush=True)
