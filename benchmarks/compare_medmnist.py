@@ -40,7 +40,7 @@ from medfl.federations.medmnist.splits import load_client_datasets, prepare_clie
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEMO_DATASET = "breastmnist"
-DEMO_CLIENTS = 4
+DEMO_CLIENTS = 3  # the seed's pool_size
 DEMO_ALPHA = 1000.0
 
 

@@ -26,7 +26,7 @@ from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, evaluate_cl
 from medfl.federations.medmnist.splits import prepare_client_splits
 
 SITES = [f"site-{k}" for k in range(1, 5)]
-SEED_JOB_TRAIN = Path(__file__).resolve().parents[1] / "jobs" / "fedavg_medmnist" / "app" / "config" / "config_train.json"
+SEED_JOB_TRAIN = Path(__file__).resolve().parents[1] / "jobs" / "fedavg_medmnist" / "app/config/config_train.json"
 
 
 @pytest.fixture(scope="module")

@@ -60,3 +60,17 @@ def test_scaleout_job_is_the_many_client_flower_configuration():
     assert server["eval_batch_size"] == train["eval_batch_size"] == 50
     # its own split folder (prepare_medmnist.py --num_clients 100), never the seed job's 3-client one
     assert train["datalist"] == "DATASET_ROOT/medmnist/splits_pathmnist_100"
+
+
+def test_flower_benchmark_runs_the_seed_job_settings_by_default():
+    from bench_flower_vs_nvflare_medmnist import parse_args as bench_args
+
+    cfg, _ = bench_args(["--npz", "pathmnist.npz", "--splits", "splits_pathmnist"])
+    workflow, train, _ = _configs("fedavg_medmnist")
+    server = workflow["args"]
+    assert (cfg.dataset, cfg.network) == (train["dataset"], train["network"]["name"])
+    assert (cfg.rounds, cfg.fraction_fit, cfg.min_fit_clients) == (
+        server["num_rounds"], server["fraction_fit"], server["min_fit_clients"])
+    assert (cfg.local_epochs, cfg.batch_size, cfg.eval_batch_size) == (
+        train["local_epochs"], train["batch_size"], train["eval_batch_size"])
+    assert {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum} == train["optimizer"]
