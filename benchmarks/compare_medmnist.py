@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -38,7 +39,8 @@ from medfl.federations.medmnist.evaluation import evaluate_classifier
 from medfl.federations.medmnist.networks import network_for_data
 from medfl.federations.medmnist.splits import load_client_datasets, prepare_client_splits, site_name
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the sample data beside the checkout; MEDFL_SHARED_DATA names it where it lies elsewhere (a worktree), as in the tests
+SHARED_DATA = Path(os.environ.get("MEDFL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DEMO_DATASET = "breastmnist"
 DEMO_CLIENTS = 3  # the seed's pool_size
 DEMO_ALPHA = 1000.0
