@@ -25,6 +25,7 @@ METHODS = {
     "FedMAS": "fedmas_isic2019",
     "FedAvg (ISIC2019 ResNet18)": "fedavg_isic2019",
     "FedAvg (MedMNIST CNN)": "fedavg_medmnist",
+    "FedAvg (MedMNIST LeNet)": "fedavg_medmnist_scaleout",
 }
 MIB = 2 ** 20
 
