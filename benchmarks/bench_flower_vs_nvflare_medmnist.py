@@ -1,13 +1,18 @@
-"""Per-round wall time and test accuracy of one FedAvg/MedMNIST run in Flower's simulation and in NVFlare's simulator.
+"""Per-round wall time, test accuracy and test AUC of one FedAvg/MedMNIST run in Flower's simulation and in
+NVFlare's simulator.
 
-Both sides use the same client splits (``site-<k>.json`` from ``data_preparation/prepare_medmnist.py``), network,
-rounds, local epochs, batch sizes, fresh SGD(lr, momentum) per round, client sampling (the same clients each round:
-:func:`medfl.common.sampling.sample_clients` with the same seed), example-weighted FedAvg, server-side test
-evaluation at round 0 and after each round, and validation on the sampled clients. The NVFlare side is the job
-``jobs/fedavg_medmnist`` with these settings. A round is timed between the ends of two consecutive server test
-evaluations, so it holds the sampled clients' validation of the previous model, their training, the aggregation
-and the test evaluation, on both sides. Round 1 also holds the start-up of the clients (Ray actors, NVFlare client
-processes). Only measured numbers are printed.
+The defaults are the seed's code (jopasserat/federated-learning-tutorial at its README commit; ALGORITHMS.md §4.0):
+the MedMNIST getting-started CNN, 2 rounds of 2 local epochs, batch 128, a new SGD(0.001, 0.9) per fit, every
+client in every round, server-side test evaluation (batches of 50: summed loss, MedMNIST's AUC, accuracy) at
+round 0 and after each round. Both sides use the same client splits (``site-<k>.json`` from
+``data_preparation/prepare_medmnist.py``), network and initial weights, example-weighted FedAvg, the same
+clients each round (:func:`medfl.common.sampling.sample_clients` with the same seed, when ``fraction_fit`` < 1)
+and validation on the same clients: those the NVFlare job sends the model to next (all of them at
+``fraction_fit`` 1; the seed's Flower 0.19 defaults would validate on 2 of 3, see docs/medmnist.md). The
+NVFlare side is the job ``jobs/fedavg_medmnist`` with these settings. A round is timed between the ends of two
+consecutive server test evaluations, so it holds the clients' validation of the previous model, their training,
+the aggregation and the test evaluation, on both sides. Round 1 also holds the start-up of the clients (Ray
+actors, NVFlare client processes). Only measured numbers are printed.
 
 Flower changes packages NVFlare needs (protobuf < 7), so it lives in its own virtual environment, which also runs
 this script; the NVFlare side calls the project's ``nvflare`` command (``--nvflare``)::
@@ -16,7 +21,7 @@ this script; the NVFlare side calls the project's ``nvflare`` command (``--nvfla
     .venv-flower/bin/pip install torch==2.13.0 monai==1.6.1 scipy 'flwr[simulation]'
     .venv-flower/bin/pip install --no-deps -e .     # medfl itself, without NVFlare (Ray's workers import it too)
     .venv-flower/bin/python benchmarks/bench_flower_vs_nvflare_medmnist.py --npz pathmnist.npz \\
-        --splits splits_pathmnist --nvflare .venv/bin/nvflare [--rounds 5 --local_epochs 5 --workdir /tmp/bench]
+        --splits splits_pathmnist --nvflare .venv/bin/nvflare [--rounds 2 --local_epochs 2 --workdir /tmp/bench]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from torch.utils.data import DataLoader
 
 from medfl.common.networks import build_network
 from medfl.common.sampling import sample_clients
+from medfl.common.settings import NetworkSpec
 from medfl.federations.medmnist.data import DEFAULT_DATASET, MEDMNIST_2D, MedMNISTDataset, medmnist_info
 from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier
 from medfl.federations.medmnist.networks import MEDMNIST_NETWORKS, network_for_data
@@ -53,20 +59,20 @@ CPU = torch.device("cpu")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One FedAvg/MedMNIST run; defaults are those of ``jobs/fedavg_medmnist`` (ALGORITHMS.md §4.4)."""
+    """One FedAvg/MedMNIST run; defaults are those of ``jobs/fedavg_medmnist``, the seed's (ALGORITHMS.md §4.0)."""
 
     npz: Path
     split_dir: Path
     dataset: str = DEFAULT_DATASET
     network: str = "medmnist_cnn"
-    rounds: int = 5
-    local_epochs: int = 5
-    batch_size: int = 64
+    rounds: int = 2
+    local_epochs: int = 2
+    batch_size: int = 128
     eval_batch_size: int = 50
-    lr: float = 0.01
+    lr: float = 0.001
     momentum: float = 0.9
-    fraction_fit: float = 0.1
-    min_fit_clients: int = 3
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
     sampling_seed: int = 0
     seed: int = 0
     cpus_per_client: int = 1
@@ -82,15 +88,22 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class RunResult:
-    """Seconds per round (rounds 1..R) and the server's test accuracy per step (0 = initial model .. R)."""
+    """Seconds per round (rounds 1..R) and the server's test metrics per step (0 = initial model .. R)."""
 
     round_seconds: List[float]
     test_accuracy: List[float]
+    test_auc: List[float]
+
+    @classmethod
+    def from_history(cls, history: List[dict]) -> "RunResult":
+        """From records ``{"time", "accuracy", "auc"}`` of the server's test evaluations, in step order."""
+        return cls(np.diff([h["time"] for h in history]).tolist(), [h["accuracy"] for h in history],
+                   [h["auc"] for h in history])
 
 
 def build_model(cfg: BenchConfig, image_size: int) -> nn.Module:
-    network = network_for_data({"name": cfg.network}, medmnist_info(cfg.dataset), image_size)
-    return build_network(network["name"], **network["args"])
+    network = network_for_data(NetworkSpec(name=cfg.network), medmnist_info(cfg.dataset), image_size)
+    return build_network(network.name, **network.args)
 
 
 # ------------------------------------------------------------------ NVFlare: the job in the simulator
@@ -121,8 +134,7 @@ def run_nvflare(cfg: BenchConfig, workdir: Path, nvflare: str) -> RunResult:
     if done.returncode != 0 or not history_file.is_file():
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {workspace}/server/log.txt\n"
                            f"{done.stderr[-2000:]}")
-    history = json.loads(history_file.read_text())
-    return RunResult(np.diff([h["time"] for h in history]).tolist(), [h["accuracy"] for h in history])
+    return RunResult.from_history(json.loads(history_file.read_text()))
 
 
 # ------------------------------------------------------------------ Flower: start_simulation with Ray
@@ -158,8 +170,9 @@ def run_flower(cfg: BenchConfig) -> RunResult:
         raise RuntimeError(f"the Flower side needs `pip install \"flwr[simulation]\"` ({exc})") from exc
 
     class MedMNISTClient(NumPyClient):
-        """Flower creates a client for every fit/evaluate call, so it reads its data each time, as Flower's
-        examples do."""
+        """The seed's ``SimulatedFLClient``: Flower creates a client for every fit/evaluate call, so it reads its
+        data each time; ``fit`` trains on the client's train share with the round's ``epochs`` and ``batch_size``,
+        ``evaluate`` tests on its val share (summed loss, accuracy, AUC)."""
 
         def __init__(self, site: str):
             self.train_set, self.val_set = load_client_datasets(cfg.npz, cfg.split_dir, site, cfg.dataset)
@@ -167,14 +180,14 @@ def run_flower(cfg: BenchConfig) -> RunResult:
 
         def fit(self, parameters, config):
             set_weights(self.model, parameters)
-            loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True)
-            train_local(self.model, loader, cfg.local_epochs, cfg.lr, cfg.momentum)
+            loader = DataLoader(self.train_set, batch_size=int(config["batch_size"]), shuffle=True)
+            train_local(self.model, loader, int(config["epochs"]), cfg.lr, cfg.momentum)
             return get_weights(self.model), len(self.train_set), {}
 
         def evaluate(self, parameters, config):
             set_weights(self.model, parameters)
             metrics = evaluate_classifier(self.model, DataLoader(self.val_set, batch_size=cfg.eval_batch_size), CPU)
-            return metrics["loss"], len(self.val_set), {"accuracy": metrics["accuracy"]}
+            return metrics["loss"], len(self.val_set), {"accuracy": metrics["accuracy"], "auc": metrics["auc"]}
 
     def client_fn(context: Context):
         torch.set_num_threads(cfg.cpus_per_client)
@@ -186,13 +199,18 @@ def run_flower(cfg: BenchConfig) -> RunResult:
     torch.manual_seed(cfg.seed)
     server_model = build_model(cfg, test_set.image_size)
     initial = ndarrays_to_parameters(get_weights(server_model))
-    evaluated: Dict[int, Tuple[float, float]] = {}
+    evaluated: Dict[int, dict] = {}
 
     def evaluate_fn(server_round: int, parameters, config):
+        """The seed's ``centralised_eval_fn``: the global model on the full test split."""
         set_weights(server_model, parameters)
         metrics = evaluate_classifier(server_model, test_loader, CPU)
-        evaluated[server_round] = (time.time(), metrics["accuracy"])
-        return metrics["loss"], {"accuracy": metrics["accuracy"]}
+        evaluated[server_round] = {"time": time.time(), **metrics}
+        return metrics["loss"], {"accuracy": metrics["accuracy"], "auc": metrics["auc"]}
+
+    def fit_config(server_round: int) -> Dict[str, int]:
+        """The seed's ``fit_config``: local epochs and batch size, the same every round."""
+        return {"epochs": cfg.local_epochs, "batch_size": cfg.batch_size}
 
     def sampled(client_manager, round_number: int):
         """The proxies of the clients the NVFlare job samples in its (0-based) ``round_number``."""
@@ -206,13 +224,16 @@ def run_flower(cfg: BenchConfig) -> RunResult:
         next (its round ``r``, or its final validation)."""
 
         def configure_fit(self, server_round, parameters, client_manager):
-            return [(proxy, FitIns(parameters, {})) for proxy in sampled(client_manager, server_round - 1)]
+            fit_ins = FitIns(parameters, fit_config(server_round))
+            return [(proxy, fit_ins) for proxy in sampled(client_manager, server_round - 1)]
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             return [(proxy, EvaluateIns(parameters, {})) for proxy in sampled(client_manager, server_round)]
 
-    strategy = SameSamplingFedAvg(min_available_clients=cfg.num_clients, evaluate_fn=evaluate_fn,
-                                  initial_parameters=initial)
+    # the seed's FedAvg(fraction_fit, min_fit_clients, min_available_clients=pool_size, on_fit_config_fn, eval_fn)
+    strategy = SameSamplingFedAvg(fraction_fit=cfg.fraction_fit, min_fit_clients=cfg.min_fit_clients,
+                                  min_available_clients=cfg.num_clients, on_fit_config_fn=fit_config,
+                                  evaluate_fn=evaluate_fn, initial_parameters=initial)
     start_simulation(
         client_fn=client_fn,
         num_clients=cfg.num_clients,
@@ -221,8 +242,7 @@ def run_flower(cfg: BenchConfig) -> RunResult:
         strategy=strategy,
         ray_init_args={"include_dashboard": False},
     )
-    steps = sorted(evaluated)
-    return RunResult(np.diff([evaluated[s][0] for s in steps]).tolist(), [evaluated[s][1] for s in steps])
+    return RunResult.from_history([evaluated[step] for step in sorted(evaluated)])
 
 
 # ------------------------------------------------------------------ command line
@@ -232,7 +252,8 @@ def describe(name: str, result: RunResult) -> str:
     return (f"{name}: per-round wall time [s]: {'  '.join(f'{s:.2f}' for s in seconds)}  "
             f"(mean {np.mean(seconds):.2f}{after_first})\n"
             f"{name}: server test accuracy per round (0 = initial): "
-            f"{'  '.join(f'{a:.4f}' for a in result.test_accuracy)}")
+            f"{'  '.join(f'{a:.4f}' for a in result.test_accuracy)}\n"
+            f"{name}: server test AUC per round (0 = initial): {'  '.join(f'{a:.4f}' for a in result.test_auc)}")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[BenchConfig, argparse.Namespace]:

@@ -25,6 +25,7 @@ METHODS = {
     "FedMAS": "fedmas_isic2019",
     "FedAvg (ISIC2019 ResNet18)": "fedavg_isic2019",
     "FedAvg (MedMNIST CNN)": "fedavg_medmnist",
+    "FedAvg (MedMNIST LeNet)": "fedavg_medmnist_scaleout",
 }
 MIB = 2 ** 20
 
@@ -33,14 +34,14 @@ def main(argv=None) -> Dict[str, Tuple[int, int]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     sizes = {}
-    print(f"{'method':28s} {'job':18s} {'down MiB':>9s} {'up MiB':>8s} {'total MiB':>10s}")
+    print(f"{'method':28s} {'job':24s} {'down MiB':>9s} {'up MiB':>8s} {'total MiB':>10s}")
     for method, job in METHODS.items():
         offline = offline_round(job)
         client = offline.clients[0]
         down = payload_bytes(offline.controller.payload_for(client))
         up = payload_bytes(offline.results[client].params)
         sizes[method] = (down, up)
-        print(f"{method:28s} {job:18s} {down / MIB:9.2f} {up / MIB:8.2f} {(down + up) / MIB:10.2f}")
+        print(f"{method:28s} {job:24s} {down / MIB:9.2f} {up / MIB:8.2f} {(down + up) / MIB:10.2f}")
     largest = max(sizes, key=lambda m: sum(sizes[m]))
     print(f"largest traffic per client per round: {largest} {sum(sizes[largest]) / MIB:.2f} MiB")
     return sizes

@@ -1,11 +1,12 @@
 """MedMNIST federation: FedAvg (NVFlare simulator) against local-only and centralised training with the same CNN,
 seed, SGD and budget; writes a test-accuracy table (markdown + CSV) and the validation curves (PNG).
 
-    python benchmarks/compare_medmnist.py [--rounds 5] [--seeds 0 1 2] [--work /tmp/compare_medmnist] \
+    python benchmarks/compare_medmnist.py [--rounds 2] [--seeds 0 1 2] [--work /tmp/compare_medmnist] \
         [--data <DATASET_ROOT holding medmnist/<set>.npz and medmnist/splits_<set>/>] [--dataset pathmnist]
 
 Without ``--data`` the BreastMNIST sample (``../shared/data/medmnist``) is split over ``--clients`` sites
-(Dirichlet alpha 1000, near IID, as the job's default preparation). Every site trains in every round
+(Dirichlet alpha 1000, as the job's default preparation: near IID on balanced sets, but on BreastMNIST the
+last site gets only the majority class, docs/medmnist.md §2). Every site trains in every round
 (``fraction_fit`` 1) so that all methods get the same budget: ``rounds * local_epochs`` epochs with the job's
 SGD (a fresh optimizer per round, as the clients do; the baselines keep one), batch size and network. The
 clients hold train and validation splits only; the test set is MedMNIST's official one, so each site's column
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -38,9 +40,10 @@ from medfl.federations.medmnist.evaluation import evaluate_classifier
 from medfl.federations.medmnist.networks import network_for_data
 from medfl.federations.medmnist.splits import load_client_datasets, prepare_client_splits, site_name
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the sample data beside the checkout; MEDFL_SHARED_DATA names it where it lies elsewhere (a worktree), as in the tests
+SHARED_DATA = Path(os.environ.get("MEDFL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DEMO_DATASET = "breastmnist"
-DEMO_CLIENTS = 4
+DEMO_CLIENTS = 3  # the seed's pool_size
 DEMO_ALPHA = 1000.0
 
 
@@ -112,7 +115,8 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
             steps, values = server_curve(run.workspace, "val_mean/global")
             curves["FedAvg"] = ([s * recipe.epochs // rounds for s in steps], values)
 
-    where = f"{args.dataset} sample, {args.clients} near-IID sites" if args.data is None else str(data)
+    sample = f"{args.dataset} sample, {args.clients} sites, Dirichlet alpha {DEMO_ALPHA:g}"
+    where = sample if args.data is None else str(data)
     caption = (f"MedMNIST ({where}), {rounds} rounds x {config['local_epochs']} local epochs, seeds {args.seeds}: "
                f"accuracy on the official test split of the model each site ends with")
     means = report(scores, curves, walls, output, "medmnist", caption, "mean validation accuracy")

@@ -34,10 +34,11 @@ from medfl.fedsm.moments import MOMENT_KEYS
 from medfl.fedsm.protocol import MOMENTS_NAME
 
 # Clients per job: the demo federations' (FedSM / FedAvg prostate: 3 sites; HarmoFL prostate: 6 SAML sites;
-# PRR-FL HAM10000: 4 sources; Fed-ISIC2019: 6 centres; MedMNIST: 4 demo sites).
+# PRR-FL HAM10000: 4 sources; Fed-ISIC2019: 6 centres; MedMNIST: the seed's 3 sites, 10 sampled when scaled out).
 JOB_CLIENTS = {
     "fedavg_prostate": 3, "fedsm_prostate": 3, "harmofl_prostate": 6, "prrfl_dermoscopy": 4,
-    "fedavg_dermoscopy": 4, "fedmas_isic2019": 6, "fedavg_isic2019": 6, "fedavg_medmnist": 4,
+    "fedavg_dermoscopy": 4, "fedmas_isic2019": 6, "fedavg_isic2019": 6, "fedavg_medmnist": 3,
+    "fedavg_medmnist_scaleout": 10,
 }
 SAMPLES_PER_CLIENT = 100  # the aggregation weights' inputs; their values do not change the cost
 
@@ -94,7 +95,7 @@ def offline_round(job: str, round_number: int = 1) -> OfflineRound:
     _silence(controller, Path(tempfile.mkdtemp(prefix=f"offline_{job}_")), clients)
     if hasattr(controller, "site_labels"):
         controller.site_labels = {client: label for label, client in enumerate(clients)}
-    if job == "fedavg_medmnist":  # its initial_models also loads the test set; only the FedAvg model is needed here
+    if job.startswith("fedavg_medmnist"):  # its initial_models also loads the test set; only the model is needed
         controller.network = network_for_data(controller.settings.network, medmnist_info(controller.settings.dataset),
                                               MEDMNIST_IMAGE_SIZE)
         controller.models = FedAvgController.initial_models(controller)

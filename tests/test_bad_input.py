@@ -45,7 +45,7 @@ FAMILIES: Dict[str, Tuple[Callable, List[str], str, str, str, bool]] = {
                  "fed_isic2019/center_1/train.csv", "fed_isic2019/center_1", False),
     "dermoscopy": (_dermoscopy, ["prrfl_dermoscopy", "fedavg_dermoscopy", "fedmas_dermoscopy"], "clientA",
                    "prrfl_ham10000/clientA/train_clientA.csv", "prrfl_ham10000", False),
-    "medmnist": (_medmnist, ["fedavg_medmnist"], "site-1", "medmnist/splits_breastmnist/site-1.json", "medmnist",
+    "medmnist": (_medmnist, ["fedavg_medmnist", "fedavg_medmnist_scaleout"], "site-1", "medmnist/splits_breastmnist/site-1.json", "medmnist",
                  False),
 }
 FAMILY_OF = {job: family for family, spec in FAMILIES.items() for job in spec[1]}

@@ -53,6 +53,22 @@ def test_compare_medmnist_writes_the_table_and_curves(tmp_path, shared_data):
     assert re.fullmatch(rf"FedAvg mean test accuracy - local only: {NUMBER}", last_line(out)), out
 
 
+def test_flower_benchmark_runs_the_seed_job_on_the_nvflare_side(tmp_path, shared_data):
+    """The NVFlare half of bench_flower_vs_nvflare_medmnist.py (the Flower half needs its own venv, see its
+    docstring): the seed job's defaults on 3 BreastMNIST clients, accuracy and AUC per round."""
+    from compare_medmnist import demo_medmnist
+
+    medmnist = demo_medmnist(tmp_path / "data", clients=3, shared_data=shared_data) / "medmnist"
+    out = run_command("bench_flower_vs_nvflare_medmnist.py", "--side", "nvflare", "--dataset", "breastmnist",
+                      "--npz", medmnist / "breastmnist.npz", "--splits", medmnist / "splits_breastmnist",
+                      "--nvflare", Path(sys.executable).with_name("nvflare"), "--workdir", tmp_path / "bench")
+    assert "breastmnist: 3 clients, 2 rounds of 2 local epochs, fraction_fit 1.0" in out, out
+    assert re.search(rf"^nvflare: per-round wall time \[s\]: {NUMBER}  {NUMBER}  \(mean", out, re.M), out
+    for metric in ("accuracy", "AUC"):
+        assert re.search(rf"^nvflare: server test {metric} per round \(0 = initial\): {NUMBER}  {NUMBER}  {NUMBER}$",
+                         out, re.M), out
+
+
 def test_memory_benchmark_covers_every_job():
     from bench_memory import JOBS
 

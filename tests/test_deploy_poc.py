@@ -114,6 +114,8 @@ class Federation:
     jobs: Dict[str, Tuple[dict, dict]] = field(default_factory=dict)
 
 
+MEDMNIST_DEMO = {"dataset": "breastmnist", "data_root": "DATASET_ROOT/medmnist",
+                 "datalist": "DATASET_ROOT/medmnist/splits_breastmnist"}
 HARMOFL_PROSTATE_CLIENTS = ("client_BIDMC", "client_HK", "client_I2CVB", "client_ISBI", "client_ISBI_1_5",
                             "client_UCL")
 FEDERATIONS = {
@@ -145,9 +147,8 @@ FEDERATIONS = {
         "fedmas_dermoscopy": ({}, FEDMAS_DERMOSCOPY_SMALL),
     }),
     "medmnist": Federation(("site-1", "site-2", "site-3", "site-4"), _medmnist, {
-        "fedavg_medmnist": ({"fraction_fit": 0.5, "min_fit_clients": 1},
-                            {"dataset": "breastmnist", "data_root": "DATASET_ROOT/medmnist",
-                             "datalist": "DATASET_ROOT/medmnist/splits_breastmnist", "local_epochs": 1}),
+        "fedavg_medmnist": ({}, {**MEDMNIST_DEMO, "local_epochs": 1}),
+        "fedavg_medmnist_scaleout": ({"fraction_fit": 0.5, "min_fit_clients": 1}, {**MEDMNIST_DEMO, "local_epochs": 1}),
     }),
 }
 

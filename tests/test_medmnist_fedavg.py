@@ -22,22 +22,21 @@ from medfl.common.sampling import num_fit_clients, sample_clients
 from medfl.common.settings import ConfigError
 from medfl.fedavg.medmnist import MedMNISTFedAvgController
 from medfl.federations.medmnist.client import MedMNISTExecutor
-from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, mean_cross_entropy
+from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, evaluate_classifier, mean_cross_entropy
 from medfl.federations.medmnist.splits import prepare_client_splits
 
 SITES = [f"site-{k}" for k in range(1, 5)]
+SEED_JOB_TRAIN = Path(__file__).resolve().parents[1] / "jobs" / "fedavg_medmnist" / "app/config/config_train.json"
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, shared_data: Path) -> dict:
-    """BreastMNIST over 4 clients and a config_train.json for it (absolute paths)."""
+    """BreastMNIST over 4 clients and the seed job's config_train.json for it (absolute data paths, 1 epoch)."""
     root = tmp_path_factory.mktemp("medmnist_fedavg")
     npz = shared_data / "medmnist" / "breastmnist.npz"
     prepare_client_splits(npz, root / "splits", num_clients=len(SITES), alpha=1000.0, seed=0, dataset="breastmnist")
-    config = {"dataset": "breastmnist", "data_root": str(npz.parent), "datalist": str(root / "splits"),
-              "network": {"name": "medmnist_cnn", "args": {}},
-              "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-              "local_epochs": 1, "batch_size": 64, "eval_batch_size": 50, "seed": 0}
+    config = {**json.loads(SEED_JOB_TRAIN.read_text()), "dataset": "breastmnist", "data_root": str(npz.parent),
+              "datalist": str(root / "splits"), "local_epochs": 1, "num_threads": 1, "device": "cpu"}
     (root / "config").mkdir()
     (root / "config" / "config_train.json").write_text(json.dumps(config))
     return {"root": root, "config": config}
@@ -91,17 +90,21 @@ def test_client_validates_then_trains_with_a_fresh_sgd_each_round(federation):
     client = _client(federation["config"])
     split = json.loads((federation["root"] / "splits" / "site-1.json").read_text())
     assert client.num_samples("training") == len(split["train"]) and client.num_samples("validation") == len(split["val"])
-    assert len(client.train_loader) == math.ceil(len(split["train"]) / 64), "Flower keeps the last partial batch"
+    assert len(client.train_loader) == math.ceil(len(split["train"]) / 128), "the seed keeps the last partial batch"
+    assert client.val_loader.batch_size == 50
     assert next(iter(client.val_loader))["image"].shape[1:] == (1, 28, 28)
     metrics = client.evaluate("validation")
-    assert set(metrics) == {"global", "global_loss"} and 0.0 <= metrics["global"] <= 1.0
+    assert set(metrics) == {"global", "global_loss", "global_auc"} and 0.0 <= metrics["global"] <= 1.0
+    seed_metrics = evaluate_classifier(client.model, client.val_loader, client.device)
+    assert metrics == {"global": seed_metrics["accuracy"], "global_loss": seed_metrics["loss"],
+                       "global_auc": seed_metrics["auc"]}
     before = {k: v.clone() for k, v in client.model.state_dict().items()}
     optimizers = []
     for _ in range(2):
         client.train_round(Signal(), FLContext())
         optimizers.append(client.optimizer)
     assert optimizers[0] is not optimizers[1]
-    assert optimizers[1].defaults["lr"] == 0.01 and optimizers[1].defaults["momentum"] == 0.9
+    assert optimizers[1].defaults["lr"] == 0.001 and optimizers[1].defaults["momentum"] == 0.9
     after = client.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert set(unbundle(client.export_params(FLContext()))) == {"global"}
@@ -210,7 +213,7 @@ def _with(result, **changes):
 @pytest.mark.parametrize("corrupt, reason", [
     (lambda r: _with(r, metrics={"global_loss": -1.0}), "metric global_loss = -1.0 is outside [0, inf]"),
     (lambda r: _with(r, params={k: np.full_like(v, np.nan) for k, v in r.params.items() if v.dtype.kind == "f"}),
-     "global/classifier.0.bias holds 120 non-finite value(s) (NaN or inf) of 120"),
+     "global/fc.0.bias holds 128 non-finite value(s) (NaN or inf) of 128"),
 ])
 def test_server_rejects_a_bad_result_and_keeps_nothing_of_it(federation, tmp_path, corrupt, reason):
     controller = _medmnist_run(federation, tmp_path / "bad", corrupt)

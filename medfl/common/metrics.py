@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 __all__ = ["accuracy", "balanced_accuracy", "classification_metrics", "macro_auc_ovr", "macro_f1",
-           "predict_probabilities"]
+           "predict_probabilities", "roc_auc"]
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -56,27 +56,41 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def macro_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Macro one-vs-rest ROC-AUC from class scores ``(num_samples, num_classes)``.
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC of ``scores`` for the binary labels ``positive`` (sklearn's ``roc_auc_score``, without sklearn).
 
-    Per class c, AUC = (R_c - n_c (n_c + 1) / 2) / (n_c * m_c), the Mann-Whitney rank formula with ``R_c`` the sum
-    of the (tie-averaged) ranks of the positives' scores for c, ``n_c`` positives and ``m_c`` negatives. The mean
-    runs over the classes that have both positives and negatives in ``labels``; classes absent from the labels
-    are skipped (sklearn raises instead). Returns NaN only when no class qualifies (all labels equal).
+    AUC = (R - n (n + 1) / 2) / (n m), the Mann-Whitney rank formula with ``R`` the sum of the (tie-averaged)
+    ranks of the ``n`` positives' scores among all scores and ``m`` the number of negatives; a tie between a
+    positive and a negative counts one half. NaN when ``positive`` holds only one class (sklearn raises there).
     """
-    labels = _check_labels(labels)
+    positive = np.asarray(positive, dtype=bool).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.size != positive.size:
+        raise ValueError(f"roc_auc needs one score per label, got {scores.size} scores for {positive.size} labels")
+    num_pos, num_neg = int(positive.sum()), int((~positive).sum())
+    if num_pos == 0 or num_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+
+
+def _check_scores(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] != labels.size:
         raise ValueError(f"probabilities must be (num_samples={labels.size}, num_classes), got {probabilities.shape}")
-    aucs = []
-    for cls in range(probabilities.shape[1]):
-        positive = labels == cls
-        num_pos, num_neg = int(positive.sum()), int((~positive).sum())
-        if num_pos == 0 or num_neg == 0:
-            continue
-        ranks = rankdata(probabilities[:, cls])
-        aucs.append((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
-    return float(np.mean(aucs)) if aucs else math.nan
+    return probabilities
+
+
+def macro_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Macro one-vs-rest ROC-AUC from class scores ``(num_samples, num_classes)``: the mean of :func:`roc_auc`
+    (``labels == c``, column ``c``) over the classes that have both positives and negatives in ``labels``;
+    classes absent from the labels are skipped (sklearn raises instead). NaN only when no class qualifies.
+    """
+    labels = _check_labels(labels)
+    probabilities = _check_scores(labels, probabilities)
+    aucs = [roc_auc(labels == cls, probabilities[:, cls]) for cls in range(probabilities.shape[1])]
+    defined = [auc for auc in aucs if not math.isnan(auc)]
+    return float(np.mean(defined)) if defined else math.nan
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:

@@ -73,6 +73,7 @@ METRIC_RANGES: Dict[str, MetricRange] = {
     "balanced_accuracy": SCORE,
     "macro_f1": SCORE,
     "macro_auc": MetricRange(0.0, 1.0, undefined_allowed=True),
+    "auc": MetricRange(0.0, 1.0, undefined_allowed=True),
     "loss": MetricRange(0.0, math.inf),
 }
 

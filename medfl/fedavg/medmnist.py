@@ -1,4 +1,5 @@
-"""FedAvg on MedMNIST as the seed's Flower simulation runs it (``jobs/fedavg_medmnist``)."""
+"""FedAvg on MedMNIST: the seed's Flower simulation (``jobs/fedavg_medmnist``) and its scale-out
+(``jobs/fedavg_medmnist_scaleout``)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ class MedMNISTFedAvgSettings(MedMNISTTestSettings, FedAvgSettings):
 
 
 class MedMNISTFedAvgController(MedMNISTTestEvaluation, FedAvgController):
-    """FedAvg with Flower's client sampling (:class:`~medfl.fedavg.controller.FedAvgController`) and the
-    server-side evaluation of the global model on the official test split
-    (:class:`~medfl.federations.medmnist.server.MedMNISTTestEvaluation`).
+    """Flower 0.19's ``FedAvg`` strategy as the seed configures it (ALGORITHMS.md §4.0): the clients' weights
+    averaged by their numbers of training examples (:class:`~medfl.fedavg.controller.FedAvgController`), every
+    client in every round (``fraction_fit`` 1; the scale-out job samples ``fraction_fit`` of them as Flower does),
+    and the seed's ``eval_fn``: the global model tested on the official test split at round 0 and after every
+    round (:class:`~medfl.federations.medmnist.server.MedMNISTTestEvaluation`).
 
-    Client-side evaluation: the sampled clients validate the global model they receive on their val split
-    before training (accuracy as ``global``, cross-entropy as ``global_loss``); ``best_global_model.pt`` is the
-    model with the best val-size-weighted mean accuracy of the clients that validated it, ``last_global_model.pt``
-    the final one.
+    Client-side evaluation: the clients of a round validate the global model they receive on their val share
+    before training (accuracy as ``global``, the summed loss as ``global_loss``, MedMNIST's AUC as ``global_auc``);
+    ``best_global_model.pt`` is the model with the best val-size-weighted mean accuracy of the clients that
+    validated it, ``last_global_model.pt`` the final one.
     """
 
     Settings = MedMNISTFedAvgSettings

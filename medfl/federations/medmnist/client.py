@@ -1,4 +1,5 @@
-"""Client of the Flower-style FedAvg on MedMNIST: trains on its share of the train split, validates on its val share."""
+"""Client of FedAvg on MedMNIST (the seed job and the scale-out job): trains on its share of the train split,
+validates on its val share."""
 
 from __future__ import annotations
 
@@ -29,12 +30,15 @@ class MedMNISTSettings(MedMNISTSource, ClassificationSettings):
 
 
 class MedMNISTExecutor(ClassificationExecutor):
-    """FedAvg client as in Flower's PathMNIST simulation (ALGORITHMS.md §4.1, §4.4).
+    """FedAvg client of the seed's Flower simulation (``fl_demo/FLClient.py`` of the README commit, ALGORITHMS.md
+    §4.0; the same client serves the scale-out job, §4.1/§4.4).
 
-    Per task: validate the received global model on this client's val split (accuracy, or ``val_metric``, as
-    ``global`` and the mean cross-entropy as ``global_loss``), then train it for ``local_epochs`` epochs with a
-    fresh optimizer (Flower's clients are created anew for every ``fit``, so no momentum carries over between
-    rounds), and send it back with the number of training examples (FedAvg's weight).
+    Per task: validate the received global model on this client's val share, as the seed's ``evaluate`` (batches of
+    ``eval_batch_size``): accuracy (or ``val_metric``) as ``global``, the summed batch-mean cross-entropy as
+    ``global_loss`` and MedMNIST's AUC as ``global_auc``; then train it for ``local_epochs`` epochs on this client's
+    train share with a fresh optimizer (Flower's simulation builds a new client, hence a new optimizer, for every
+    ``fit``, so no momentum carries over between rounds), and send it back with the number of training examples
+    (FedAvg's weight).
 
     Settings: :class:`MedMNISTSettings`; this client reads ``<datalist>/<site>.json``. The network's
     ``in_channels``, ``num_classes`` and ``image_size`` come from the data (see :func:`~.networks.network_for_data`).
@@ -63,7 +67,7 @@ class MedMNISTExecutor(ClassificationExecutor):
     def evaluate(self, split: str = "validation") -> Dict[str, float]:
         loader = self.val_loader if split == "validation" else DataLoader(self.datasets[split], self.eval_batch_size)
         metrics = evaluate_classifier(self.model, loader, self.device)
-        return {"global": metrics[self.val_metric], "global_loss": metrics["loss"]}
+        return {"global": metrics[self.val_metric], "global_loss": metrics["loss"], "global_auc": metrics["auc"]}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         self.optimizer = build_optimizer(self.model.parameters(), self.settings.optimizer)

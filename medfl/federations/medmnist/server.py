@@ -1,8 +1,10 @@
 """MedMNIST's server side: the global model tested on the official test split, at round 0 and after every round.
 
-As the seed's Flower ``eval_fn`` (a centralised evaluation of the global model): logged, written to TensorBoard as
-``test/<metric>`` and to ``test_metrics.json`` in the server's app folder. The test split is only reported, never
-used to choose a model. Mix :class:`MedMNISTTestEvaluation` into an aggregation controller, listed first.
+As the seed's Flower ``eval_fn`` (``centralised_eval_fn``: the global model on the full test split, batches of
+50, summed loss, MedMNIST's AUC and accuracy; Flower calls it on the initial parameters and after every round):
+logged, written to TensorBoard as ``test/<metric>`` and to ``test_metrics.json`` in the server's app folder. The
+test split is only reported, never used to choose a model. Mix :class:`MedMNISTTestEvaluation` into an
+aggregation controller, listed first.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class MedMNISTTestEvaluation(RoundController):
             self._add_scalar(f"test/{name}", value, step)
         which = "initial global model" if step == 0 else f"global model after {step} round(s)"
         self.info(f"server test evaluation at round {step} ({which}): accuracy={metrics['accuracy']:.4f}, "
-                  f"loss={metrics['loss']:.4f} on {len(self.test_loader.dataset)} test images")
+                  f"auc={metrics['auc']:.4f}, loss={metrics['loss']:.4f} on {len(self.test_loader.dataset)} "
+                  "test images")
         trained_by = getattr(self, "sampled", {}).get(step - 1, []) if step > 0 else []
         self.test_history.append({"step": step, "time": time.time(), "trained_by": trained_by, **metrics})
         atomic_write_json(self.test_history, os.path.join(self.get_app_dir(), TEST_METRICS_FILE))

@@ -6,9 +6,10 @@
 
 Reads the job's ``config_train.json`` from ``<models_dir>/config`` (MedMNIST set, network, ``npz_path``, which may
 start with ``DATASET_ROOT``; ``--npz`` overrides it). For ``best_global_model.pt`` (chosen by the clients'
-validation accuracy, not by the test set) and ``last_global_model.pt`` it prints accuracy, balanced accuracy,
-macro-F1, macro-AUC and cross-entropy on the official test split. It then prints the server's per-round test
-accuracy from ``test_metrics.json`` (round 0 = initial model) and, with ``--plot``, draws it with the loss.
+validation accuracy, not by the test set) and ``last_global_model.pt`` it prints accuracy, MedMNIST's AUC, the
+seed's summed loss and the mean cross-entropy, balanced accuracy, macro-F1 and macro-AUC on the official test split.
+It then prints the server's per-round test accuracy and AUC from ``test_metrics.json`` (round 0 = initial model)
+and, with ``--plot``, draws them with the loss.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from medfl.federations.medmnist.evaluation import TEST_METRICS_FILE, evaluate_cl
 from medfl.federations.medmnist.networks import network_for_data
 
 CHECKPOINTS = ("best", "last")
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
+METRICS = ("accuracy", "auc", "loss", "mean_loss", "balanced_accuracy", "macro_f1", "macro_auc")
 
 
 def test_checkpoints(models_dir: Path, npz: Optional[Path]) -> Dict[str, Dict[str, float]]:
@@ -65,8 +66,8 @@ def test_checkpoints(models_dir: Path, npz: Optional[Path]) -> Dict[str, Dict[st
 
 def plot_history(history: List[dict], output: Path) -> Path:
     steps = [entry["step"] for entry in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, ("accuracy", "auc", "loss")):
         ax.plot(steps, [entry[metric] for entry in history], marker="o")
         ax.set_title(f"server test {metric}")
         ax.set_xlabel("round (0 = initial model)")
@@ -88,6 +89,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     if history_file.is_file():
         history = json.loads(history_file.read_text())
         print("server test accuracy per round: " + "  ".join(f"{e['step']}: {e['accuracy']:.4f}" for e in history))
+        print("server test AUC per round: " + "  ".join(f"{e['step']}: {e['auc']:.4f}" for e in history))
         if args.plot:
             print(f"plot: {plot_history(history, args.plot)}")
     return results
