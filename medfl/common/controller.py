@@ -175,7 +175,7 @@ class RoundController(ModelController):
             raise ConfigError("the workflow needs a 'network' setting to build its initial model",
                               path=CONFIG_FED_SERVER, site=SERVER_SITE)
         seed_everything(self.settings.seed)
-        return to_numpy(build_network(network.name, **network.args).state_dict())
+        return to_numpy(build_network(network.name, **network.args).state_dict(), copy=False)  # the network is dropped
 
     def run(self) -> None:
         self._open_writer()

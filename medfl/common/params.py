@@ -16,8 +16,11 @@ Params = Dict[str, np.ndarray]
 SEP = "/"
 
 
-def to_numpy(state_dict: Mapping[str, torch.Tensor]) -> Params:
-    """Copy a torch state dict into numpy arrays (on CPU)."""
+def to_numpy(state_dict: Mapping[str, torch.Tensor], copy: bool = True) -> Params:
+    """A torch state dict as numpy arrays (on CPU): copies, or with ``copy=False`` views of the CPU tensors (no
+    memory; they change when the tensors do, so only for arrays sent before the model trains again)."""
+    if not copy:
+        return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
     return {k: v.detach().cpu().numpy().copy() for k, v in state_dict.items()}
 
 
@@ -45,10 +48,15 @@ def unbundle(flat: Mapping[str, np.ndarray]) -> Dict[str, Params]:
     return models
 
 
+WEIGHTED_MEAN_CHUNK = 1 << 20  # elements averaged per pass: float64 temporaries of a few MB, not of a whole layer
+
+
 def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Params:
     """``sum_k w_k * params_k / sum_k w_k`` for every key; integer entries (e.g. BN counters) are rounded back.
 
-    Every entry stays a numpy array, 0-d ones (BN ``num_batches_tracked``) included, never a numpy scalar.
+    Accumulated in float64, :data:`WEIGHTED_MEAN_CHUNK` elements at a time, so a layer of 100 M weights (FedSM's
+    VGG-11 selector) needs no float64 copy of itself. Every entry stays a numpy array, 0-d ones (BN
+    ``num_batches_tracked``) included, never a numpy scalar.
     """
     if len(params) != len(weights) or not params:
         raise ValueError(f"need one weight per model, got {len(params)} models and {len(weights)} weights")
@@ -57,7 +65,14 @@ def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
     mean = {}
     for key, first in params[0].items():
-        acc = sum(np.asarray(p[key], dtype=np.float64) * (w / total) for p, w in zip(params, weights))
-        integer = np.issubdtype(np.asarray(first).dtype, np.integer)
-        mean[key] = np.asarray(np.rint(acc) if integer else acc, dtype=np.asarray(first).dtype)
+        first = np.asarray(first)
+        integer = np.issubdtype(first.dtype, np.integer)
+        out = np.empty(first.shape, dtype=first.dtype)
+        flat_out = out.reshape(-1)
+        flats = [np.asarray(p[key]).reshape(-1) for p in params]
+        for start in range(0, flat_out.size, WEIGHTED_MEAN_CHUNK):
+            part = slice(start, start + WEIGHTED_MEAN_CHUNK)
+            acc = sum(flat[part].astype(np.float64) * (w / total) for flat, w in zip(flats, weights))
+            flat_out[part] = np.rint(acc) if integer else acc
+        mean[key] = out
     return mean
