@@ -7,7 +7,7 @@ Numpy arrays go through NVFlare's DXO and filters without a custom decomposer. A
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,42 @@ def load_numpy(module: torch.nn.Module, params: Mapping[str, np.ndarray]) -> Non
         raise KeyError(f"parameter keys do not match the model: missing {sorted(missing)[:5]}, "
                        f"unexpected {sorted(unexpected)[:5]}")
     module.load_state_dict({k: torch.as_tensor(params[k]).to(own[k].dtype) for k in own})
+
+
+def tensor_layout(module: torch.nn.Module) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+    """``{state_dict key: (shape, dtype)}`` of ``module``: what :func:`adopt_numpy` checks arrays against."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+
+
+def _state_tensors(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def release_tensors(module: torch.nn.Module) -> None:
+    """Give every parameter and buffer of ``module`` an empty storage: for a model whose values were sent and are
+    replaced by the next :func:`adopt_numpy` (its optimizer state, keyed by the parameters, stays)."""
+    for tensor in _state_tensors(module).values():
+        tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
+
+def adopt_numpy(module: torch.nn.Module, params: Mapping[str, np.ndarray],
+                layout: Mapping[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
+    """Load numpy params into ``module`` as :func:`load_numpy` does (the keys and shapes of ``layout`` exactly, each
+    tensor's dtype and device kept), using every writable CPU array of the right dtype as the tensor's storage
+    instead of copying it (the caller keeps no other use of ``params``)."""
+    missing, unexpected = set(layout) - set(params), set(params) - set(layout)
+    if missing or unexpected:
+        raise KeyError(f"parameter keys do not match the model: missing {sorted(missing)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}")
+    tensors = _state_tensors(module)
+    for key, (shape, dtype) in layout.items():
+        array = np.asarray(params[key])
+        if tuple(array.shape) != shape:
+            raise KeyError(f"parameter {key} has shape {tuple(array.shape)}, the model's is {shape}")
+        tensor = tensors[key]
+        shareable = array.flags.writeable and array.flags.c_contiguous and tensor.device.type == "cpu"
+        value = torch.from_numpy(array) if shareable else torch.as_tensor(array).clone()
+        tensor.data = value.to(device=tensor.device, dtype=dtype)
 
 
 def bundle(models: Mapping[str, Params]) -> Params:

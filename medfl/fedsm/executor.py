@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import DataLoader
 
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
-from medfl.common.params import Params, bundle, load_numpy, to_numpy, unbundle
+from medfl.common.params import Params, adopt_numpy, bundle, release_tensors, tensor_layout, to_numpy, unbundle
 from medfl.common.settings import NetworkSpec, OptimizerSpec
 from medfl.common.train import Batch, build_optimizer, to_device, train_epoch
 from medfl.federations.prostate2d.client import ProstateSegmentationExecutor, ProstateSettings
@@ -63,8 +64,10 @@ class FedSMExecutor(ProstateSegmentationExecutor):
     gradients of every batch of an epoch are summed and the optimizer steps once per epoch, so with one selector
     epoch Adam's step count grows by exactly one a round. Settings: :class:`FedSMSettings`.
 
-    The selector (VGG-11: 129 M parameters) is held once: the received arrays are released as soon as they are
-    loaded, its gradients after each step, and its weights travel back as views of the model, not copies.
+    The selector (VGG-11: 129 M parameters) is held once: its weights travel back as views of the model, not
+    copies; once the result is sent they are released (the next task brings the server's), and the received
+    weights become the model's storage without a copy; the received moments are copied into the optimizer's
+    state and released, and the gradients are freed after each step.
     """
 
     Settings = FedSMSettings
@@ -74,8 +77,14 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         super().setup(fl_ctx)
         network = self.settings.selector_network
         self.selector = build_network(network.name, **network.args).to(self.device)
+        self.selector_layout = tensor_layout(self.selector)
         self.selector_optimizer = build_optimizer(self.selector.parameters(), self.settings.selector_optimizer)
         self.site_label = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == EventType.AFTER_SEND_TASK_RESULT and self.settings is not None and not self._setup_error:
+            release_tensors(self.selector)  # sent; every task starts by loading the server's selector
 
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
         if SITE_LABEL not in self.task_meta:
@@ -85,7 +94,10 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         received = unbundle(params)
         if "selector" not in received:
             raise DataError("the server sent no selector parameters", site=self.site)
-        load_numpy(self.selector, received["selector"])
+        try:
+            adopt_numpy(self.selector, received["selector"], self.selector_layout)
+        except KeyError as e:
+            raise DataError(f"the selector the server sent does not fit selector_network: {e}", site=self.site) from None
         moments = fl_ctx.get_prop(SYNCED_MOMENTS_PROP)
         if moments:
             n = load_adam_moments(self.selector, self.selector_optimizer, moments)
