@@ -44,7 +44,7 @@ define run_demo
 		nvflare simulator $(WORK)/jobs/$(1) -w $(WORK)/$(1) -c $(CLIENTS) -t 3 2>&1 | tee $(WORK)/$(1).log \
 		| grep --line-buffered -E "round [0-9]+/[0-9]+ (started|finished)|validation of received|new best|ERROR"
 	$(BIN)/python result_stat/prostate_2d_test_only.py --models_dir $(WORK)/$(1)/server/simulate_job/app_server \
-		--dataset_base_dir $(DATA)/dataset_2D --datalist_json_path $(DATA)/datalist_2D
+		--data_root $(DATA)/dataset_2D --datalist $(DATA)/datalist_2D
 	$(BIN)/python result_stat/plot_tensorboard_events.py --workspace $(WORK)/$(1) --output results/$(1)_val.png
 endef
 

@@ -25,10 +25,11 @@ CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
 
 
 def test_scores(app_server: Path, data: Path, threshold: float) -> dict:
+    """``{client: {"global", "super", "selector_accuracy": ...}}`` of a FedAvg or FedSM run's best models."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return prostate_2d_test_only.main(["--models_dir", str(app_server), "--dataset_base_dir",
-                                           str(data / "dataset_2D"), "--datalist_json_path", str(data / "datalist_2D"),
-                                           "--select_threshold", str(threshold)])
+        return prostate_2d_test_only.main(["--models_dir", str(app_server), "--data_root",
+                                           str(data / "dataset_2D"), "--datalist", str(data / "datalist_2D"),
+                                           "--select_threshold", str(threshold)]).sites
 
 
 def main(argv=None) -> None:

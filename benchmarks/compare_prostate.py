@@ -93,9 +93,9 @@ def test_scores(app_server: Path, data: Path) -> Dict[str, Dict[str, float]]:
     """``{client: {"global"[, "super"]: test Dice}}`` of a FedAvg or FedSM run's best models."""
     with contextlib.redirect_stdout(io.StringIO()):
         return prostate_2d_test_only.main(["--models_dir", str(app_server),
-                                           "--dataset_base_dir", str(data / "dataset_2D"),
-                                           "--datalist_json_path", str(data / "datalist_2D"),
-                                           "--select_threshold", str(SELECT_THRESHOLD)])
+                                           "--data_root", str(data / "dataset_2D"),
+                                           "--datalist", str(data / "datalist_2D"),
+                                           "--select_threshold", str(SELECT_THRESHOLD)]).sites
 
 
 def harmofl_scores(app_server: Path, data: Path) -> Dict[str, Dict[str, float]]:

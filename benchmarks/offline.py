@@ -24,7 +24,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import RoundController
 from medfl.common.params import Params, bundle, unbundle
-from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from medfl.fedavg.controller import FedAvgController
 from medfl.federations.isic2019.protocol import SAMPLES_PER_EPOCH
 from medfl.federations.medmnist.data import medmnist_info
@@ -64,13 +64,8 @@ def _silence(controller: RoundController, app_dir: Path, clients: List[str]) -> 
 
 def _moments(params: Params) -> Params:
     """Adam state of every parameter, shaped as :func:`medfl.fedsm.moments.adam_moments` sends it."""
-    moments = {}
-    for key, value in params.items():
-        if value.dtype.kind == "f" and "running_" not in key:
-            moments[f"{key}.exp_avg"] = np.zeros_like(value)
-            moments[f"{key}.exp_avg_sq"] = np.zeros_like(value)
-            moments[f"{key}.{MOMENT_KEYS[2]}"] = np.array(1.0, dtype=np.float32)
-    return moments
+    return {f"{key}.{moment}": np.zeros_like(value) for key, value in params.items()
+            if value.dtype.kind == "f" and "running_" not in key for moment in MOMENT_KEYS}
 
 
 def client_update(job: str, controller: RoundController, client: str) -> Params:
@@ -103,7 +98,7 @@ def offline_round(job: str, round_number: int = 1) -> OfflineRound:
         controller.models = controller.initial_models()
     if job == "fedsm_prostate":  # from round 1 on the server also sends the averaged selector moments
         controller.selector_moments = _moments(controller.models["selector"])
-    meta = {NUM_TRAIN_SAMPLES: SAMPLES_PER_CLIENT, NUM_VAL_SAMPLES: SAMPLES_PER_CLIENT,
+    meta = {NUM_TRAIN_SAMPLES: SAMPLES_PER_CLIENT, NUM_VAL_SAMPLES: SAMPLES_PER_CLIENT, NUM_TRAIN_STEPS: SAMPLES_PER_CLIENT,
             SAMPLES_PER_EPOCH: SAMPLES_PER_CLIENT, ROBUST_FACTOR: 1.0, PRIOR_SHA256: "same"}
     results = {client: FLModel(params=client_update(job, controller, client), current_round=round_number,
                                meta={**meta, "client_name": client}) for client in clients}

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,20 +26,39 @@ class SimulatorRun:
     workspace: Path
     wall_s: float
     peak_rss_bytes: int
+    peak_rss_by_site: Dict[str, int] = field(default_factory=dict)  # "server" (the simulator) and each client
 
     @property
     def app_server(self) -> Path:
         return self.workspace / "server" / "simulate_job" / "app_server"
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
+SIMULATOR_WORKER = re.compile(r"simulator_worker .*-o (\S+)")  # a client process: its workspace folder
+
+
+def site_of(process: psutil.Process) -> str:
+    """``server`` for the simulator process (it runs the server), the client's name for a client worker, else the
+    command's first words (helper processes)."""
+    command = " ".join(process.cmdline())
+    worker = SIMULATOR_WORKER.search(command)
+    if worker:
+        return Path(worker[1]).name
+    return "server" if " simulator " in f" {command} " else command[:40]
+
+
+def tree_rss(process: psutil.Process, by_site: Optional[Dict[str, int]] = None) -> int:
+    """Resident memory of a process and all its descendants, in bytes; ``by_site`` (if given) keeps each site's
+    peak (:func:`site_of`)."""
     total = 0
     for p in [process, *process.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            if by_site is not None:
+                site = site_of(p)
+                by_site[site] = max(by_site.get(site, 0), rss)
         except psutil.NoSuchProcess:
-            pass
+            continue
+        total += rss
     return total
 
 
@@ -57,18 +76,18 @@ def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, se
     allow_medfl(workspace)
     log = work / f"{job}.log"
     env = {**os.environ, "DATASET_ROOT": str(dataset_root), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    start, peak = time.perf_counter(), 0
+    start, peak, by_site = time.perf_counter(), 0, {}
     with open(log, "w") as out:
         proc = subprocess.Popen(["nvflare", "simulator", str(variant), "-w", str(workspace), "-c", ",".join(clients),
                                  "-t", str(len(clients))], stdout=out, stderr=subprocess.STDOUT, env=env)
         handle = psutil.Process(proc.pid)
         while proc.poll() is None:
-            peak = max(peak, tree_rss(handle))
+            peak = max(peak, tree_rss(handle, by_site))
             time.sleep(poll_s)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"simulator run of {job} failed ({proc.returncode}); see {log}")
-    return SimulatorRun(workspace, wall, peak)
+    return SimulatorRun(workspace, wall, peak, by_site)
 
 
 LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

@@ -30,15 +30,19 @@ def one_torch_thread():
 
 
 PROSTATE_CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
+PROSTATE_SIZE = 32  # the size the prostate-slice clients resize to in tests (the jobs: 256, the original's)
+PROSTATE_TRAIN = {"image_size": PROSTATE_SIZE}  # config_train.json overrides of every prostate-slice job in tests
+SMALL_SELECTOR = {"name": "selector_cnn", "args": {"in_channels": 1, "num_classes": 3}}  # FedSM's fast option
 
 
 @pytest.fixture(scope="session")
 def demo_prostate(tmp_path_factory) -> Path:
-    """The synthetic 3-site prostate federation, prepared as the README does (32x32 slices, for speed)."""
+    """The synthetic 3-site prostate federation, prepared as the README does (the original's preparation: 8-bit
+    slices at each site's own size; the clients resize them, to :data:`PROSTATE_SIZE` in tests)."""
     from medfl.federations.prostate2d.demo import make_demo_federation
     from medfl.federations.prostate2d.preparation import prepare
 
     root = tmp_path_factory.mktemp("demo_prostate")
     make_demo_federation(root / "raw", cases_per_site=6, seed=0)
-    prepare(root / "raw", root, source="saml", size=32)
+    prepare(root / "raw", root, source="saml")
     return root

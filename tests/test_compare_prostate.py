@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN
 from helpers import run
 from test_deploy_poc import TINY_UNET
 
@@ -17,7 +17,7 @@ METHODS = ("FedAvg", "FedSM (super model)", "FedSM (global model)", "HarmoFL", "
 
 def test_compare_prostate_has_a_harmofl_row(tmp_path, demo_prostate):
     out = run(["python", "benchmarks/compare_prostate.py", "--data", demo_prostate, "--rounds", "1", "--seeds", "0",
-               "--train", json.dumps({"network": TINY_UNET}), "--work", tmp_path], timeout=900).stdout
+               "--train", json.dumps({"network": TINY_UNET, **PROSTATE_TRAIN}), "--work", tmp_path], timeout=900).stdout
     results = tmp_path / "results"
     with open(results / "prostate_results.csv", newline="") as table:
         rows = list(csv.DictReader(table))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN
 from helpers import POC_SERVER, PocDeployment, make_job_variant
 
 pytestmark = pytest.mark.deploy
@@ -80,7 +80,8 @@ def test_a_dead_site_continues_or_stops_as_configured(tmp_path, demo_prostate):
     for min_clients in (2, 0):
         job = make_job_variant("fedavg_prostate", tmp_path / f"min{min_clients}",
                                {"num_rounds": 3, "min_clients": min_clients},
-                               {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS})
+                               {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS,
+                                **PROSTATE_TRAIN})
         meta = json.loads((job / "meta.json").read_text())
         meta["min_clients"] = 2  # NVFlare itself aborts a job when fewer sites than this are alive
         (job / "meta.json").write_text(json.dumps(meta))

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Tuple
 
 import pytest
 import torch
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN, SMALL_SELECTOR
 from helpers import PROJECT_ROOT, PocDeployment, make_job_variant, run
 
 pytestmark = pytest.mark.deploy
@@ -43,7 +43,7 @@ def _prostate(root: Path, shared: Path) -> None:
     from medfl.federations.prostate2d.preparation import prepare
 
     make_demo_federation(root / "raw", cases_per_site=6, seed=0)
-    prepare(root / "raw", root, source="saml", size=SIZE)
+    prepare(root / "raw", root, source="saml")
 
 
 def _harmofl_prostate(root: Path, shared: Path) -> None:
@@ -120,9 +120,9 @@ HARMOFL_PROSTATE_CLIENTS = ("client_BIDMC", "client_HK", "client_I2CVB", "client
                             "client_UCL")
 FEDERATIONS = {
     "prostate": Federation(PROSTATE_CLIENTS, _prostate, {
-        "fedavg_prostate": ({}, {"network": TINY_UNET}),
-        "fedsm_prostate": ({}, {"network": TINY_UNET}),
-        "harmofl_prostate_2d": ({}, {"network": TINY_UNET}),
+        "fedavg_prostate": ({}, {"network": TINY_UNET, **PROSTATE_TRAIN}),
+        "fedsm_prostate": ({}, {"network": TINY_UNET, "selector_network": SMALL_SELECTOR, **PROSTATE_TRAIN}),
+        "harmofl_prostate_2d": ({}, {"network": TINY_UNET, **PROSTATE_TRAIN}),
     }),
     "harmofl_prostate": Federation(HARMOFL_PROSTATE_CLIENTS, _harmofl_prostate, {
         "harmofl_prostate": ({}, {"network": HARMOFL_UNET}),

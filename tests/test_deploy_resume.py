@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN
 from helpers import POC_SERVER, PocDeployment, make_job_variant
 from test_deploy_faults import TINY_UNET, kill_processes_of, submit, wait_for_text
 
@@ -23,7 +23,7 @@ def validations(log: str) -> dict:
 
 
 def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_prostate):
-    train = {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS}
+    train = {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS, **PROSTATE_TRAIN}
     first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": ROUNDS}, train)
     with PocDeployment(tmp_path / "deploy", PROSTATE_CLIENTS, env={"DATASET_ROOT": str(demo_prostate)}) as poc:
         kits = poc.kits

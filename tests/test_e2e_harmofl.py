@@ -79,7 +79,7 @@ def test_harmofl_prostate(tmp_path, demo_harmofl_prostate):
 def test_harmofl_prostate_2d(tmp_path, demo_prostate):
     """HarmoFL on the FedSM / FedAvg slices (one channel) with FedAvg's client recipe and a light UNet."""
     out = run_job("harmofl_prostate_2d", tmp_path, SLICE_CLIENTS, demo_prostate, SIZE, r"global=[0-9.]+\n",
-                  image_channels=1, network=TINY_UNET)
+                  image_channels=1, network=TINY_UNET, image_size=SIZE)
     for client in SLICE_CLIENTS:
         assert re.search(rf"^{client}: dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
     assert "mean over 3 sites, best global model: dice_fg" in out

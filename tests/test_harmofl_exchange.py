@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN
 from helpers import PROJECT_ROOT, configure
 from test_deploy_poc import TINY_UNET as SLICE_UNET
 from torch.utils.data import DataLoader, Dataset
@@ -159,7 +159,7 @@ def test_slice_client_is_fedavgs_prostate_client_with_harmofl_added(demo_prostat
     config = json.loads((PROJECT_ROOT / "jobs/harmofl_prostate_2d/app/config/config_train.json").read_text())
     config.update({"data_root": str(demo_prostate / "dataset_2D"),
                    "datalist": str(demo_prostate / "datalist_2D"), "network": SLICE_UNET,
-                   "device": "cpu", "amplitude_mode": "reference_code"})
+                   "device": "cpu", "amplitude_mode": "reference_code", **PROSTATE_TRAIN})
     executors = {client: start(HarmoFLSliceExecutor(), client, config) for client in PROSTATE_CLIENTS}
     sizes = {client: ex.num_samples("training") for client, ex in executors.items()}
     _, reference, acks = exchange(executors)

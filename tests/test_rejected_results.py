@@ -23,7 +23,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.networks import build_network
 from medfl.common.params import bundle
-from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from medfl.fedavg.controller import FedAvgController
 from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
 from medfl.fedmas.controller import FedMASController
@@ -85,7 +85,7 @@ class Method:
 METHODS = {
     "fedavg": Method(FedAvgController, {"network": UNET}),
     "fedsm": Method(FedSMController, {"network": UNET, "selector_network": SELECTOR},
-                    metrics={"global": 0.5, "personal": 0.6, "selector": 0.7}),
+                    metrics={"global": 0.5, "personal": 0.6, "selector": 0.7}, train_meta={NUM_TRAIN_STEPS: 10}),
     "harmofl": Method(HarmoFLController, {"network": UNET}),
     "prrfl": Method(PFAController, {"network": VGG},
                     metrics={"personal_macro_f1": 0.5, "personal_macro_auc": math.nan, "deputy_accuracy": 0.4},
@@ -151,6 +151,12 @@ METHOD_BAD_RESULTS = {
                             r"selector Adam moments: \d+ of \d+ arrays sent, missing \['selector_adam/\S+'\]"),
         "nan_moment": (lambda r: r.params.update({sorted(MOMENTS)[0]: with_nan(MOMENTS[sorted(MOMENTS)[0]])}),
                        r"selector_adam/\S+ holds 1 non-finite value\(s\) \(NaN or inf\) of \d+"),
+        "moment_step": (lambda r: r.params.update({f"{MOMENTS_NAME}/0.conv.weight.step": np.array(1.0, np.float32)}),
+                        r"unexpected array\(s\) \['selector_adam/0.conv.weight.step'\]"),
+        "steps_1e9": (set_meta(NUM_TRAIN_STEPS, 1e9), r"num_train_steps is 1000000000.0 \(float\), not an integer count"),
+        "steps_missing": (lambda r: r.meta.pop(NUM_TRAIN_STEPS), r"the reply has no 'num_train_steps' in its meta"),
+        "personal_variable_missing": (lambda r: r.params.pop(next(k for k in sorted(r.params) if k.startswith("personal/"))),
+                                      r"missing array\(s\) \['personal/\S+'\]"),
     },
     "prrfl": {
         "trained_metric_1e9": (lambda r: r.meta.update({TRAINED_METRICS: {"personal_macro_f1": 1e9}}),

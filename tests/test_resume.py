@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN
 from helpers import as_longer_run, make_job_variant, run_simulator
 
 pytestmark = pytest.mark.e2e
@@ -16,7 +16,8 @@ def _validations(workspace, client):
 
 
 def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
-    first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": 2}, {"num_threads": 1})
+    first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": 2},
+                             {"num_threads": 1, **PROSTATE_TRAIN})
     run_simulator(first, tmp_path / "ws1", PROSTATE_CLIENTS, demo_prostate)
     state_file = tmp_path / "ws1" / "server" / "simulate_job" / "app_server" / "server_state.pt"
     saved = torch.load(state_file, weights_only=True)
@@ -24,7 +25,7 @@ def test_fedavg_resumes_after_round_two(tmp_path, demo_prostate):
     as_longer_run(state_file, 3)  # a 3-round run stopped after its second round
 
     resumed = make_job_variant("fedavg_prostate", tmp_path / "resumed",
-                               {"num_rounds": 3, "resume_from": str(state_file)}, {"num_threads": 1})
+                               {"num_rounds": 3, "resume_from": str(state_file)}, {"num_threads": 1, **PROSTATE_TRAIN})
     result = run_simulator(resumed, tmp_path / "ws2", PROSTATE_CLIENTS, demo_prostate)
     server_log = (tmp_path / "ws2" / "server" / "log.txt").read_text()
     assert "continuing at round 3/3" in server_log, result.stdout[-2000:]

@@ -175,7 +175,7 @@ class RoundController(ModelController):
             raise ConfigError("the workflow needs a 'network' setting to build its initial model",
                               path=CONFIG_FED_SERVER, site=SERVER_SITE)
         seed_everything(self.settings.seed)
-        return to_numpy(build_network(network.name, **network.args).state_dict())
+        return to_numpy(build_network(network.name, **network.args).state_dict(), copy=False)  # the network is dropped
 
     def run(self) -> None:
         self._open_writer()
@@ -193,9 +193,12 @@ class RoundController(ModelController):
                 return
             self.track_best(results, round_number)
             self.aggregate(results)
+            answered = len(results)
+            # the clients' arrays are in the models now: released here, not held through the next round
+            results, self._results = None, {}
             self.save_models("last", self.models)
             self.save_state(round_number)
-            self.info(f"round {round_number + 1}/{self.num_rounds} finished with {len(results)} clients")
+            self.info(f"round {round_number + 1}/{self.num_rounds} finished with {answered} clients")
             self.server_evaluate(round_number + 1)
             if self.settings.memory_gc_rounds and (round_number + 1) % self.settings.memory_gc_rounds == 0:
                 cleanup_memory()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Dict
+from functools import partial
+from typing import Dict, Literal
 
+import torch
 from pydantic import Field
 
 from nvflare.app_common.abstract.fl_model import FLModel
@@ -13,8 +15,9 @@ from medfl.common.controller import CONFIG_FED_SERVER, SERVER_SITE, RoundControl
 from medfl.common.io import atomic_write_json
 from medfl.common.networks import build_network
 from medfl.common.params import SEP, Params, bundle, unbundle, weighted_mean
+from medfl.common.protocol import NUM_TRAIN_STEPS
 from medfl.common.settings import ConfigError, NetworkSpec
-from medfl.common.validation import ArraySpec, ResultSpec, array_specs
+from medfl.common.validation import ArraySpec, ResultSpec, array_specs, check_sample_count
 
 from . import networks  # noqa: F401  (registers the selector networks)
 from .moments import moment_specs
@@ -34,6 +37,9 @@ class FedSMSettings(ServerSettings):
     network: NetworkSpec = Field(description="the segmentation network (global and personalised models)")
     selector_network: NetworkSpec = Field(description="the selector network; its num_classes = number of sites")
     soft_pull_lambda: float = Field(0.7, ge=0, le=1, description="SoftPull's lambda: the weight a site keeps")
+    weighting: Literal["steps", "samples", "equal"] = Field("steps", description=(
+        "weights of the global model's, the selector's and its moments' averages: local steps of the round "
+        "(the original's NUM_STEPS_CURRENT_ROUND = len(train_loader)), training samples, or equal"))
     site_labels: Dict[str, int] = Field(default_factory=dict, description=(
         "{client: selector class}; empty: the connected clients in name order get 0, 1, ..."))
 
@@ -41,9 +47,11 @@ class FedSMSettings(ServerSettings):
 class FedSMController(RoundController):
     """FedSM (Xu et al., CVPR 2022) workflow; every client gets {global, its personalised model, selector}.
 
-    Per round: global and selector <- sample-weighted FedAvg of the clients' updates (the selector's Adam
-    moments too, when the clients' moment filters send them); personalised models <- :func:`soft_pull`
-    with ``soft_pull_lambda``. The best version of every model is tracked on its validation metric.
+    Per round: global and selector <- FedAvg of the clients' updates weighted by ``weighting`` (the original: the
+    local steps, ``len(train_loader)``), the selector's Adam moments ``exp_avg`` / ``exp_avg_sq`` with the same
+    weights when the clients' moment filters send them; personalised models <- :func:`soft_pull` with
+    ``soft_pull_lambda``. The best version of every model is tracked on its validation metric. The selector (and
+    its moments) is held once: the previous version is released before the new one is averaged.
     Settings: :class:`FedSMSettings`; the site labels must cover every client and number as many as the
     selector's classes (checked before round 0).
     """
@@ -68,9 +76,10 @@ class FedSMController(RoundController):
                               f"labels 0 .. num_classes - 1 of selector_network ({num_classes})",
                               path=CONFIG_FED_SERVER, site=SERVER_SITE)
         atomic_write_json(self.site_labels, os.path.join(self.get_app_dir(), SITE_LABELS_FILE))
-        # the selector's trained parameters (their Adam moments come back); built before the seeded initial models
+        # the selector's trained parameters (their Adam moments come back), from a weightless copy of it
         selector = self.settings.selector_network
-        trained = {name for name, _ in build_network(selector.name, **selector.args).named_parameters()}
+        with torch.device("meta"):
+            trained = {name for name, _ in build_network(selector.name, **selector.args).named_parameters()}
         segmentation = self.build_initial_params()
         models = {"global": segmentation, "selector": self.build_initial_params(self.settings.selector_network)}
         self.selector_parameters = {k: v for k, v in array_specs(models["selector"]).items() if k in trained}
@@ -88,14 +97,16 @@ class FedSMController(RoundController):
         return {SITE_LABEL: self.site_labels[client]}
 
     def expected_result(self, client: str, task: str, sent: FLModel) -> ResultSpec:
-        """The bundle as sent, without the moments sent, plus every selector moment or none (the client's moment
-        filters may be off)."""
+        """The bundle as sent, without the moments sent, plus every selector moment (``exp_avg`` and ``exp_avg_sq``
+        of each trained parameter) or none (the client's moment filters may be off), and the count of local steps
+        the averages are weighted by."""
         spec = super().expected_result(client, task, sent)
         if task == self.settings.train_task:
             prefix = f"{MOMENTS_NAME}{SEP}"
             spec.params = {k: v for k, v in spec.params.items() if not k.startswith(prefix)}
             moments = bundle({MOMENTS_NAME: moment_specs(self.selector_parameters)})
             spec.optional_groups = {"selector Adam moments": moments}
+            spec.meta[NUM_TRAIN_STEPS] = partial(check_sample_count, maximum=self.settings.max_client_samples)
         return spec
 
     def model_for_metric(self, client: str, key: str) -> str:
@@ -103,8 +114,10 @@ class FedSMController(RoundController):
 
     def aggregate(self, results: Dict[str, FLModel]) -> None:
         updates = {client: unbundle(r.params) for client, r in results.items()}
-        weights = client_weights(results, "samples")
+        weights = client_weights(results, self.settings.weighting)
         self.models["global"] = weighted_mean([u["global"] for u in updates.values()], weights)
+        # the clients sent full selectors and moments: the previous ones are not needed to average the new
+        self.models["selector"], self.selector_moments = {}, {}
         self.models["selector"] = weighted_mean([u["selector"] for u in updates.values()], weights)
         with_moments = [u[MOMENTS_NAME] for u in updates.values() if MOMENTS_NAME in u]
         if len(with_moments) == len(updates):

@@ -9,14 +9,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import DataLoader
 
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
-from medfl.common.params import Params, bundle, load_numpy, to_numpy, unbundle
+from medfl.common.params import Params, adopt_numpy, bundle, release_tensors, tensor_layout, to_numpy, unbundle
 from medfl.common.settings import NetworkSpec, OptimizerSpec
-from medfl.common.train import build_optimizer, to_device, train_epoch
+from medfl.common.train import Batch, build_optimizer, to_device, train_epoch
 from medfl.federations.prostate2d.client import ProstateSegmentationExecutor, ProstateSettings
 
 from . import networks  # noqa: F401  (registers the selector networks)
@@ -35,11 +36,22 @@ class SiteLabelLoss(torch.nn.Module):
         return F.cross_entropy(logits, torch.full((logits.shape[0],), self.label, device=logits.device))
 
 
+def accumulate_gradient(model: torch.nn.Module, batch: Batch, loss_fn, optimizer) -> torch.Tensor:
+    """A step of :func:`~medfl.common.train.train_epoch` that only adds this batch's gradient (forward, backward,
+    no optimizer step): the selector's full-batch epoch."""
+    loss = loss_fn(model(batch["image"]), batch["label"])
+    loss.backward()
+    return loss.detach()
+
+
 class FedSMSettings(ProstateSettings):
     """FedSM client's ``config_train.json``: the prostate client's keys and the selector's."""
 
-    selector_network: NetworkSpec = Field(description="the selector (image -> site) network")
-    selector_optimizer: OptimizerSpec = Field(description="the selector's optimizer")
+    selector_network: NetworkSpec = Field(description=(
+        "the selector (image -> site) network: vgg11 (the original's VGG-11 without batch norm) or selector_cnn"))
+    selector_optimizer: OptimizerSpec = Field(description="the selector's optimizer (the original: Adam, lr 1e-3)")
+    selector_epochs: int = Field(1, ge=1, description=(
+        "selector epochs per round, each ONE optimizer step on the gradient summed over the epoch (the original: 1)"))
 
 
 class FedSMExecutor(ProstateSegmentationExecutor):
@@ -47,7 +59,15 @@ class FedSMExecutor(ProstateSegmentationExecutor):
 
     The server sends the bundle {global, this client's personalised model, selector} and this client's site
     label. Validation reports Dice of the received global and personalised models and the selector's accuracy
-    at recognising this site. Settings: :class:`FedSMSettings`.
+    at recognising this site. Each round trains the global model, then the personalised one (an Adam step per
+    batch each), then the selector in the original's full-batch manner (``pt_fedsm.py local_train_select``): the
+    gradients of every batch of an epoch are summed and the optimizer steps once per epoch, so with one selector
+    epoch Adam's step count grows by exactly one a round. Settings: :class:`FedSMSettings`.
+
+    The selector (VGG-11: 129 M parameters) is held once: its weights travel back as views of the model, not
+    copies; once the result is sent they are released (the next task brings the server's), and the received
+    weights become the model's storage without a copy; the received moments are copied into the optimizer's
+    state and released, and the gradients are freed after each step.
     """
 
     Settings = FedSMSettings
@@ -57,8 +77,14 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         super().setup(fl_ctx)
         network = self.settings.selector_network
         self.selector = build_network(network.name, **network.args).to(self.device)
+        self.selector_layout = tensor_layout(self.selector)
         self.selector_optimizer = build_optimizer(self.selector.parameters(), self.settings.selector_optimizer)
         self.site_label = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == EventType.AFTER_SEND_TASK_RESULT and self.settings is not None and not self._setup_error:
+            release_tensors(self.selector)  # sent; every task starts by loading the server's selector
 
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
         if SITE_LABEL not in self.task_meta:
@@ -68,11 +94,17 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         received = unbundle(params)
         if "selector" not in received:
             raise DataError("the server sent no selector parameters", site=self.site)
-        load_numpy(self.selector, received["selector"])
+        try:
+            adopt_numpy(self.selector, received["selector"], self.selector_layout)
+        except KeyError as e:
+            raise DataError(f"the selector the server sent does not fit selector_network: {e}", site=self.site) from None
         moments = fl_ctx.get_prop(SYNCED_MOMENTS_PROP)
         if moments:
             n = load_adam_moments(self.selector, self.selector_optimizer, moments)
             self.log_info(fl_ctx, f"loaded synced Adam moments for {n} selector parameters")
+            fl_ctx.remove_prop(SYNCED_MOMENTS_PROP)
+        del received, moments
+        params.clear()  # every array is in the models now: release the received ones (1.5 GB with VGG-11)
         fl_ctx.set_prop(SELECTOR_STATE_PROP, (self.selector, self.selector_optimizer), private=True, sticky=False)
 
     @torch.no_grad()
@@ -91,16 +123,27 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         metrics["selector"] = self.selector_accuracy(self.val_loader)
         return metrics
 
+    def train_selector_epoch(self, abort_signal: Signal) -> float:
+        """One full-batch epoch: the site-label loss's gradients of every batch summed, then one optimizer step;
+        return the mean loss."""
+        self.selector_optimizer.zero_grad(set_to_none=True)
+        loss = train_epoch(self.selector, self.train_loader, SiteLabelLoss(self.site_label), self.selector_optimizer,
+                           self.device, step=accumulate_gradient, abort_signal=abort_signal)
+        self.selector_optimizer.step()
+        self.selector_optimizer.zero_grad(set_to_none=True)  # frees the gradients (0.5 GB with VGG-11)
+        return loss
+
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         super().train_round(abort_signal, fl_ctx)
-        epochs = self.settings.local_epochs
-        loss_fn = SiteLabelLoss(self.site_label)
+        epochs = self.settings.selector_epochs
         for epoch in range(epochs):
-            loss = train_epoch(self.selector, self.train_loader, loss_fn, self.selector_optimizer, self.device,
-                               abort_signal=abort_signal)
+            loss = self.train_selector_epoch(abort_signal)
             self.log_metrics({"selector": loss}, "train_loss", self.current_round * epochs + epoch)
+            self.log_info(fl_ctx, f"round {self.current_round} selector epoch {epoch + 1}/{epochs} (one step): "
+                                  f"loss {loss:.4f}")
 
     def export_params(self, fl_ctx: FLContext) -> Params:
         params = super().export_params(fl_ctx)
-        params.update(bundle({"selector": to_numpy(self.selector.state_dict())}))
+        # views, not copies: the server has them before the selector trains again
+        params.update(bundle({"selector": to_numpy(self.selector.state_dict(), copy=False)}))
         return params

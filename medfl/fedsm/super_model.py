@@ -13,12 +13,11 @@ GLOBAL = -1
 
 @torch.no_grad()
 def route(selector_logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per image ``(B,)``: the selected site label when its softmax probability is ``>= threshold``, else
-    :data:`GLOBAL`. A threshold of 1 or more always selects the global model."""
-    if threshold >= 1.0:
-        return torch.full((selector_logits.shape[0],), GLOBAL, dtype=torch.long, device=selector_logits.device)
+    """Per image ``(B,)``: the selected site label when its softmax probability is strictly greater than
+    ``threshold`` (the original's ``max_score > select_threshold``), else :data:`GLOBAL`. A threshold of 1 or more
+    always selects the global model."""
     prob, label = torch.softmax(selector_logits, dim=1).max(dim=1)
-    return torch.where(prob >= threshold, label, torch.full_like(label, GLOBAL))
+    return torch.where(prob > threshold, label, torch.full_like(label, GLOBAL))
 
 
 @torch.no_grad()
@@ -30,7 +29,7 @@ def super_model_predict(
     threshold: float = 0.9,
 ) -> torch.Tensor:
     """Binary masks ``(B,1,H,W)`` for images ``(B,C,H,W)``: each image is segmented by the personalised model
-    of the site the selector picks (``personal_models[label]``) or, below ``threshold``, by the global model."""
+    of the site the selector picks (``personal_models[label]``) or, at or below ``threshold``, by the global model."""
     routes = route(selector(image), threshold)
     masks = torch.empty((image.shape[0], 1, *image.shape[2:]), device=image.device)
     for label in routes.unique().tolist():

@@ -1,9 +1,21 @@
 """Prepare 3D prostate T2 MRI volumes as 2D axial slices and per-client datalists (FedSM / prostate layout).
 
-Each site's volumes are paired with their masks **by case id**, normalised per volume (intensity clipped to
-the given percentiles, scaled to [0, 1]), optionally resized in-plane, and cut into axial slices (by default
-only slices whose mask contains prostate). Cases are split into training / validation / testing (by case,
-never by slice). Output::
+By default this is the original's preparation (NVFlare ``research/prostate/data_preparation``,
+``utils/preprocess_3d_to_2d.py`` and ``utils/prepare_data_split.py``; ALGORITHMS.md §6.1):
+
+* intensity (``--intensity fixed``): every voxel divided by ``--max_intensity`` 2048, values above 1 set to 1, then
+  x255 and truncated to 8 bits (the original's PIL ``"L"`` conversion). ``--intensity percentile`` instead clips
+  each volume to its ``--percentiles`` (1st-99th) and scales that range to 0..255;
+* only slices whose mask holds prostate are kept (``--all_slices`` keeps every slice);
+* slices keep the volume's in-plane size (the clients resize them: ``image_size`` of the prostate client);
+  ``--size N`` resizes them here instead (bilinear image, nearest mask);
+* the split is by case, per site: the sorted case ids, shuffled by ``numpy.random.seed(seed); shuffle(arange(n))``
+  (numpy's legacy generator, seed 0 as the original); training = the first ``round(n * 0.5)`` cases, validation the
+  next ``round(n * 0.25)``, testing the rest (:func:`split_cases`; 39 cases give 20 / 10 / 9).
+
+Stored format: 8-bit values as the original's PNG files, kept in uint8 NIfTI files (image 0..255, mask 0/1), so
+the loaders, their checks and the other jobs on these slices stay as they are. The original also transposes and
+flips each slice for viewing; the slices here keep the volume's array orientation (the same for every site). Output::
 
     <output_dir>/dataset_2D/<site>/<case>/image_<z>.nii.gz, label_<z>.nii.gz
     <output_dir>/datalist_2D/client_<site>.json     {"training": [...], "validation": [...], "testing": [...]}
@@ -119,10 +131,27 @@ def check_input(input_dir: Path, source: str, sites: Sequence[str]) -> Dict[str,
     return cases
 
 
+MAX_INTENSITY = 2048.0  # the original's divisor (preprocess_3d_to_2d.py): image / 2048, values above 1 set to 1
+LEVELS = 255  # 8-bit slices, as the original's PNG files
+INTENSITY_RULES = ("fixed", "percentile")
+SPLIT_FRACTIONS = (0.5, 0.25, 0.25)  # prepare_data_split.py's defaults
+
+
 def normalize_intensity(volume: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
     """Clip to the ``lower``/``upper`` percentiles and scale to [0, 1]."""
     lo, hi = np.percentile(volume, [lower, upper])
     return ((np.clip(volume, lo, hi) - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+
+
+def fixed_intensity(volume: np.ndarray, max_intensity: float = MAX_INTENSITY) -> np.ndarray:
+    """The original's rule: ``volume / max_intensity``, values above 1 set to 1 (and below 0 to 0, as its 8-bit
+    conversion does)."""
+    return np.clip(volume / max_intensity, 0.0, 1.0).astype(np.float32)
+
+
+def to_8bit(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] -> 0..255 uint8, truncated as the original's PIL ``Image.fromarray(x * 255).convert("L")``."""
+    return np.floor(np.clip(unit, 0.0, 1.0) * LEVELS).astype(np.uint8)
 
 
 def resize_slices(volume: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -132,33 +161,50 @@ def resize_slices(volume: np.ndarray, size: int, mode: str) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[:, 0].numpy().transpose(1, 2, 0)
 
 
-def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> Dict[str, List[str]]:
-    """Shuffle case ids with ``seed`` and cut them into training / validation / testing by ``fractions``.
+def split_cases(cases: Sequence[str], fractions: Sequence[float] = SPLIT_FRACTIONS, seed: int = 0) -> Dict[str, List[str]]:
+    """The original's case-level split (``prepare_data_split.py --mode folder``): the sorted ``cases`` in the order of
+    ``numpy.random.seed(seed); numpy.random.shuffle(numpy.arange(n))``; training = the first
+    ``round(n * fractions[0])``, validation = the next ``round(n * fractions[1])``, testing = the rest.
 
-    Each split gets at least one case when there are at least three cases.
+    Python's ``round`` (half to even) as the original: 39 cases give 20 / 10 / 9. Small sites may get an empty
+    validation or testing split (3 cases: 2 / 1 / 0), as in the original.
     """
-    order = list(np.random.default_rng(seed).permutation(sorted(cases)))
-    n = len(order)
-    n_val = max(int(round(fractions[1] * n)), 1 if n >= 3 else 0)
-    n_test = max(int(round(fractions[2] * n)), 1 if n >= 3 else 0)
-    n_train = n - n_val - n_test
-    return {"training": order[:n_train], "validation": order[n_train:n_train + n_val], "testing": order[n_train + n_val:]}
+    ordered = sorted(cases)
+    order = np.arange(len(ordered))
+    np.random.RandomState(seed).shuffle(order)  # the legacy generator np.random.seed(seed) sets up
+    n = len(ordered)
+    train_end = round(n * fractions[0])
+    val_end = train_end + round(n * fractions[1])
+    shuffled = [ordered[i] for i in order]
+    return {"training": shuffled[:train_end], "validation": shuffled[train_end:val_end], "testing": shuffled[val_end:]}
 
 
 def write_slice(array: np.ndarray, path: Path) -> None:
-    """Write one slice (into a staged site folder, so a plain write)."""
-    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(path))
+    """Write one 8-bit slice (into a staged site folder, so a plain write)."""
+    nib.save(nib.Nifti1Image(array.astype(np.uint8), np.eye(4)), str(path))
+
+
+def scale_intensity(volume: np.ndarray, rule: str, max_intensity: float, percentiles: Tuple[float, float]) -> np.ndarray:
+    """The volume on [0, 1] by ``rule``: ``fixed`` (:func:`fixed_intensity`) or ``percentile``
+    (:func:`normalize_intensity`)."""
+    if rule == "fixed":
+        return fixed_intensity(volume, max_intensity)
+    if rule == "percentile":
+        return normalize_intensity(volume, *percentiles)
+    raise ValueError(f"intensity rule must be one of {INTENSITY_RULES}, got {rule!r}")
 
 
 def prepare_site(cases: Sequence[Tuple[str, Path, Path]], site: str, site_folder: Path, size: int, all_slices: bool,
-                 percentiles: Tuple[float, float]) -> Dict[str, List[Dict[str, str]]]:
+                 intensity: str = "fixed", max_intensity: float = MAX_INTENSITY,
+                 percentiles: Tuple[float, float] = (1.0, 99.0)) -> Dict[str, List[Dict[str, str]]]:
     """Slice every case of one site into ``site_folder``; return ``{case_id: [datalist items]}``."""
     items: Dict[str, List[Dict[str, str]]] = {}
     for case, image_path, mask_path in cases:
         image, mask = load_case(image_path, mask_path, site)
-        image = normalize_intensity(image, *percentiles)
+        image = scale_intensity(image, intensity, max_intensity, percentiles)
         if size:
             image, mask = resize_slices(image, size, "bilinear"), resize_slices(mask, size, "nearest")
+        image = to_8bit(image)
         keep = [z for z in range(image.shape[2]) if all_slices or mask[:, :, z].any()]
         items[case] = []
         (site_folder / case).mkdir()
@@ -171,12 +217,17 @@ def prepare_site(cases: Sequence[Tuple[str, Path, Path]], site: str, site_folder
     return items
 
 
-def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str] = (), size: int = 256,
-            all_slices: bool = False, fractions: Sequence[float] = (0.5, 0.25, 0.25), seed: int = 0,
+def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str] = (), size: int = 0,
+            all_slices: bool = False, fractions: Sequence[float] = SPLIT_FRACTIONS, seed: int = 0,
+            intensity: str = "fixed", max_intensity: float = MAX_INTENSITY,
             percentiles: Tuple[float, float] = (1.0, 99.0)) -> Dict[str, Dict[str, int]]:
     """Check the whole input, prepare every site, write datalists; return ``{site: {split: slice count}}``."""
     if abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    if intensity not in INTENSITY_RULES:
+        raise ValueError(f"intensity rule must be one of {INTENSITY_RULES}, got {intensity!r}")
+    if max_intensity <= 0:
+        raise ValueError(f"max_intensity must be positive, got {max_intensity}")
     cases_of_site = check_input(input_dir, source, sites)
     datalist_dir = output_dir / "datalist_2D"
     summary, datalists = {}, {}
@@ -184,7 +235,7 @@ def prepare(input_dir: Path, output_dir: Path, source: str, sites: Sequence[str]
         for site, site_cases in cases_of_site.items():
             print(f"preparing {site}: {len(site_cases)} cases", flush=True)
             site_folder = staged.folder(output_dir / "dataset_2D" / site)
-            items = prepare_site(site_cases, site, site_folder, size, all_slices, percentiles)
+            items = prepare_site(site_cases, site, site_folder, size, all_slices, intensity, max_intensity, percentiles)
             splits = split_cases(list(items), fractions, seed)
             datalist = {split: [item for case in cases for item in items[case]] for split, cases in splits.items()}
             datalists[f"client_{site}.json"] = datalist
@@ -234,15 +285,19 @@ def main(argv=None) -> None:
     parser.add_argument("--source", choices=("saml", "msd", "image_mask"), default="saml")
     parser.add_argument("--sites", nargs="*", default=(), help="site sub-folders to prepare, as FOLDER or "
                         "FOLDER:NAME to rename (default: all; for --source msd the input folder itself is site MSD)")
-    parser.add_argument("--size", type=int, default=256, help="in-plane size after resizing; 0 keeps the size")
+    parser.add_argument("--size", type=int, default=0, help="resize slices here to SIZE x SIZE; 0 (default, as "
+                        "the original) keeps the volume's in-plane size and the clients resize (image_size)")
     parser.add_argument("--all_slices", action="store_true", help="keep slices without prostate too")
-    parser.add_argument("--split", type=float, nargs=3, default=(0.5, 0.25, 0.25), metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", type=float, nargs=3, default=SPLIT_FRACTIONS, metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the case shuffle (numpy's legacy generator)")
+    parser.add_argument("--intensity", choices=INTENSITY_RULES, default="fixed", help="fixed (default, the "
+                        "original): divide by --max_intensity and clip at 1; percentile: per-volume --percentiles")
+    parser.add_argument("--max_intensity", type=float, default=MAX_INTENSITY)
     parser.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"))
     args = parser.parse_args(argv)
     try:
         summary = prepare(args.input_dir, args.output_dir, args.source, args.sites, args.size, args.all_slices,
-                          args.split, args.seed, tuple(args.percentiles))
+                          args.split, args.seed, args.intensity, args.max_intensity, tuple(args.percentiles))
     except (DataError, OSError) as e:  # bad input, or a full disk: one line, the previous output kept
         sys.exit(f"error: {e}")
     for site, counts in summary.items():
