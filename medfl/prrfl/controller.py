@@ -108,7 +108,8 @@ class PFAController(RoundController):
         """The submit task carries nothing; its reply is one whole personalised model of the job's network."""
         if task != self.settings.submit_task:
             return super().task_for(task, client, round_number)
-        return FLModel(params={}, current_round=round_number), ResultSpec(params=bundle({PERSONAL: self.personal_specs}))
+        expected = ResultSpec(params=bundle({PERSONAL: self.personal_specs}))
+        return FLModel(params={}, current_round=round_number), expected
 
     def cross_site_models(self) -> Dict[str, Params]:
         """Every client's personalised model, asked for on the submit task (``personal_<client>``)."""
