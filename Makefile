@@ -22,7 +22,7 @@ $(BIN)/nvflare: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,tracking]"
 	touch $@
 
 # the demo data, and the site policy of the simulator's default workspace (./simulator_workspace), so that the

@@ -65,6 +65,9 @@ class ClassificationExecutor(RoundExecutor):
         self.val_metric = self.settings.val_metric
         self.loss_fn = self.build_loss()
 
+    def score_name(self) -> str:
+        return self.settings.val_metric
+
     def num_samples(self, split: str) -> int:
         return len(self.datasets[split])
 

@@ -23,7 +23,7 @@ import os
 import threading
 from abc import abstractmethod
 from functools import partial
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -33,15 +33,30 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 from nvflare.fuel.utils.memory_utils import cleanup_memory
 
+from .cross_site import write_cross_site
 from .errors import DataError
 from .io import atomic_torch_save
 from .networks import build_network
-from .params import Params, to_numpy
-from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
+from .params import Params, bundle, to_numpy
+from .protocol import (
+    CROSS_SITE_METRIC,
+    CROSS_SITE_SPLIT,
+    NUM_EVAL_SAMPLES,
+    NUM_TRAIN_SAMPLES,
+    NUM_TRAIN_STEPS,
+    NUM_VAL_SAMPLES,
+)
 from .resume import read_server_state
 from .runtime import freeze_setup_objects, seed_everything
 from .settings import ConfigError, NetworkSpec, Settings
-from .validation import DEFAULT_MAX_CLIENT_SAMPLES, ResultSpec, array_specs, check_result, check_sample_count
+from .validation import (
+    DEFAULT_MAX_CLIENT_SAMPLES,
+    METRIC_RANGES,
+    ResultSpec,
+    array_specs,
+    check_result,
+    check_sample_count,
+)
 
 STATE_FILE = "server_state.pt"
 CONFIG_FED_SERVER = "config_fed_server.json"
@@ -81,6 +96,12 @@ class ServerSettings(Settings):
     network: Optional[NetworkSpec] = Field(None, description="the network of the initial global model")
     max_client_samples: int = Field(DEFAULT_MAX_CLIENT_SAMPLES, ge=1, description=(
         "the most samples a client may report (training or validation); a result claiming more is rejected"))
+    cross_site_evaluation: bool = Field(False, description=(
+        "at the end, score every final model on every site's cross_site_split and write the matrix "
+        "cross_site.{json,csv,md,png} into the server's app folder"))
+    cross_site_task: str = Field("cross_evaluate", description="task name of the cross-site evaluation")
+    cross_site_split: Literal["testing", "validation"] = Field("testing", description=(
+        "the split every site scores the final models on"))
 
 
 class RoundController(ModelController):
@@ -101,10 +122,24 @@ class RoundController(ModelController):
         self._round = 0
         self._result_arrived = threading.Event()
         self._writer = None
+        self._cross_site_models: Dict[str, Params] = {}
 
     @property
     def num_rounds(self) -> int:
         return self.settings.num_rounds
+
+    def add_to_fed_job(self, job, ctx, **kwargs) -> None:
+        """NVFlare's job API (``FedJob.to_server(controller, id=...)``): write this workflow into
+        ``config_fed_server.json`` with the settings it was given, defaults left out.
+
+        FedJob writes a component's arguments from its constructor's named parameters; a workflow takes its typed
+        settings as keywords (``**settings``), which FedJob cannot see, so the workflow writes its own entry. One
+        medfl workflow per server app.
+        """
+        job.check_kwargs(args_to_check=kwargs, args_expected={})
+        path = f"{type(self).__module__}.{type(self).__name__}"
+        args = self.settings.model_dump(mode="json", exclude_unset=True)
+        job.to({"workflows": [{"id": ctx.comp_id or "workflow", "path": path, "args": args}]}, ctx.target)
 
     # ------------------------------------------------------------------ what a method provides
     @abstractmethod
@@ -207,6 +242,8 @@ class RoundController(ModelController):
             if results is not None:
                 self.track_best(results, self.num_rounds)
         self.info("best validation scores: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.best_scores.items())))
+        if self.settings.cross_site_evaluation:
+            self.evaluate_cross_site()
 
     def scatter_and_gather(self, task: str, clients: List[str], round_number: int) -> Optional[Dict[str, FLModel]]:
         """Send every client its own payload in parallel and wait for all results.
@@ -225,9 +262,7 @@ class RoundController(ModelController):
             self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
         targets = [c for c in clients if c not in disconnected]
         for client in targets:
-            payload = FLModel(params=self.payload_for(client), current_round=round_number,
-                              total_rounds=self.num_rounds, meta=self.payload_meta(client))
-            self._expected[client] = self.expected_result(client, task, payload)
+            payload, self._expected[client] = self.task_for(task, client, round_number)
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.settings.task_timeout,
                             callback=self._collect)
         # Done when every target has answered or no task stands (NVFlare ended the others: timeout, error reply,
@@ -248,6 +283,18 @@ class RoundController(ModelController):
             self.warning(f"round {round_number}: continuing with {len(self._results)} of {len(clients)} clients "
                          f"(min_clients={self.settings.min_clients}); {self._missing_clients(clients)}")
         return {client: self._results[client] for client in sorted(self._results)}
+
+    def task_for(self, task: str, client: str, round_number: int) -> Tuple[FLModel, ResultSpec]:
+        """What ``client`` is sent for ``task`` and what it must send back: :meth:`payload_for` with
+        :meth:`payload_meta` and :meth:`expected_result`, or, for the cross-site task, the final models."""
+        if task == self.settings.cross_site_task:
+            meta = {CROSS_SITE_SPLIT: self.settings.cross_site_split, **self.cross_site_meta()}
+            payload = FLModel(params=bundle(self._cross_site_models), current_round=round_number,
+                              total_rounds=self.num_rounds, meta=meta)
+            return payload, self.cross_site_result(sorted(self._cross_site_models))
+        payload = FLModel(params=self.payload_for(client), current_round=round_number, total_rounds=self.num_rounds,
+                          meta=self.payload_meta(client))
+        return payload, self.expected_result(client, task, payload)
 
     def _missing_clients(self, clients: List[str]) -> str:
         """Which of ``clients`` sent no result, which of those NVFlare deems disconnected (dead job), and which
@@ -271,6 +318,57 @@ class RoundController(ModelController):
             self._results[client] = result
         self._result_arrived.set()
         return problem is None
+
+    # ------------------------------------------------------------------ cross-site evaluation
+    def cross_site_models(self) -> Dict[str, Params]:
+        """The final models every site scores, by row name, each as the payload its clients load for training
+        (default: ``global`` as FedAvg sends it). A method with more models (FedSM's personalised models and super
+        model) adds them; one whose models live on the clients (PRR-FL) asks for them here."""
+        return {"global": bundle({"global": self.models["global"]})} if "global" in self.models else {}
+
+    def cross_site_meta(self) -> dict:
+        """Extra information sent with the final models (e.g. FedSM's selection threshold)."""
+        return {}
+
+    def cross_site_result(self, models: List[str]) -> ResultSpec:
+        """A site's reply to the cross-site task: no arrays, the number of samples it scored, its metric's name, and
+        exactly one score ``<model>_<metric>`` per model, in the metric's range (:mod:`medfl.common.validation`)."""
+
+        def known_metric(name) -> Optional[str]:
+            return None if name in METRIC_RANGES else f"is {name!r}, not one of {sorted(METRIC_RANGES)}"
+
+        def one_score_per_model(result: FLModel) -> Optional[str]:
+            metric = result.meta[CROSS_SITE_METRIC]
+            expected, sent = {f"{m}_{metric}" for m in models}, set(result.metrics or {})
+            if sent != expected:
+                return f"scores {sorted(sent)} sent, but {sorted(expected)} expected"
+            return None
+
+        sample_count = partial(check_sample_count, maximum=self.settings.max_client_samples)
+        return ResultSpec(meta={NUM_EVAL_SAMPLES: sample_count, CROSS_SITE_METRIC: known_metric},
+                          checks=[one_score_per_model])
+
+    def evaluate_cross_site(self) -> None:
+        """Send every site all of :meth:`cross_site_models` on the cross-site task and write the matrix of their
+        scores (``cross_site.*``, :func:`~medfl.common.cross_site.write_cross_site`) into the app folder."""
+        self._cross_site_models = self.cross_site_models()
+        if not self._cross_site_models:
+            self.warning("cross-site evaluation: this workflow has no final model to evaluate")
+            return
+        clients = sorted(c.name for c in self.engine.get_clients())
+        results = self.scatter_and_gather(self.settings.cross_site_task, clients, self.num_rounds)
+        if results is None:
+            return
+        metrics = {result.meta[CROSS_SITE_METRIC] for result in results.values()}
+        if len(metrics) != 1:
+            self.panic(f"cross-site evaluation: the sites scored with different metrics {sorted(metrics)}")
+            return
+        metric = metrics.pop()
+        matrix = {model: {client: float(result.metrics[f"{model}_{metric}"]) for client, result in results.items()}
+                  for model in self._cross_site_models}
+        paths = write_cross_site(matrix, metric, self.get_app_dir())
+        self.info(f"cross-site {metric} of {len(matrix)} models on {len(results)} sites written to "
+                  + ", ".join(str(p) for p in paths))
 
     # ------------------------------------------------------------------ best models, checkpoints, metrics
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:

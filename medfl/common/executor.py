@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, Optional, Type
+from typing import Any, Dict, Iterator, List, Optional, Type
 
 import numpy as np
 import torch
@@ -34,8 +34,15 @@ from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
 from .errors import DataError
-from .params import Params
-from .protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
+from .params import Params, unbundle
+from .protocol import (
+    CROSS_SITE_METRIC,
+    CROSS_SITE_SPLIT,
+    NUM_EVAL_SAMPLES,
+    NUM_TRAIN_SAMPLES,
+    NUM_TRAIN_STEPS,
+    NUM_VAL_SAMPLES,
+)
 from .runtime import freeze_setup_objects, seed_everything, select_device
 from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
@@ -89,7 +96,7 @@ class RoundExecutor(Executor):
         config_train_filename: the job's per-site training configuration, in the app's config folder.
         analytic_sender_id: id of an NVFlare ``TBWriter`` component; metrics are streamed to the server's
             TensorBoard through it. Empty to disable.
-        train_task / validate_task: task names sent by the server's controller.
+        train_task / validate_task / cross_site_task: task names sent by the server's controller.
         memory_gc: after each task, release freed memory to the OS (NVFlare's ``cleanup_memory``).
     """
 
@@ -101,6 +108,7 @@ class RoundExecutor(Executor):
         analytic_sender_id: str = "analytic_sender",
         train_task: str = "train",
         validate_task: str = "validate",
+        cross_site_task: str = "cross_evaluate",
         memory_gc: bool = True,
     ):
         super().__init__()
@@ -109,6 +117,7 @@ class RoundExecutor(Executor):
         self.analytic_sender_id = analytic_sender_id
         self.train_task = train_task
         self.validate_task = validate_task
+        self.cross_site_task = cross_site_task
         self.site: str = ""
         self.settings: Optional[ClientSettings] = None
         self.device = torch.device("cpu")
@@ -116,6 +125,7 @@ class RoundExecutor(Executor):
         self.writer = None
         self.current_round = 0
         self.task_meta: Dict[str, Any] = {}
+        self.datasets: Dict[str, Dataset] = {}
         self._setup_error: Optional[str] = None
 
     # ------------------------------------------------------------------ hooks for each method
@@ -142,6 +152,38 @@ class RoundExecutor(Executor):
     @abstractmethod
     def num_samples(self, split: str) -> int:
         """Number of samples of a split (weights for the server's averages)."""
+
+    def build_split(self, split: str) -> Dataset:
+        """The dataset of a split that setup did not build (the cross-site evaluation's ``testing``)."""
+        raise DataError(f"this client has no '{split}' split (set the server's cross_site_split to one it has)",
+                        site=self.site)
+
+    def dataset(self, split: str) -> Dataset:
+        """``self.datasets[split]``, built with :meth:`build_split` on first use."""
+        if split not in self.datasets:
+            self.datasets[split] = self.build_split(split)
+        return self.datasets[split]
+
+    def score_name(self) -> str:
+        """The name of the score :meth:`evaluate` reports as ``global`` (``dice``, ``macro_f1`` ...; a name of
+        :data:`~medfl.common.validation.METRIC_RANGES`)."""
+        raise DataError(f"{type(self).__name__} does not name its score, so it cannot take part in the cross-site "
+                        "evaluation", site=self.site)
+
+    def cross_evaluate(self, models: Dict[str, Params], split: str, fl_ctx: FLContext) -> Dict[str, float]:
+        """``{model: score}`` of each final model on this site's ``split``. ``models`` are payloads as the train task
+        sends them (default: each is loaded with :meth:`load_payload` and scored as ``global`` by :meth:`evaluate`);
+        a method whose final models differ from its payload overrides this."""
+        self.dataset(split)
+        scores = {}
+        for name, payload in sorted(models.items()):
+            self.load_payload(payload, fl_ctx)
+            scores[name] = float(self.evaluate(split)["global"])
+        return scores
+
+    def task_names(self) -> List[str]:
+        """The tasks this executor runs (its ``tasks`` in ``config_fed_client.json``)."""
+        return [self.train_task, self.validate_task, self.cross_site_task]
 
     def num_train_steps(self) -> int:
         """Local optimizer steps of one model in a round: ``len(train_loader)`` per local epoch."""
@@ -193,8 +235,20 @@ class RoundExecutor(Executor):
             for name, value in metrics.items():
                 self.writer.add_scalar(f"{prefix}/{name}", float(value), global_step=step)
 
+    def cross_site_reply(self, received: FLModel, fl_ctx: FLContext) -> FLModel:
+        """The reply to the cross-site task: ``<model>_<metric>`` scores and how many samples gave them."""
+        split = (received.meta or {}).get(CROSS_SITE_SPLIT, "testing")
+        if split not in ("testing", "validation"):
+            raise DataError(f"the server asked for the cross-site scores on the split {split!r}", site=self.site)
+        metric = self.score_name()
+        scores = self.cross_evaluate(unbundle(received.params or {}), split, fl_ctx)
+        self.log_info(fl_ctx, f"cross-site {metric} on the {split} split: "
+                              + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        return FLModel(metrics={f"{model}_{metric}": score for model, score in scores.items()},
+                       meta={NUM_EVAL_SAMPLES: len(self.dataset(split)), CROSS_SITE_METRIC: metric})
+
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        if task_name not in (self.train_task, self.validate_task):
+        if task_name not in self.task_names():
             self.log_error(fl_ctx, f"unknown task {task_name!r}")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         if self._setup_error:
@@ -204,6 +258,8 @@ class RoundExecutor(Executor):
             received = FLModelUtils.from_shareable(shareable)
             self.current_round = received.current_round or 0
             self.task_meta = received.meta or {}
+            if task_name == self.cross_site_task:
+                return FLModelUtils.to_shareable(self.cross_site_reply(received, fl_ctx))
             self.load_payload(received.params, fl_ctx)
             metrics = self.evaluate("validation")
             self.log_metrics(metrics, "val", self.current_round)

@@ -3,3 +3,8 @@
 NUM_TRAIN_SAMPLES = "num_train_samples"  # training examples behind the update (FedAvg's n_k)
 NUM_TRAIN_STEPS = "num_train_steps"  # local optimizer steps of one model this round (NVFlare's NUM_STEPS_CURRENT_ROUND)
 NUM_VAL_SAMPLES = "num_val_samples"  # validation examples behind the reported metrics (best-model weights)
+
+# cross-site evaluation (RoundController.evaluate_cross_site): the task's meta and the reply's meta
+CROSS_SITE_SPLIT = "cross_site_split"  # the split every site evaluates the final models on ("testing")
+CROSS_SITE_METRIC = "cross_site_metric"  # the name of the score a site reports (its federation's metric)
+NUM_EVAL_SAMPLES = "num_eval_samples"  # examples behind a site's cross-site scores

@@ -51,6 +51,9 @@ class SegmentationExecutor(RoundExecutor):
     def build_model(self, name: str) -> torch.nn.Module:
         return build_network(self.settings.network.name, **self.settings.network.args)
 
+    def score_name(self) -> str:
+        return "dice"
+
     def num_samples(self, split: str) -> int:
         return len(self.datasets[split])
 

@@ -21,7 +21,7 @@ from medfl.common.validation import ArraySpec, ResultSpec, array_specs, check_sa
 
 from . import networks  # noqa: F401  (registers the selector networks)
 from .moments import moment_specs
-from .protocol import MOMENTS_NAME, SITE_LABEL
+from .protocol import GLOBAL, MOMENTS_NAME, PERSONAL_OF_LABEL, SELECT_THRESHOLD, SELECTOR, SITE_LABEL, SUPER_MODEL
 from .softpull import soft_pull
 
 SITE_LABELS_FILE = "site_labels.json"
@@ -42,6 +42,9 @@ class FedSMSettings(ServerSettings):
         "(the original's NUM_STEPS_CURRENT_ROUND = len(train_loader)), training samples, or equal"))
     site_labels: Dict[str, int] = Field(default_factory=dict, description=(
         "{client: selector class}; empty: the connected clients in name order get 0, 1, ..."))
+    select_threshold: float = Field(0.9, ge=0, le=1, description=(
+        "cross-site evaluation of the super model: an image goes to the personalised model of the site the "
+        "selector picks when its probability reaches this, else to the global model (1: the global model only)"))
 
 
 class FedSMController(RoundController):
@@ -126,6 +129,19 @@ class FedSMController(RoundController):
             self.warning(f"only {len(with_moments)}/{len(updates)} clients sent selector moments; not syncing them")
         pulled = soft_pull({client: u["personal"] for client, u in updates.items()}, self.settings.soft_pull_lambda)
         self.models.update({personal_name(client): params for client, params in pulled.items()})
+
+    def cross_site_models(self) -> Dict[str, Params]:
+        """The global model, every personalised model (each scored as a plain segmentation model) and the super
+        model: the selector with the global model and the personalised models by selector class."""
+        by_label = sorted(self.site_labels, key=self.site_labels.get)
+        models = {name: bundle({GLOBAL: self.models[name]}) for name in [GLOBAL, *map(personal_name, by_label)]}
+        parts = {GLOBAL: self.models[GLOBAL], SELECTOR: self.models[SELECTOR]}
+        parts.update({f"{PERSONAL_OF_LABEL}{self.site_labels[c]}": self.models[personal_name(c)] for c in by_label})
+        models[SUPER_MODEL] = bundle(parts)
+        return models
+
+    def cross_site_meta(self) -> dict:
+        return {SELECT_THRESHOLD: self.settings.select_threshold}
 
     def extra_state(self) -> dict:
         return {"selector_moments": self.selector_moments, "site_labels": self.site_labels}

@@ -15,14 +15,24 @@ from nvflare.apis.signal import Signal
 
 from medfl.common.errors import DataError
 from medfl.common.networks import build_network
-from medfl.common.params import Params, adopt_numpy, bundle, release_tensors, tensor_layout, to_numpy, unbundle
+from medfl.common.params import (
+    Params,
+    adopt_numpy,
+    bundle,
+    load_numpy,
+    release_tensors,
+    tensor_layout,
+    to_numpy,
+    unbundle,
+)
 from medfl.common.settings import NetworkSpec, OptimizerSpec
-from medfl.common.train import Batch, build_optimizer, to_device, train_epoch
+from medfl.common.train import Batch, build_optimizer, evaluate_dice, predict_binary_mask, to_device, train_epoch
 from medfl.federations.prostate2d.client import ProstateSegmentationExecutor, ProstateSettings
 
 from . import networks  # noqa: F401  (registers the selector networks)
 from .moments import SELECTOR_STATE_PROP, SYNCED_MOMENTS_PROP, load_adam_moments
-from .protocol import SITE_LABEL
+from .protocol import GLOBAL, PERSONAL_OF_LABEL, SELECT_THRESHOLD, SELECTOR, SITE_LABEL, SUPER_MODEL
+from .super_model import super_model_predict
 
 
 class SiteLabelLoss(torch.nn.Module):
@@ -141,6 +151,45 @@ class FedSMExecutor(ProstateSegmentationExecutor):
             self.log_metrics({"selector": loss}, "train_loss", self.current_round * epochs + epoch)
             self.log_info(fl_ctx, f"round {self.current_round} selector epoch {epoch + 1}/{epochs} (one step): "
                                   f"loss {loss:.4f}")
+
+    def cross_evaluate(self, models: Dict[str, Params], split: str, fl_ctx: FLContext) -> Dict[str, float]:
+        """Dice on ``split`` of each plain model (global, personalised) and of the super model, which routes each
+        image by the selector (threshold from the server) to a personalised model or the global model."""
+        if SELECT_THRESHOLD not in self.task_meta:
+            raise DataError("the server sent no select_threshold for the super model", site=self.site)
+        loader = DataLoader(self.dataset(split), batch_size=self.settings.batch_size)
+        segmentation = self.models[GLOBAL]
+        scores = {}
+        for name, payload in sorted(models.items()):
+            parts = unbundle(payload)
+            if GLOBAL not in parts:
+                raise DataError(f"the cross-site model {name!r} holds no '{GLOBAL}' parameters", site=self.site)
+            load_numpy(segmentation, parts[GLOBAL])
+            predict = predict_binary_mask
+            if name == SUPER_MODEL:
+                predict = self.super_model(parts, float(self.task_meta[SELECT_THRESHOLD]))
+            scores[name] = evaluate_dice(segmentation, loader, self.device, predict=predict)
+        return scores
+
+    def super_model(self, parts: Dict[str, Params], threshold: float):
+        """The super model's prediction ``predict(global_model, image)`` from its parts (selector, personalised
+        models by selector class)."""
+        labels = sorted(int(key[len(PERSONAL_OF_LABEL):]) for key in parts if key.startswith(PERSONAL_OF_LABEL))
+        if SELECTOR not in parts or labels != list(range(len(labels))) or not labels:
+            raise DataError(f"the super model needs '{SELECTOR}' and personalised models for the classes 0 .. n-1, "
+                            f"got {sorted(parts)}", site=self.site)
+        try:  # the selector's own storage may have been released after the last result was sent
+            adopt_numpy(self.selector, parts[SELECTOR], self.selector_layout)
+        except KeyError as e:
+            raise DataError(f"the cross-site selector does not fit selector_network: {e}", site=self.site) from None
+        self.selector.eval()
+        network = self.settings.network
+        personal = []
+        for label in labels:
+            model = build_network(network.name, **network.args).to(self.device)
+            load_numpy(model, parts[f"{PERSONAL_OF_LABEL}{label}"])
+            personal.append(model.eval())
+        return lambda global_model, image: super_model_predict(image, self.selector, global_model, personal, threshold)
 
     def export_params(self, fl_ctx: FLContext) -> Params:
         params = super().export_params(fl_ctx)

@@ -143,6 +143,9 @@ class HarmoFLClient(RoundExecutor):
     def score(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, float]:
         """Metrics of ``model`` on ``loader`` (validation here, testing in ``result_stat``)."""
 
+    def task_names(self) -> List[str]:
+        return [self.amplitude_task, self.reference_task, *super().task_names()]
+
     def wrap_optimizer(self, base: torch.optim.Optimizer) -> WeightPerturbationOptimizer:
         """The weight-perturbation optimizer (radius ``perturbation_alpha``) around ``base``."""
         return WeightPerturbationOptimizer(base, alpha=self.settings.perturbation_alpha)
@@ -248,6 +251,9 @@ class HarmoFLSegmentationExecutor(HarmoFLClient, SegmentationExecutor):
 
     def score(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, float]:
         return segmentation_dice_scores(model, loader, self.device)
+
+    def score_name(self) -> str:
+        return self.val_metric
 
     def evaluate(self, split: str = "validation") -> Dict[str, float]:
         loader = self.val_loader if split == "validation" else DataLoader(self.build_split(split),

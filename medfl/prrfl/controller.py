@@ -4,7 +4,7 @@ the personalised models (which stay on the clients)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, Literal, Optional
+from typing import Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,11 +17,11 @@ from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, to_numpy, unbundle
 from medfl.common.runtime import seed_everything
 from medfl.common.settings import NetworkSpec
-from medfl.common.validation import ResultSpec, check_metrics
+from medfl.common.validation import ArraySpec, ResultSpec, array_specs, check_metrics
 from medfl.federations.dermoscopy import networks  # noqa: F401  (registers vgg16_slim)
 
 from .pfa import pfa_aggregate_state_dicts, pfa_ratio, shared_params
-from .protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_METRICS
+from .protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, PERSONAL, SUBMIT_PERSONAL_TASK, TRAINED_METRICS
 
 
 def deputy_name(client: str) -> str:
@@ -39,6 +39,8 @@ class PFASettings(ServerSettings):
     selection_start: float = Field(0.8, ge=0, le=1, description=(
         "share of the rounds before the personalised-model selection window opens (0.8: the last 20 %)"))
     selection_metric: str = Field("personal_macro_f1", description="the clients' trained metric to select on")
+    submit_task: str = Field(SUBMIT_PERSONAL_TASK, description=(
+        "task name on which the clients send their personalised models for the cross-site evaluation"))
 
     @model_validator(mode="after")
     def _ordered_ratios_and_final_validation(self) -> "PFASettings":
@@ -64,6 +66,9 @@ class PFAController(RoundController):
     The next task (the next round's, or the final validation) tells every client to save its personalised model,
     unchanged since, as ``best_personal_model.pt`` in its app folder.
 
+    Cross-site evaluation (``cross_site_evaluation``): the clients send their personalised models as they are at
+    the end (the only time these leave the sites) and every site scores all of them on its own data.
+
     Settings: :class:`PFASettings`.
     """
 
@@ -73,10 +78,13 @@ class PFAController(RoundController):
         super().__init__(**settings)
         self.best_personal_score = -math.inf
         self.new_best_round: Optional[int] = None
+        self.personal_specs: Dict[str, ArraySpec] = {}
 
     def initial_models(self) -> Dict[str, Params]:
         seed_everything(self.settings.seed)
-        initial = shared_params(build_network(self.settings.network.name, **self.settings.network.args))
+        network = build_network(self.settings.network.name, **self.settings.network.args)
+        self.personal_specs = array_specs(to_numpy(network.state_dict()))
+        initial = shared_params(network)
         return {deputy_name(client): dict(initial) for client in sorted(c.name for c in self.engine.get_clients())}
 
     def payload_for(self, client: str) -> Params:
@@ -95,6 +103,22 @@ class PFAController(RoundController):
         if task == self.settings.train_task:
             spec.meta[TRAINED_METRICS] = check_metrics
         return spec
+
+    def task_for(self, task: str, client: str, round_number: int) -> Tuple[FLModel, ResultSpec]:
+        """The submit task carries nothing; its reply is one whole personalised model of the job's network."""
+        if task != self.settings.submit_task:
+            return super().task_for(task, client, round_number)
+        expected = ResultSpec(params=bundle({PERSONAL: self.personal_specs}))
+        return FLModel(params={}, current_round=round_number), expected
+
+    def cross_site_models(self) -> Dict[str, Params]:
+        """Every client's personalised model, asked for on the submit task (``personal_<client>``)."""
+        clients = sorted(c.name for c in self.engine.get_clients())
+        results = self.scatter_and_gather(self.settings.submit_task, clients, self.num_rounds)
+        if results is None:
+            return {}
+        return {f"{PERSONAL}_{client}": bundle({PERSONAL: unbundle(result.params)[PERSONAL]})
+                for client, result in results.items()}
 
     def first_selection_round(self) -> int:
         return min(math.ceil(self.settings.selection_start * self.num_rounds), self.num_rounds - 1)

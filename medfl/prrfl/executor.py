@@ -7,7 +7,7 @@ personalised model and the deputy.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 import torch
@@ -15,14 +15,18 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from medfl.common.errors import DataError
 from medfl.common.executor import RoundExecutor
 from medfl.common.io import atomic_torch_save
 from medfl.common.networks import build_network
-from medfl.common.params import Params, bundle, unbundle
+from medfl.common.params import Params, bundle, load_numpy, to_numpy, unbundle
 from medfl.federations.dermoscopy.client import (
     TRAINED_PREFIX,
     DermoscopySettings,
@@ -34,9 +38,14 @@ from medfl.federations.dermoscopy.data import build_client_datasets
 
 from .det import DetStage, decide_det_stage, det_local_epoch
 from .pfa import shared_keys, shared_params
-from .protocol import BEST_PERSONAL_ROUND, BEST_PERSONAL_SCORE, DEPUTY, TRAINED_METRICS
-
-PERSONAL = "personal"
+from .protocol import (
+    BEST_PERSONAL_ROUND,
+    BEST_PERSONAL_SCORE,
+    DEPUTY,
+    PERSONAL,
+    SUBMIT_PERSONAL_TASK,
+    TRAINED_METRICS,
+)
 
 
 def personal_model_path(app_dir: str, kind: str) -> str:
@@ -78,10 +87,47 @@ class DETExecutor(RoundExecutor):
     server reports that this round's personalised models have the best mean validation score of the selection
     window. Both hold ``{"state_dict", "round_number", "metrics"}`` (and ``score``, the clients' mean, for best).
 
+    Cross-site evaluation (only when the server asks for it): on ``submit_task`` the client sends its personalised
+    model as it is now, BatchNorm included (the one time it leaves the site), and scores every site's personalised
+    model on its own data.
+
     Settings: :class:`DETSettings`.
     """
 
     Settings = DETSettings
+
+    def __init__(self, submit_task: str = SUBMIT_PERSONAL_TASK, **kwargs):
+        super().__init__(**kwargs)
+        self.submit_task = submit_task
+
+    def task_names(self) -> List[str]:
+        return [*super().task_names(), self.submit_task]
+
+    def score_name(self) -> str:
+        return self.settings.val_metric
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name != self.submit_task:
+            return super().execute(task_name, shareable, fl_ctx, abort_signal)
+        if self._setup_error or not self.personal_initialised:
+            self.log_error(fl_ctx, f"cannot send a personalised model: {self._setup_error or 'none trained yet'}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        self.log_info(fl_ctx, "sending the personalised model for the cross-site evaluation")
+        return FLModelUtils.to_shareable(FLModel(params=bundle({PERSONAL: to_numpy(self.personal.state_dict())})))
+
+    def cross_evaluate(self, models: Dict[str, Params], split: str, fl_ctx: FLContext) -> Dict[str, float]:
+        """The ``val_metric`` on ``split`` of each site's personalised model (its full state, BatchNorm included)."""
+        network = self.settings.network
+        model = build_network(network.name, **network.args).to(self.device)
+        loader = split_loader(self, split)
+        scores = {}
+        for name, payload in sorted(models.items()):
+            parts = unbundle(payload)
+            if PERSONAL not in parts:
+                raise DataError(f"the cross-site model {name!r} holds no '{PERSONAL}' parameters", site=self.site)
+            load_numpy(model, parts[PERSONAL])
+            scores[name] = model_metrics(model, loader, self.device, PERSONAL)[f"{PERSONAL}_{self.score_name()}"]
+        return scores
 
     def setup(self, fl_ctx: FLContext) -> None:
         self.datasets = build_client_datasets(self.settings, self.site)

@@ -5,3 +5,6 @@ DEPUTY = "deputy"  # payload model: the deputy without BatchNorm (the personalis
 TRAINED_METRICS = "trained_metrics"
 BEST_PERSONAL_ROUND = "best_personal_round"
 BEST_PERSONAL_SCORE = "best_personal_score"
+# cross-site evaluation: the task on which each client sends its personalised model (only then does it travel)
+SUBMIT_PERSONAL_TASK = "submit_personal"
+PERSONAL = "personal"  # result model name of a submitted personalised model (its full state, BatchNorm included)

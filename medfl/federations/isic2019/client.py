@@ -72,6 +72,9 @@ class SkinLesionExecutor(ClassificationExecutor):
         self.grad_clip_norm = self.settings.grad_clip_norm
         self.report: Dict[str, Any] = {}
 
+    def score_name(self) -> str:
+        return "balanced_accuracy"
+
     def build_loss(self) -> Callable:
         if self.settings.loss == "bsm":
             return BalancedSoftmaxLoss(self.class_counts).to(self.device)

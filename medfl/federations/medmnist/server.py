@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 from pydantic import Field
 from torch.utils.data import DataLoader
@@ -34,6 +34,9 @@ class MedMNISTTestSettings(MedMNISTSource, ServerSettings):
     network: NetworkSpec = Field(DEFAULT_NETWORK, description=(
         "the global model's network (in_channels, num_classes, image_size follow from the data)"))
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', ...")
+    cross_site_split: Literal["testing", "validation"] = Field("validation", description=(
+        "the split every site scores the final models on: the clients hold shares of the official train split "
+        "only (the test split is the server's), so their validation shares"))
 
 
 class MedMNISTTestEvaluation(RoundController):

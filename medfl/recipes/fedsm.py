@@ -1,0 +1,59 @@
+"""FedSM's recipe and its job: FedSM's workflow and client, and the client filter pair that syncs the selector's
+Adam moments.
+
+The job's values are written once below and are exactly what ``jobs/fedsm_prostate/`` holds; the site labels and
+the selector's number of classes follow from the sites.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from nvflare.job_config.defs import FilterType
+
+from medfl.fedsm.controller import FedSMController
+from medfl.fedsm.executor import FedSMExecutor
+from medfl.fedsm.moments import AdamMomentsReceiver, AdamMomentsSender
+
+from . import federations
+from .base import JobSpec, MedflRecipe
+
+SELECTOR_NETWORK = {"name": "vgg11", "args": {"in_channels": 1}}  # + num_classes: the number of sites
+
+FEDSM_PROSTATE = JobSpec(
+    name="fedsm_prostate",
+    description="FedSM (Xu et al., CVPR 2022): global, SoftPull-personalised and selector models on prostate MRI",
+    controller=FedSMController, executor=FedSMExecutor, workflow_id="fedsm",
+    sites=federations.PROSTATE,
+    server={"num_rounds": 100, "soft_pull_lambda": 0.7, "weighting": "steps", "min_clients": 0, "resume_from": "",
+            "task_check_period": 0.1},
+    train={"data_root": "DATASET_ROOT/dataset_2D", "datalist": "DATASET_ROOT/datalist_2D",
+           "network": {"name": "unet", "args": {"in_channels": 1, "out_channels": 1, "channels": [16, 32, 64, 128, 256],
+                                                "strides": [2, 2, 2, 2], "num_res_units": 2}},
+           "optimizer": {"name": "adam", "lr": 0.001}, "selector_network": SELECTOR_NETWORK,
+           "selector_optimizer": {"name": "adam", "lr": 0.001}, "selector_epochs": 1, "local_epochs": 1,
+           "batch_size": 1, "augment": False, "image_size": 256, "resize_mode": "bilinear", "seed": 0, "num_threads": 0,
+           "device": "auto"},
+    options={"sync_selector_moments": True},
+)
+
+
+class FedSMRecipe(MedflRecipe):
+    """FedSM as an NVFlare recipe: :class:`~medfl.fedsm.controller.FedSMController`, the FedSM client, and (option
+    ``sync_selector_moments``) the filters :class:`~medfl.fedsm.moments.AdamMomentsSender` (train results) and
+    :class:`~medfl.fedsm.moments.AdamMomentsReceiver` (train and validate data) that average the selector's Adam
+    moments as the original's ``SimpleMomentsFilter`` does. Site ``k`` of ``sites`` is the selector's class ``k``."""
+
+    jobs = {FEDSM_PROSTATE.name: FEDSM_PROSTATE}
+    options = {"sync_selector_moments": "average the selector's Adam moments across sites (the client filter pair)"}
+
+    def site_settings(self, sites: List[str]) -> Dict[str, Any]:
+        selector = self.spec.train["selector_network"]
+        return {"site_labels": {site: label for label, site in enumerate(sites)},
+                "selector_network": {**selector, "args": {**selector["args"], "num_classes": len(sites)}}}
+
+    def add_client_components(self, target: str) -> None:
+        if self.method_options["sync_selector_moments"]:
+            executor_tasks = ["train", "validate"]
+            self._job.to(AdamMomentsReceiver(), target, filter_type=FilterType.TASK_DATA, tasks=executor_tasks)
+            self._job.to(AdamMomentsSender(), target, filter_type=FilterType.TASK_RESULT, tasks=["train"])
