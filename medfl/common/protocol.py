@@ -3,3 +3,8 @@
 NUM_TRAIN_SAMPLES = "num_train_samples"  # training examples behind the update (FedAvg's n_k)
 NUM_TRAIN_STEPS = "num_train_steps"  # local optimizer steps of one model this round (NVFlare's NUM_STEPS_CURRENT_ROUND)
 NUM_VAL_SAMPLES = "num_val_samples"  # validation examples behind the reported metrics (best-model weights)
+
+# A client's sign of life: an aux message of this topic every HEARTBEAT_INTERVAL seconds for the whole run, so that
+# the server tells a slow client (still sending) from a dead one (silent), in the simulator too (medfl.common.liveness)
+HEARTBEAT_TOPIC = "medfl.heartbeat"
+HEARTBEAT_INTERVAL = 10.0  # seconds
