@@ -2,6 +2,7 @@
 
     python -m medfl site-policy DIR     allow medfl's classes at a site (DIR: a startup kit or simulator workspace)
     python -m medfl version             print the installed medfl version
+    python -m medfl export-byoc JOB DIR write JOB with the medfl files it needs in app*/custom (medfl/byoc.py)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from medfl import __version__
+from medfl.byoc import add_command as add_export_byoc
 
 
 def main(argv=None) -> int:
@@ -20,7 +22,10 @@ def main(argv=None) -> int:
     policy = commands.add_parser("site-policy", help="add medfl. to a site's class_allow_list (local/resources.json)")
     policy.add_argument("site_dir", type=Path, help="a site's startup kit folder, or a simulator workspace")
     commands.add_parser("version", help="print the installed medfl version")
+    add_export_byoc(commands)
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):
+        return args.handler(args)
     if args.command == "version":
         print(__version__)
     elif args.command == "site-policy":
