@@ -5,6 +5,7 @@
     python -m medfl run JOB --env sim|poc|prod run a job (see `python -m medfl run --help`)
     python -m medfl site-policy DIR            allow medfl's classes at a site (a startup kit or simulator workspace)
     python -m medfl version                    print the installed medfl version
+    python -m medfl export-byoc JOB DIR        write JOB with the medfl files it needs in app*/custom (medfl/byoc.py)
 
 `nvflare simulator jobs/<job> ...` and `nvflare job submit -j jobs/<job>` run the same committed job folders.
 """
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from medfl import __version__
+from medfl.byoc import add_command as add_export_byoc
 from medfl.common.errors import DataError
 
 
@@ -60,7 +62,10 @@ def main(argv=None) -> int:
     policy.add_argument("site_dir", type=Path, help="a site's startup kit folder, or a simulator workspace")
     commands.add_parser("version", help="print the installed medfl version")
     _add_recipe_commands(commands)
+    add_export_byoc(commands)
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):
+        return args.handler(args)
     try:
         return _dispatch(parser, args)
     except (DataError, ValueError) as e:

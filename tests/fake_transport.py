@@ -54,7 +54,6 @@ def attach(controller, root: Path, clients: Sequence[str], answer: Answer, train
             callback(result)
 
     controller.send_model = send_model
-    controller.send_model_and_wait = lambda task_name, data, targets, timeout: replies(task_name, data, targets)
     controller.get_num_standing_tasks = lambda: 0
     controller.get_client_disconnect_time = lambda client_name: None
     return controller

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -36,6 +37,25 @@ def run_simulator(job: Path, workspace: Path, clients: Sequence[str], dataset_ro
     allow_medfl(workspace)
     return run([BIN / "nvflare", "simulator", job, "-w", workspace, "-c", ",".join(clients), "-t", len(clients)],
                env={"DATASET_ROOT": str(dataset_root)}, timeout=timeout)
+
+
+def python_without_medfl(root: Path) -> Path:
+    """A Python environment with every package of the test environment except medfl; returns its ``bin`` folder.
+
+    A site of a BYOC job needs no medfl installed: its code comes with the job. On one machine every site shares
+    this environment, so a BYOC test starts the sites from this one (first on their ``PATH``): a venv whose
+    site-packages links every entry of ours but medfl's (its files, or its editable-install hook).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True)
+    ours = Path(sysconfig.get_paths()["purelib"])
+    theirs = Path(subprocess.run([root / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip())
+    for entry in ours.iterdir():
+        if not entry.name.startswith("medfl") and not ("editable" in entry.name and "medfl" in entry.name):
+            (theirs / entry.name).symlink_to(entry)
+    probe = subprocess.run([root / "bin" / "python", "-c", "import medfl"], capture_output=True, cwd=root)
+    assert probe.returncode != 0, "medfl must not be importable there"
+    return root / "bin"
 
 
 def as_longer_run(state_file: Path, num_rounds: int) -> None:

@@ -1,20 +1,25 @@
-"""RoundController with a dead client or a rejected result: skip it, then go on (``min_clients`` met) or stop naming
-it."""
+"""RoundController with a dead client (NVFlare deems it disconnected, or it stops showing signs of life) or a rejected
+result: skip it, then go on (``min_clients`` met) or stop naming it."""
 
 from __future__ import annotations
 
 import threading
 import time
 from types import SimpleNamespace
-from typing import Dict, List
+from typing import Dict, List, Set
 
 import numpy as np
 import pytest
 
+from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import RoundController
-from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.liveness import Liveness
+from medfl.common.protocol import HEARTBEAT_TOPIC, NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.settings import ConfigError
 
 CLIENTS = ["site-a", "site-b", "site-c"]
 SENT = {"global/w": np.zeros(2, np.float32)}
@@ -172,3 +177,98 @@ def test_a_result_of_a_client_that_got_no_task_is_rejected():
     assert controller._collect(valid_result("site-z")) is False
     assert controller.messages["error"] == [
         "round 0: rejected the result of site-z: no task was sent to it in this round"]
+
+
+class SilentRounds(FakeRounds):
+    """Results arrive from another thread after ``delay`` s, except from ``silent`` (a killed client: it never
+    answers and sends no heartbeat); NVFlare keeps a task standing until it is answered or cancelled. The clients in
+    ``beating`` send a heartbeat every ``beat`` s, as a slow but living client does."""
+
+    def __init__(self, silent=(), delay=0.02, beating=(), beat=0.05, timeout=0.3, **kwargs):
+        super().__init__(dead=[], **kwargs)
+        self.silent, self.delay, self.beat = set(silent), delay, beat
+        self.liveness = Liveness(timeout)
+        self.standing: Set[str] = set()
+        self.cancelled: List[str] = []
+        self._stop = threading.Event()
+        for client in beating:
+            threading.Thread(target=self._beat, args=(client,), daemon=True).start()
+
+    def _beat(self, client):
+        while not self._stop.wait(self.beat):
+            self.liveness.heard_from(client)
+
+    def send_model(self, task_name, data, targets, timeout, callback):
+        self.sent += targets
+        self.standing.update(targets)
+        if targets[0] not in self.silent:
+            threading.Timer(self.delay, self._answer, [callback, valid_result(targets[0], data.current_round)]).start()
+
+    def _answer(self, callback, result):
+        self.standing.discard(result.meta["client_name"])
+        callback(result)
+
+    def get_num_standing_tasks(self):
+        return len(self.standing)
+
+    def cancel_all_tasks(self, *args, **kwargs):
+        self.cancelled += sorted(self.standing)
+        self.standing.clear()
+
+
+def test_a_silent_client_is_deemed_dead_within_client_timeout_and_the_run_goes_on_without_it():
+    controller = SilentRounds(silent=["site-b"], min_clients=2)
+    start = time.perf_counter()
+    results = controller.scatter_and_gather("train", CLIENTS, 0)
+    assert sorted(results) == ["site-a", "site-c"]
+    assert 0.3 < time.perf_counter() - start < 2.0, "given up after client_timeout, not before, not much later"
+    assert controller.cancelled == ["site-b"], "its task is cancelled"
+    assert controller.messages["warning"] == [
+        "round 0: no sign of life from ['site-b'] for 0.3 s (client_timeout) while holding task 'train': deeming "
+        "them dead",
+        "round 0: continuing with 2 of 3 clients (min_clients=2); no result from ['site-b'] (disconnected: []; "
+        "no sign of life for 0.3 s: ['site-b'])"]
+    controller.sent, controller.messages["warning"] = [], []
+    assert sorted(controller.scatter_and_gather("train", CLIENTS, 1)) == ["site-a", "site-c"]
+    assert controller.sent == ["site-a", "site-c"], "a client deemed dead gets no further task"
+    assert controller.messages["warning"][0] == \
+        "round 1: not sending task 'train' to clients deemed dead earlier in this run ['site-b']"
+
+
+def test_a_silent_client_stops_the_run_naming_it_when_every_client_is_needed():
+    controller = SilentRounds(silent=["site-b"])
+    assert controller.scatter_and_gather("train", CLIENTS, 0) is None
+    assert controller.messages["panic"] == [
+        "round 0: task 'train' got 2 results, needs 3; no result from ['site-b'] (disconnected: []; no sign of life "
+        "for 0.3 s: ['site-b'])"]
+
+
+def test_a_slow_client_that_keeps_sending_heartbeats_is_waited_for():
+    controller = SilentRounds(delay=1.0, beating=CLIENTS)
+    try:
+        assert list(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
+    finally:
+        controller._stop.set()
+    assert controller.messages == {"panic": [], "warning": [], "error": []}
+
+
+def test_client_timeout_zero_gives_up_on_nobody():
+    assert Liveness(0).silent(CLIENTS, since=-1e9) == []
+
+
+def test_a_heartbeat_counts_for_its_sender():
+    liveness = Liveness(30, clock=lambda: 100.0)
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, "site-b")
+    fl_ctx = FLContext()
+    fl_ctx.set_peer_context(peer)
+    assert liveness.handle_heartbeat(HEARTBEAT_TOPIC, Shareable(), fl_ctx).get_return_code() == ReturnCode.OK
+    liveness.clock = lambda: 120.0
+    assert liveness.silent(CLIENTS, since=0.0) == ["site-a", "site-c"]
+
+
+@pytest.mark.parametrize("timeout", [1, 29.9])
+def test_client_timeout_is_several_heartbeats_or_off(timeout):
+    with pytest.raises(ConfigError, match=r"client_timeout.*0 \(off\) or at least 30 s"):
+        FakeRounds(dead=[], client_timeout=timeout)
+    assert FakeRounds(dead=[], client_timeout=0).liveness.timeout == 0

@@ -4,7 +4,8 @@ A method overrides two things at most (see DESIGN): :meth:`RoundController.paylo
 receives — and :meth:`RoundController.aggregate` — how the results update ``self.models``. Everything else is
 here once: sending each client its own payload in parallel, waiting, the minimum-clients rule, best-model
 tracking per model by the validation metric the clients report, atomic checkpoints in the server's app folder,
-resumable state, and TensorBoard scalars.
+resumable state, TensorBoard scalars, the medfl version check before round 0 (:mod:`medfl.common.job_version`)
+and giving up on a client that stops showing signs of life (:mod:`medfl.common.liveness`).
 
 Every result is checked where it arrives (:meth:`RoundController._collect`) against what the method expects back
 (:meth:`RoundController.expected_result`, :mod:`medfl.common.validation`); a rejected result is logged with the
@@ -23,12 +24,15 @@ import os
 import threading
 from abc import abstractmethod
 from functools import partial
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Callable, Collection, Dict, List, Literal, Optional, Set, Tuple, Type
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 from nvflare.fuel.utils.memory_utils import cleanup_memory
@@ -36,11 +40,15 @@ from nvflare.fuel.utils.memory_utils import cleanup_memory
 from .cross_site import write_cross_site
 from .errors import DataError
 from .io import atomic_torch_save
+from .job_version import loaded_medfl, version_problem
+from .liveness import Liveness
 from .networks import build_network
 from .params import Params, bundle, to_numpy
 from .protocol import (
     CROSS_SITE_METRIC,
     CROSS_SITE_SPLIT,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TOPIC,
     NUM_EVAL_SAMPLES,
     NUM_TRAIN_SAMPLES,
     NUM_TRAIN_STEPS,
@@ -59,6 +67,7 @@ from .validation import (
 )
 
 STATE_FILE = "server_state.pt"
+MISSED_HEARTBEATS = 3  # the shortest client_timeout, in heartbeat intervals: one late beat is no death
 CONFIG_FED_SERVER = "config_fed_server.json"
 SERVER_SITE = "server"
 
@@ -85,6 +94,10 @@ class ServerSettings(Settings):
     train_task: str = Field("train", description="task name of local training, as the clients' executors know it")
     validate_task: str = Field("validate", description="task name of validation only")
     task_timeout: int = Field(0, ge=0, description="seconds a client may take for one task (0: no limit)")
+    client_timeout: float = Field(120.0, ge=0, description=(
+        f"seconds without a sign of life (clients send one every {HEARTBEAT_INTERVAL:g} s) after which a client that "
+        "holds a task is deemed dead: its task is cancelled, it gets no further task, and the round goes on without "
+        "it (min_clients) or stops naming it. 0: wait for NVFlare's own detection and task_timeout"))
     final_validation: bool = Field(True, description=(
         "after the last round, ask the clients to validate the final models (so they may be selected as best)"))
     resume_from: str = Field("", description="a server_state.pt of an earlier run: continue after its last round")
@@ -102,6 +115,14 @@ class ServerSettings(Settings):
     cross_site_task: str = Field("cross_evaluate", description="task name of the cross-site evaluation")
     cross_site_split: Literal["testing", "validation"] = Field("testing", description=(
         "the split every site scores the final models on"))
+
+    @field_validator("client_timeout")
+    @classmethod
+    def _several_heartbeats(cls, value: float) -> float:
+        shortest = MISSED_HEARTBEATS * HEARTBEAT_INTERVAL
+        if 0 < value < shortest:
+            raise ValueError(f"must be 0 (off) or at least {shortest:g} s ({MISSED_HEARTBEATS} heartbeat intervals)")
+        return value
 
 
 class RoundController(ModelController):
@@ -123,6 +144,10 @@ class RoundController(ModelController):
         self._result_arrived = threading.Event()
         self._writer = None
         self._cross_site_models: Dict[str, Params] = {}
+        self.liveness = Liveness(self.settings.client_timeout)
+        self.dead_clients: Set[str] = set()
+        self._silent: List[str] = []
+        self._version_problem: Optional[str] = None
 
     @property
     def num_rounds(self) -> int:
@@ -203,6 +228,12 @@ class RoundController(ModelController):
         return True
 
     # ------------------------------------------------------------------ the loop
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            self._version_problem = version_problem(fl_ctx.get_prop(FLContextKey.JOB_META))
+            self.log_info(fl_ctx, f"running {loaded_medfl()}")
+            fl_ctx.get_engine().register_aux_message_handler(HEARTBEAT_TOPIC, self.liveness.handle_heartbeat)
+
     def build_initial_params(self, network: Optional[NetworkSpec] = None) -> Params:
         """Parameters of a freshly initialised ``network`` (default: the ``network`` setting), seeded by ``seed``."""
         network = network or self.settings.network
@@ -213,6 +244,9 @@ class RoundController(ModelController):
         return to_numpy(build_network(network.name, **network.args).state_dict(), copy=False)  # the network is dropped
 
     def run(self) -> None:
+        if self._version_problem:
+            self.panic(f"[{SERVER_SITE}] {self._version_problem}")
+            return
         self._open_writer()
         self.models = self.initial_models()
         if self.settings.resume_from and not self._resume(self.settings.resume_from):
@@ -252,28 +286,21 @@ class RoundController(ModelController):
         in one order in every run (floating-point addition is not associative); or ``None`` when the run was
         aborted or too few clients answered (the workflow then stops with a message naming the missing clients).
         A client whose job NVFlare has deemed dead (no heartbeat for the dead-client grace period,
-        ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``) gets no task and counts as missing; one that dies during the round
-        fails its task once NVFlare deems it dead. A result that is not what :meth:`expected_result` declares is
-        rejected (logged with the client and the reason) and counts as missing.
+        ``NVFLARE_DEAD_CLIENT_GRACE_PERIOD``), or that this workflow deemed dead earlier in the run (silent for
+        ``client_timeout`` seconds), gets no task and counts as missing; one that dies during the round fails its
+        task once NVFlare deems it dead or once it has been silent for ``client_timeout`` seconds, whichever comes
+        first. A result that is not what :meth:`expected_result` declares is rejected (logged with the client and
+        the reason) and counts as missing.
         """
         self._results, self._rejected, self._expected, self._round = {}, {}, {}, round_number
-        disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
-        if disconnected:
-            self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
-        targets = [c for c in clients if c not in disconnected]
+        targets = self.reachable(task, clients, round_number)
         for client in targets:
             payload, self._expected[client] = self.task_for(task, client, round_number)
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.settings.task_timeout,
                             callback=self._collect)
-        # Done when every target has answered or no task stands (NVFlare ended the others: timeout, error reply,
-        # dead client). A result wakes the wait at once: a finished task leaves NVFlare's standing list only at its
-        # next task check, so polling that alone would add up to two task_check_periods to every round.
-        while len(self._results) + len(self._rejected) < len(targets) and self.get_num_standing_tasks():
-            if self.abort_signal.triggered:
-                self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
-                return None
-            self._result_arrived.wait(self._task_check_period)
-            self._result_arrived.clear()
+        if not self.wait_for_results(task, targets, lambda: self._results.keys() | self._rejected.keys(), round_number):
+            self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
+            return None
         needed = self.settings.min_clients or len(clients)
         if len(self._results) < needed:
             self.panic(f"round {round_number}: task '{task}' got {len(self._results)} results, needs {needed}; "
@@ -296,12 +323,57 @@ class RoundController(ModelController):
                           meta=self.payload_meta(client))
         return payload, self.expected_result(client, task, payload)
 
+    def reachable(self, task: str, clients: List[str], round_number: int) -> List[str]:
+        """``clients`` without those NVFlare deems disconnected and those deemed dead earlier in this run (each
+        group logged)."""
+        self._silent = []
+        disconnected = [c for c in clients if self.get_client_disconnect_time(c)]
+        if disconnected:
+            self.warning(f"round {round_number}: not sending task '{task}' to disconnected clients {disconnected}")
+        dead = [c for c in clients if c in self.dead_clients and c not in disconnected]
+        if dead:
+            self.warning(f"round {round_number}: not sending task '{task}' to clients deemed dead earlier in this "
+                         f"run {dead}")
+        return [c for c in clients if c not in disconnected and c not in dead]
+
+    def wait_for_results(self, task: str, targets: List[str], answered: Callable[[], Collection[str]],
+                         round_number: int) -> bool:
+        """Wait until every target has answered (``answered()``: the clients that did), NVFlare has ended the other
+        tasks (timeout, error reply, dead job), or the clients left have shown no sign of life for
+        ``client_timeout`` seconds since their task was sent: those are deemed dead (logged, added to
+        :attr:`dead_clients`) and their tasks cancelled. ``False`` when the run was aborted meanwhile."""
+        sent_at = self.liveness.clock()
+        # A result wakes the wait at once: a finished task leaves NVFlare's standing list only at its next task
+        # check, so polling that alone would add up to two task_check_periods to every round.
+        while True:
+            done = set(answered())
+            pending = [c for c in targets if c not in done and c not in self._silent]
+            if not pending or not self.get_num_standing_tasks():
+                break
+            if self.abort_signal.triggered:
+                return False
+            silent = self.liveness.silent(pending, since=sent_at)
+            if silent:
+                self._silent += silent
+                self.dead_clients.update(silent)
+                self.warning(f"round {round_number}: no sign of life from {silent} for {self.liveness.timeout:g} s "
+                             f"(client_timeout) while holding task '{task}': deeming them dead")
+                continue
+            self._result_arrived.wait(self._task_check_period)
+            self._result_arrived.clear()
+        if self._silent and self.get_num_standing_tasks():
+            self.cancel_all_tasks()
+        return True
+
     def _missing_clients(self, clients: List[str]) -> str:
-        """Which of ``clients`` sent no result, which of those NVFlare deems disconnected (dead job), and which
-        results were rejected, with the reasons."""
+        """Which of ``clients`` sent no result, which of those NVFlare deems disconnected (dead job) or this workflow
+        deemed dead (silent for ``client_timeout`` seconds), and which results were rejected, with the reasons."""
         missing = sorted(set(clients) - set(self._results) - set(self._rejected))
         disconnected = [c for c in missing if self.get_client_disconnect_time(c)]
-        parts = [f"no result from {missing} (disconnected: {disconnected})"] if missing or not self._rejected else []
+        silent = [c for c in missing if c in self.dead_clients]
+        dead = f"; no sign of life for {self.liveness.timeout:g} s: {silent}" if silent else ""
+        parts = [f"no result from {missing} (disconnected: {disconnected}{dead})"] if missing or not self._rejected \
+            else []
         parts += [f"rejected the result of {client}: {reason}" for client, reason in sorted(self._rejected.items())]
         return "; ".join(parts)
 

@@ -24,7 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
@@ -34,6 +34,8 @@ from nvflare.fuel.utils.memory_utils import cleanup_memory
 
 from .config import load_train_config
 from .errors import DataError
+from .job_version import loaded_medfl, version_problem
+from .liveness import Heartbeat
 from .params import Params, unbundle
 from .protocol import (
     CROSS_SITE_METRIC,
@@ -127,6 +129,7 @@ class RoundExecutor(Executor):
         self.task_meta: Dict[str, Any] = {}
         self.datasets: Dict[str, Dataset] = {}
         self._setup_error: Optional[str] = None
+        self._heartbeat: Optional[Heartbeat] = None
 
     # ------------------------------------------------------------------ hooks for each method
     @abstractmethod
@@ -202,10 +205,19 @@ class RoundExecutor(Executor):
     # ------------------------------------------------------------------ NVFlare plumbing
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
+            self._heartbeat = Heartbeat(fl_ctx.get_engine())
+            self._heartbeat.start()
             self._initialize(fl_ctx)
+        elif event_type == EventType.END_RUN and self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         self.site = fl_ctx.get_identity_name()
+        problem = version_problem(fl_ctx.get_prop(FLContextKey.JOB_META))
+        if problem:
+            self._setup_error = f"[{self.site}] {problem}"
+            self.log_error(fl_ctx, f"cannot start: {self._setup_error}")
+            return
         engine = fl_ctx.get_engine()
         job_id = fl_ctx.get_job_id()
         workspace = engine.get_workspace()
@@ -226,8 +238,8 @@ class RoundExecutor(Executor):
             self._setup_error = str(e) if isinstance(e, DataError) else f"[{self.site}] {config_path}: {e}"
             self.log_error(fl_ctx, f"cannot start: {self._setup_error}")
             return
-        self.log_info(fl_ctx, f"ready on {self.device}: {self.num_samples('training')} training and "
-                              f"{self.num_samples('validation')} validation samples")
+        self.log_info(fl_ctx, f"ready on {self.device} with {loaded_medfl()}: {self.num_samples('training')} "
+                              f"training and {self.num_samples('validation')} validation samples")
 
     def log_metrics(self, metrics: Dict[str, float], prefix: str, step: int) -> None:
         """Stream ``{name: value}`` to TensorBoard as ``<prefix>/<name>``."""

@@ -8,3 +8,8 @@ NUM_VAL_SAMPLES = "num_val_samples"  # validation examples behind the reported m
 CROSS_SITE_SPLIT = "cross_site_split"  # the split every site evaluates the final models on ("testing")
 CROSS_SITE_METRIC = "cross_site_metric"  # the name of the score a site reports (its federation's metric)
 NUM_EVAL_SAMPLES = "num_eval_samples"  # examples behind a site's cross-site scores
+
+# A client's sign of life: an aux message of this topic every HEARTBEAT_INTERVAL seconds for the whole run, so that
+# the server tells a slow client (still sending) from a dead one (silent), in the simulator too (medfl.common.liveness)
+HEARTBEAT_TOPIC = "medfl.heartbeat"
+HEARTBEAT_INTERVAL = 10.0  # seconds

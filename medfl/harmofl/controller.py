@@ -96,13 +96,24 @@ class HarmoFLController(FedAvgController):
     def _ask_all(self, task: str, model: FLModel, clients: List[str]) -> Optional[Dict[str, FLModel]]:
         """Send ``model`` to every client and wait; ``None`` (after :meth:`panic`) unless all of them answered."""
         model.current_round, model.total_rounds = self.start_round, self.num_rounds
-        results = self.send_model_and_wait(task_name=task, data=model, targets=clients, timeout=self.settings.task_timeout)
-        if self.abort_signal.triggered:
+        replies: Dict[str, FLModel] = {}
+
+        def keep(result: FLModel) -> None:
+            replies[result.meta["client_name"]] = result
+            self._result_arrived.set()
+
+        targets = self.reachable(task, clients, self.start_round)
+        if targets:
+            self.send_model(task_name=task, data=model, targets=targets, timeout=self.settings.task_timeout,
+                            callback=keep)
+        if not self.wait_for_results(task, targets, replies.keys, self.start_round) or self.abort_signal.triggered:
             return None
-        replies = {r.meta["client_name"]: r for r in results}
         missing = sorted(set(clients) - set(replies))
         if missing:
-            self.panic(f"amplitude exchange: task '{task}' got no result from {missing}; every client must take part")
+            dead = [c for c in missing if c in self.dead_clients]
+            silence = f" (no sign of life for {self.liveness.timeout:g} s: {dead})" if dead else ""
+            self.panic(f"amplitude exchange: task '{task}' got no result from {missing}{silence}; every client must "
+                       "take part")
             return None
         return replies
 

@@ -32,9 +32,11 @@ from nvflare.recipe.poc_env import PocEnv
 from nvflare.recipe.sim_env import SimEnv
 from nvflare.recipe.spec import ExecEnv, Recipe
 
+from medfl import __version__
 from medfl.common.config import PLACEHOLDER
 from medfl.common.controller import SERVER_SITE, RoundController
 from medfl.common.executor import RoundExecutor
+from medfl.common.job_version import MEDFL_VERSION_KEY
 from medfl.common.settings import ConfigError, closest_key
 from medfl.site import allow_medfl
 
@@ -168,7 +170,8 @@ class MedflRecipe(Recipe):
         self._files = tempfile.mkdtemp(prefix=f"medfl_{job}_")
         weakref.finalize(self, shutil.rmtree, self._files, True)
         min_clients = min(self.spec.min_clients or len(self.spec.sites), len(self.sites))
-        fed_job = FedJob(name=name or job, min_clients=min_clients)
+        # every site checks that it runs the medfl version the job names (medfl.common.job_version)
+        fed_job = FedJob(name=name or job, min_clients=min_clients, meta_props={MEDFL_VERSION_KEY: __version__})
         fed_job.set_app_packages([APP_PACKAGE])
         fed_job.to_server(self.workflow, id=self.spec.workflow_id)
         fed_job.to_server(tracking_receiver(tracking, name or job), id=RECEIVER_IDS[tracking])
