@@ -26,6 +26,7 @@ from medfl.common.protocol import (
     CROSS_SITE_SPLIT,
     NUM_EVAL_SAMPLES,
     NUM_TRAIN_SAMPLES,
+    NUM_TRAIN_STEPS,
     NUM_VAL_SAMPLES,
 )
 from medfl.fedavg.controller import FedAvgController
@@ -57,7 +58,7 @@ def honest(client: str, task: str, sent: FLModel, received: Dict[str, FLModel]) 
                        meta={NUM_EVAL_SAMPLES: 5, CROSS_SITE_METRIC: "dice"})
     if task == "submit_personal":
         return FLModel(params=bundle({PERSONAL: to_numpy(build_network(VGG["name"], **VGG["args"]).state_dict())}))
-    meta = {NUM_VAL_SAMPLES: 4}
+    meta = {NUM_VAL_SAMPLES: 4, NUM_TRAIN_STEPS: 10}
     if task == "validate":
         return FLModel(metrics={"global": 0.5}, meta=meta)
     params = {k: np.asarray(v + 1, v.dtype) for k, v in sent.params.items()}

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 from helpers import PROJECT_ROOT, run
 
+import medfl
 from medfl.__main__ import main
+from medfl.common.job_version import MEDFL_VERSION_KEY
 from medfl.common.settings import ConfigError
 from medfl.recipes import JOBS, recipe_for
 from medfl.site import MedflPolicyBuilder
@@ -64,7 +66,8 @@ def test_the_committed_job_is_its_recipe_exported(job, exported):
 def test_jobs_carry_configuration_only(exported):
     assert not list(exported.rglob("custom")) and not list(exported.rglob("*.py"))
     meta = json.loads((exported / "fedsm_prostate" / "meta.json").read_text())
-    assert meta == {"name": "fedsm_prostate", "resource_spec": {}, "min_clients": 3, "deploy_map": {"app": ["@ALL"]}}
+    assert meta == {"name": "fedsm_prostate", "resource_spec": {}, "min_clients": 3, "deploy_map": {"app": ["@ALL"]},
+                    MEDFL_VERSION_KEY: medfl.__version__}
 
 
 def test_a_setting_lands_on_every_side_that_declares_it(tmp_path):
