@@ -35,9 +35,13 @@ $(DATA)/datalist_2D/client_All.json: | venv
 	$(BIN)/python $(DATA)/prepare_prostate_2d.py --source saml --input_dir $(DATA)/raw/demo_prostate \
 		--output_dir $(DATA) --size $(DEMO_SIZE)
 
-# Run a job of jobs/ on the demo federation for DEMO_ROUNDS rounds, then test it and plot its curves.
+# Run a job of jobs/ as shipped on the demo federation, except for the number of rounds (DEMO_ROUNDS), the image
+# size (DEMO_SIZE) and one torch thread per client; then test it (the selector's accuracy and routing for FedSM)
+# and plot its curves.
 define run_demo
-	$(BIN)/python tools/job_variant.py jobs/$(1) $(WORK)/jobs/$(1) --server num_rounds=$(DEMO_ROUNDS) --train num_threads=1
+	@echo "$(1): the job as shipped (jobs/$(1)) except num_rounds=$(DEMO_ROUNDS), image_size=$(DEMO_SIZE), num_threads=1"
+	$(BIN)/python tools/job_variant.py jobs/$(1) $(WORK)/jobs/$(1) --server num_rounds=$(DEMO_ROUNDS) \
+		--train num_threads=1 image_size=$(DEMO_SIZE)
 	rm -rf $(WORK)/$(1)
 	$(BIN)/python -m medfl site-policy $(WORK)/$(1)
 	DATASET_ROOT=$(CURDIR)/$(DATA) PATH=$(CURDIR)/$(BIN):$$PATH \

@@ -17,6 +17,14 @@ from .envs import poc_env, prod_env, sim_env
 ENVS = ("sim", "poc", "prod")
 JOB_FOLDER_MODE = 0o755
 DEFAULT_WORKSPACES = {"sim": "/tmp/nvflare/simulation", "poc": "/tmp/nvflare/poc"}
+SITES_SHOWN = 8  # `jobs` lists a federation of more sites by its first and last names
+
+
+def site_list(sites, shown: int = SITES_SHOWN) -> str:
+    """The sites, comma-separated; a long list as its first and last names and its length."""
+    if len(sites) <= shown:
+        return ", ".join(sites)
+    return f"{', '.join(sites[:2])}, ..., {sites[-1]} ({len(sites)} sites)"
 
 
 def list_jobs() -> str:
@@ -24,7 +32,7 @@ def list_jobs() -> str:
     lines = []
     for job in sorted(JOBS):
         spec = job_spec(job)
-        lines.append(f"{job:<22} {JOBS[job].__name__:<14} {spec.description}\n{'':<37}sites: {', '.join(spec.sites)}")
+        lines.append(f"{job:<22} {JOBS[job].__name__:<14} {spec.description}\n{'':<37}sites: {site_list(spec.sites)}")
     return "\n".join(lines)
 
 
@@ -35,7 +43,7 @@ def describe_job(job: str) -> str:
     recipe = JOBS[job]
     lines = [f"{job}: {spec.description}", f"recipe {recipe.__module__}.{recipe.__name__}; "
              f"workflow {spec.controller.__module__}.{spec.controller.__name__}; "
-             f"client {spec.executor.__module__}.{spec.executor.__name__}", f"sites: {', '.join(spec.sites)}", "",
+             f"client {spec.executor.__module__}.{spec.executor.__name__}", f"sites: {site_list(spec.sites)}", "",
              "settings (--set KEY=VALUE; [s]: the workflow's, [c]: config_train.json's; = the job's value):"]
     server_fields, train_fields = spec.controller.Settings.model_fields, spec.executor.Settings.model_fields
     values = {**spec.options, **server, **train}
