@@ -74,7 +74,7 @@ def test_scaleout_job_samples_clients_and_tests_on_the_server(tmp_path, demo_med
     assert all(len(t) == 2 for t in trained) and trained[0] != trained[1], trained
     assert "server test evaluation at round 0 (initial global model): accuracy=" in log
     for round_number, clients in enumerate(trained, start=1):
-        assert f"round {round_number}: sampled 2 of 4 clients: {', '.join(clients)}" in log
+        assert f"round {round_number}/2: sampled 2 of 4 clients: {', '.join(clients)}" in log
 
     assert [e.step for e in events.Scalars("test/accuracy")] == [0, 1, 2]
     assert "val_mean/global_loss" in events.Tags()["scalars"]
