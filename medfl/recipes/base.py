@@ -155,7 +155,7 @@ class MedflRecipe(Recipe):
         self.data_root = data_root
         self.tracking = tracking
         self.method_options = {key: settings.pop(key, default) for key, default in self.spec.options.items()}
-        server, train = split_settings(self.spec, {**self.site_settings(self.sites), **settings})
+        server, train = split_settings(self.spec, {**settings, **self.site_settings(self.sites, settings)})
         if isinstance(data_root, Mapping):
             unknown = sorted(set(data_root) - set(self.sites) - {SERVER_SITE})
             missing = sorted(set(self.sites) - set(data_root))
@@ -179,8 +179,9 @@ class MedflRecipe(Recipe):
         super().__init__(fed_job)
 
     # ------------------------------------------------------------------ what a method may add
-    def site_settings(self, sites: List[str]) -> Dict[str, Any]:
-        """Settings that follow from the federation's sites (FedSM: its site labels); default none."""
+    def site_settings(self, sites: List[str], settings: Mapping[str, Any]) -> Dict[str, Any]:
+        """Settings that follow from the federation's sites and the settings given (FedSM: its site labels and
+        the selector's number of classes); default none."""
         return {}
 
     def add_client_components(self, target: str) -> None:

@@ -7,7 +7,7 @@ the selector's number of classes follow from the sites.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 from nvflare.job_config.defs import FilterType
 
@@ -47,10 +47,14 @@ class FedSMRecipe(MedflRecipe):
     jobs = {FEDSM_PROSTATE.name: FEDSM_PROSTATE}
     options = {"sync_selector_moments": "average the selector's Adam moments across sites (the client filter pair)"}
 
-    def site_settings(self, sites: List[str]) -> Dict[str, Any]:
-        selector = self.spec.train["selector_network"]
+    def site_settings(self, sites: List[str], settings: Mapping[str, Any]) -> Dict[str, Any]:
+        """Site ``k`` is the selector's class ``k``; a selector network given without ``num_classes`` gets one
+        class per site (one given with another count is refused by the workflow's settings check)."""
+        selector = settings.get("selector_network", self.spec.train["selector_network"])
+        given = selector.get("args", {})
+        args = {**given, "num_classes": given.get("num_classes", len(sites))}
         return {"site_labels": {site: label for label, site in enumerate(sites)},
-                "selector_network": {**selector, "args": {**selector["args"], "num_classes": len(sites)}}}
+                "selector_network": {**selector, "args": args}}
 
     def add_client_components(self, target: str) -> None:
         if self.method_options["sync_selector_moments"]:
