@@ -48,6 +48,7 @@ Tracker = Literal["tensorboard", "mlflow"]
 # top-level keys of config_fed_server.json: how often the server lets clients ask for a task (seconds)
 SERVER_RUNTIME = {"server": {"task_request_interval": 0.2}}
 EVENT_CONVERTER_ID = "event_to_fed"
+FILTER_KINDS = ("task_data_filters", "task_result_filters")  # filter lists of config_fed_{client,server}.json
 RECEIVER_IDS = {"tensorboard": "tb_receiver", "mlflow": "mlflow_receiver"}
 DataRoot = Union[None, str, Mapping[str, str]]
 
@@ -210,6 +211,17 @@ class MedflRecipe(Recipe):
                          target, id=EVENT_CONVERTER_ID)
             self.add_client_components(target)
             self._job.add_file_to(str(folder / TRAIN_CONFIG), target, app_folder_type="config")
+
+    def export(self, job_dir: str, *args, **kwargs) -> None:
+        """NVFlare's export, with each filter's task list sorted: NVFlare keeps it as a set, whose order changes
+        from one Python process to the next, and the committed job folders must be reproducible."""
+        super().export(job_dir, *args, **kwargs)
+        for config in sorted((Path(job_dir) / self.name).glob("app*/config/config_fed_*.json")):
+            content = json.loads(config.read_text())
+            for kind in FILTER_KINDS:
+                for entry in content.get(kind, []):
+                    entry["tasks"] = sorted(entry.get("tasks", []))
+            config.write_text(json.dumps(content, indent=4))
 
     # ------------------------------------------------------------------ environments
     def process_env(self, env: ExecEnv) -> None:
