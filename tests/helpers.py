@@ -14,6 +14,8 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
+from medfl.site import allow_medfl
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -32,8 +34,6 @@ def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int 
 def run_simulator(job: Path, workspace: Path, clients: Sequence[str], dataset_root: Path, timeout: int = 600):
     """``nvflare simulator`` with ``-t`` equal to the number of clients, in a workspace whose site policy allows
     the installed medfl (as the README's set-up does); returns the completed process."""
-    from medfl.site import allow_medfl
-
     allow_medfl(workspace)
     return run([BIN / "nvflare", "simulator", job, "-w", workspace, "-c", ",".join(clients), "-t", len(clients)],
                env={"DATASET_ROOT": str(dataset_root)}, timeout=timeout)
@@ -78,13 +78,17 @@ def make_job_variant(job: str, target: Path, server: Dict[str, object], train: D
 class PocDeployment:
     """A POC deployment on loopback in a temporary HOME / workspace: prepare, start, submit, wait, download, stop.
 
+    Every site allows the installed medfl's classes (deployment way (a)) unless ``allow_installed_medfl`` is off
+    (way (b): jobs that carry their code).
+
     Use as a context manager; every process is stopped on exit, also when a test fails.
     """
 
     def __init__(self, root: Path, clients: Sequence[str], env: Optional[Dict[str, str]] = None,
-                 heart_beat_timeout: Optional[int] = None):
+                 heart_beat_timeout: Optional[int] = None, allow_installed_medfl: bool = True):
         self.root = root
         self.clients = list(clients)
+        self.allow_installed_medfl = allow_installed_medfl
         self.heart_beat_timeout = heart_beat_timeout
         for sub in ("home", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -104,6 +108,9 @@ class PocDeployment:
         project = poc_project(self.clients, self.root / "project.yml")
         try:
             self.nvflare("poc", "prepare", "-i", project, "--force")
+            if self.allow_installed_medfl:  # each site allows the installed medfl's classes, as a hospital does
+                for kit in [POC_SERVER, *self.clients]:
+                    allow_medfl(self.kits / kit)
             if self.heart_beat_timeout:
                 self.set_heart_beat_timeout(self.heart_beat_timeout)
             self.nvflare("poc", "start", "--timeout", "120")
@@ -214,7 +221,9 @@ class ProvisionedDeployment:
         self._preflight(server)
         self._start(server, {})
         self._wait_for([])
+        allow_medfl(self.kits / server)
         for site, env in self.site_env.items():
+            allow_medfl(self.kits / site)  # `python -m medfl site-policy <kit>`, as each hospital does (README)
             self._preflight(site)
             self._start(site, env)
         self._wait_for(list(self.site_env))

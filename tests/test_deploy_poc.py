@@ -1,12 +1,15 @@
-"""Deployment: every job in ``jobs/``, as committed (code linked from custom/), runs in a POC deployment.
+"""Deployment: every job in ``jobs/`` runs in a POC deployment, both ways a hospital may take (DEPLOYMENT.md).
 
-One POC deployment per federation (the jobs that share client names share it); each job is submitted as a tiny
-1-round variant on its demo federation (the e2e tests' recipes), downloaded, and its server outputs checked.
+(a) The sites install medfl and allow its classes: one POC deployment per federation (the jobs that share client
+names share it); each job is submitted as a tiny 1-round variant on its demo federation (the e2e tests' recipes),
+configuration only, downloaded, and its server outputs checked.
+(b) No site has medfl: a job exported with ``medfl export-byoc`` carries its code and runs from it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Tuple
@@ -14,7 +17,9 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN, SMALL_SELECTOR
-from helpers import PROJECT_ROOT, PocDeployment, make_job_variant, run
+from helpers import POC_SERVER, PROJECT_ROOT, PocDeployment, make_job_variant, python_without_medfl, run
+
+from medfl.byoc import export_byoc
 
 pytestmark = pytest.mark.deploy
 
@@ -196,3 +201,25 @@ def test_jobs_run_in_poc(name, tmp_path, shared_data):
             if job == "fedsm_prostate":
                 for client in federation.clients:
                     assert (workspace / "app_server" / f"last_personal_{client}_model.pt").is_file(), client
+
+
+def test_a_job_that_carries_its_code_runs_where_no_site_has_medfl(tmp_path, shared_data):
+    """Way (b): the server and every site run a Python without medfl and allow no medfl class; the BYOC export of a
+    job brings the code, and every participant runs medfl from the job's own copy."""
+    federation = FEDERATIONS["prostate"]
+    dataset_root = tmp_path / "data"
+    dataset_root.mkdir()
+    federation.build(dataset_root, shared_data)
+    variant = poc_variant("fedavg_prostate", tmp_path / "variant", federation.clients,
+                          *federation.jobs["fedavg_prostate"])
+    job = export_byoc(variant, tmp_path / "byoc" / "fedavg_prostate")
+    bare_python = python_without_medfl(tmp_path / "venv")
+    env = {"DATASET_ROOT": str(dataset_root), "PATH": f"{bare_python}{os.pathsep}{os.environ['PATH']}"}
+    with PocDeployment(tmp_path / "deploy", federation.clients, env=env, allow_installed_medfl=False) as poc:
+        resources = (poc.kits / federation.clients[0] / "local" / "resources.json.default").read_text()
+        assert "medfl." not in resources, "the sites allow no medfl class"
+        workspace = poc.submit_and_wait(job)
+        check_outputs(workspace, federation.clients)
+        server_log = (poc.kits / POC_SERVER / workspace.parent.name / "log.txt").read_text()
+        assert "running medfl" in server_log and f"{os.sep}app_server{os.sep}custom{os.sep}medfl" in server_log, \
+            "the server ran the job's own copy of medfl"
