@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PROSTATE_CLIENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,10 @@ def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
     out = run_command("bench_memory.py", "--jobs", "fedsm_prostate", "--work", tmp_path)
     row = re.search(rf"^fedsm_prostate\s+3\s+\d+\s+({NUMBER})$", out, re.M)
     assert row and 0.2 < float(row[1]) < 16, out
-    assert re.fullmatch(rf"FedSM simulator peak RSS with 3 clients: {NUMBER} GB .*goal <= 3 GB\)", last_line(out)), out
+    for site in ("server", *PROSTATE_CLIENTS):
+        assert re.search(rf"^FedSM {site}\s+peak {NUMBER} GiB, must hold {NUMBER} GiB: {NUMBER}x$", out, re.M), out
+    assert re.fullmatch(rf"FedSM peak RSS / bytes held, 3 clients: {NUMBER}x at most \(\S+; goal <= 1.3x\); sum of "
+                        rf"the sites' peaks {NUMBER} GB \(goal <= 24 GB\)", last_line(out)), out
 
 
 def test_payload_benchmark_lists_every_method():

@@ -123,7 +123,6 @@ def test_the_round_goes_on_at_the_last_result_not_at_the_next_task_check():
 def test_results_come_in_client_order_whatever_the_arrival_order():
     """Aggregation must sum in one order in every run: results are ordered by client name, not by arrival."""
     controller = FakeRounds(dead=[])
-    controller.send_model = lambda task_name, data, targets, timeout, callback: controller.sent.extend(targets)
     controller.get_num_standing_tasks = lambda: len(CLIENTS) - len(controller._results)
 
     def answer_in_reverse():
@@ -131,7 +130,12 @@ def test_results_come_in_client_order_whatever_the_arrival_order():
             time.sleep(0.02)
             controller._collect(valid_result(client))
 
-    threading.Thread(target=answer_in_reverse).start()
+    def send_model(task_name, data, targets, timeout, callback):
+        controller.sent.extend(targets)
+        if len(controller.sent) == len(CLIENTS):  # every task is out: the answers come, last client first
+            threading.Thread(target=answer_in_reverse).start()
+
+    controller.send_model = send_model
     assert list(controller.scatter_and_gather("train", CLIENTS, 0)) == CLIENTS
 
 

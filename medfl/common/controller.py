@@ -294,11 +294,19 @@ class RoundController(ModelController):
         """
         self._results, self._rejected, self._expected, self._round = {}, {}, {}, round_number
         targets = self.reachable(task, clients, round_number)
+        payloads = []
         for client in targets:
             payload, self._expected[client] = self.task_for(task, client, round_number)
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.settings.task_timeout,
                             callback=self._collect)
-        if not self.wait_for_results(task, targets, lambda: self._results.keys() | self._rejected.keys(), round_number):
+            payloads.append(payload)
+        finished = self.wait_for_results(task, targets, lambda: self._results.keys() | self._rejected.keys(),
+                                         round_number)
+        # NVFlare keeps a finished task's data; emptied here (each payload's own dict), the models sent this round
+        # are freed as soon as aggregation replaces them, not held beside the new ones
+        for payload in payloads:
+            payload.params.clear()
+        if not finished:
             self.info(f"abort signal received: stopping; {self._missing_clients(clients)}")
             return None
         needed = self.settings.min_clients or len(clients)
@@ -311,6 +319,28 @@ class RoundController(ModelController):
                          f"(min_clients={self.settings.min_clients}); {self._missing_clients(clients)}")
         return {client: self._results[client] for client in sorted(self._results)}
 
+    def send_model(self, task_name: str = "train", data: Optional[FLModel] = None, targets: Optional[List[str]] = None,
+                   min_responses: Optional[int] = None, timeout: int = 0,
+                   callback: Optional[Callable[[FLModel], bool]] = None) -> None:
+        """NVFlare's ``send_model``; to one client, as a single-target *send* task rather than a broadcast.
+
+        NVFlare deep-copies the data of every broadcast task and keeps the copy until the task ends, in case the
+        workflow changes the data in place meanwhile. Every client has its own task here, so that would hold one more
+        copy of each client's payload for the whole round (FedSM: the 129 M-parameter selector and its two Adam
+        moments, 1.5 GB a client). These workflows never change a payload in place (aggregation builds new arrays),
+        so a payload for one client is sent as it is.
+        """
+        if not targets or len(targets) != 1 or callback is None:
+            super().send_model(task_name=task_name, data=data, targets=targets, min_responses=min_responses,
+                               timeout=timeout, callback=callback)
+            return
+        # what ModelController.broadcast_model prepares for one target, without its broadcast
+        self._current_min_responses, self._current_num_targets, self._current_failed_clients = 1, 1, set()
+        self.set_fl_context(data)
+        self.info(f"Sending task {task_name} to {targets}")
+        task = self._prepare_task(data=data, task_name=task_name, timeout=timeout, callback=callback)
+        self.send(task=task, targets=targets, fl_ctx=self.fl_ctx)
+
     def task_for(self, task: str, client: str, round_number: int) -> Tuple[FLModel, ResultSpec]:
         """What ``client`` is sent for ``task`` and what it must send back: :meth:`payload_for` with
         :meth:`payload_meta` and :meth:`expected_result`, or, for the cross-site task, the final models."""
@@ -319,8 +349,8 @@ class RoundController(ModelController):
             payload = FLModel(params=bundle(self._cross_site_models), current_round=round_number,
                               total_rounds=self.num_rounds, meta=meta)
             return payload, self.cross_site_result(sorted(self._cross_site_models))
-        payload = FLModel(params=self.payload_for(client), current_round=round_number, total_rounds=self.num_rounds,
-                          meta=self.payload_meta(client))
+        payload = FLModel(params=dict(self.payload_for(client)), current_round=round_number,
+                          total_rounds=self.num_rounds, meta=self.payload_meta(client))
         return payload, self.expected_result(client, task, payload)
 
     def reachable(self, task: str, clients: List[str], round_number: int) -> List[str]:

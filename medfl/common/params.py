@@ -64,10 +64,15 @@ def adopt_numpy(module: torch.nn.Module, params: Mapping[str, np.ndarray],
         array = np.asarray(params[key])
         if tuple(array.shape) != shape:
             raise KeyError(f"parameter {key} has shape {tuple(array.shape)}, the model's is {shape}")
-        tensor = tensors[key]
-        shareable = array.flags.writeable and array.flags.c_contiguous and tensor.device.type == "cpu"
-        value = torch.from_numpy(array) if shareable else torch.as_tensor(array).clone()
-        tensor.data = value.to(device=tensor.device, dtype=dtype)
+        tensors[key].data = adopt_array(array, tensors[key].device, dtype)
+
+
+def adopt_array(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``array`` as a tensor on ``device`` with ``dtype``: the array's own memory when it is a writable, contiguous
+    CPU array of that dtype going to the CPU (the caller keeps no other use of it), else a copy."""
+    shareable = array.flags.writeable and array.flags.c_contiguous and torch.device(device).type == "cpu"
+    value = torch.from_numpy(array) if shareable else torch.as_tensor(array).clone()
+    return value.to(device=device, dtype=dtype)
 
 
 def bundle(models: Mapping[str, Params]) -> Params:

@@ -30,7 +30,14 @@ from medfl.common.train import Batch, build_optimizer, evaluate_dice, predict_bi
 from medfl.federations.prostate2d.client import ProstateSegmentationExecutor, ProstateSettings
 
 from . import networks  # noqa: F401  (registers the selector networks)
-from .moments import SELECTOR_STATE_PROP, SYNCED_MOMENTS_PROP, load_adam_moments
+from .moments import (
+    MOMENTS_SENT_PROP,
+    SELECTOR_STATE_PROP,
+    SYNCED_MOMENTS_PROP,
+    load_adam_moments,
+    release_adam_moments,
+    zero_released_moments,
+)
 from .protocol import GLOBAL, PERSONAL_OF_LABEL, SELECT_THRESHOLD, SELECTOR, SITE_LABEL, SUPER_MODEL
 from .super_model import super_model_predict
 
@@ -74,10 +81,10 @@ class FedSMExecutor(ProstateSegmentationExecutor):
     gradients of every batch of an epoch are summed and the optimizer steps once per epoch, so with one selector
     epoch Adam's step count grows by exactly one a round. Settings: :class:`FedSMSettings`.
 
-    The selector (VGG-11: 129 M parameters) is held once: its weights travel back as views of the model, not
-    copies; once the result is sent they are released (the next task brings the server's), and the received
-    weights become the model's storage without a copy; the received moments are copied into the optimizer's
-    state and released, and the gradients are freed after each step.
+    The selector (VGG-11: 129 M parameters) is held once: its weights and Adam moments travel back as views of the
+    model and the optimizer's state, not copies; once the result is sent they are released (the next task brings
+    the server's), and the received weights and moments become the model's and the optimizer's storage without a
+    copy; the gradients are freed after each step.
     """
 
     Settings = FedSMSettings
@@ -95,6 +102,8 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         super().handle_event(event_type, fl_ctx)
         if event_type == EventType.AFTER_SEND_TASK_RESULT and self.settings is not None and not self._setup_error:
             release_tensors(self.selector)  # sent; every task starts by loading the server's selector
+            if fl_ctx.get_prop(MOMENTS_SENT_PROP):  # sent; the next training task brings the averaged ones
+                release_adam_moments(self.selector, self.selector_optimizer)
 
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
         if SITE_LABEL not in self.task_meta:
@@ -110,9 +119,18 @@ class FedSMExecutor(ProstateSegmentationExecutor):
             raise DataError(f"the selector the server sent does not fit selector_network: {e}", site=self.site) from None
         moments = fl_ctx.get_prop(SYNCED_MOMENTS_PROP)
         if moments:
-            n = load_adam_moments(self.selector, self.selector_optimizer, moments)
+            try:
+                n = load_adam_moments(self.selector, self.selector_optimizer, moments)
+            except ValueError as e:
+                raise DataError(f"the server's selector Adam moments do not fit selector_network: {e}",
+                                site=self.site) from None
             self.log_info(fl_ctx, f"loaded synced Adam moments for {n} selector parameters")
             fl_ctx.remove_prop(SYNCED_MOMENTS_PROP)
+        else:
+            zeroed = zero_released_moments(self.selector, self.selector_optimizer)
+            if zeroed:
+                self.log_warning(fl_ctx, f"the server sent no selector Adam moments back (another site sent none?): "
+                                         f"the moments of {zeroed} selector parameters restart at zero")
         del received, moments
         params.clear()  # every array is in the models now: release the received ones (1.5 GB with VGG-11)
         fl_ctx.set_prop(SELECTOR_STATE_PROP, (self.selector, self.selector_optimizer), private=True, sticky=False)
