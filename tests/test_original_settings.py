@@ -54,6 +54,7 @@ HARMOFL_PARTS = [  # what HarmoFL adds, in every HarmoFL job
     ("train", "truncate_to_smallest_client", True, "§1.4 min_data_len"),
     ("train", "local_epochs", 1, "§1.8 wk_iters"),
     ("server", "weighting", "equal", "§1.4 client_weights 1/N"),
+    ("server", "best_weighting", "equal", "§1.4 best round by mean(val_acc) over sites, unweighted"),
     ("server", "seed", 0, "§1.4 seed 0"),
 ]
 SLIM_VGG = {"name": "medfl.federations.dermoscopy.networks:vgg16_slim", "args": {"num_classes": 3, "in_channels": 3}}
@@ -91,6 +92,9 @@ PINS: Dict[str, List[tuple]] = {
         ("train", "selector_epochs", 1, "§6.2 select_epochs 1"),
         ("server", "selector_network", {"name": "vgg11", "args": {"in_channels": 1, "num_classes": 3}}, "§6.2"),
         ("server", "soft_pull_lambda", 0.7, "§6.3 lambda = 0.7"),
+        ("server", "best_weighting", "steps",
+         "§6.3 best models by the clients' weighted validation metrics: weigh_by_local_iter, NUM_STEPS_CURRENT_ROUND"),
+        ("server", "best_from_round", 1, "§6.3 round 0 is never a best round"),
         ("server", "select_threshold", 0.9, "§6.4 select_threshold 0.9"),
         ("server", "site_labels", {site: label for label, site in enumerate(PROSTATE_SITES)}, "§6.2 labels 0, 1, 2"),
         ("filters", "task_data_filters", ["medfl.fedsm.moments.AdamMomentsReceiver"], "§6.2 synced Adam moments"),

@@ -28,7 +28,7 @@ from typing import Callable, Collection, Dict, List, Literal, Optional, Set, Tup
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey
@@ -100,6 +100,13 @@ class ServerSettings(Settings):
         "it (min_clients) or stops naming it. 0: wait for NVFlare's own detection and task_timeout"))
     final_validation: bool = Field(True, description=(
         "after the last round, ask the clients to validate the final models (so they may be selected as best)"))
+    best_weighting: Literal["validation_samples", "steps", "equal"] = Field("validation_samples", description=(
+        "weights of the clients' validation metrics in a model's best-model score: validation-set size, local "
+        "steps of the round (NVFlare's NUM_STEPS_CURRENT_ROUND; a validation-only result counts the client's last "
+        "training result of this run) or equal (the plain mean over sites). The Fed-ISIC2019 workflows score pooled "
+        "class counts and read neither this nor best_from_round"))
+    best_from_round: int = Field(0, ge=0, description=(
+        "the first round whose sent models may become best (0: the initial models too; 1: the first aggregate)"))
     resume_from: str = Field("", description="a server_state.pt of an earlier run: continue after its last round")
     task_check_period: float = Field(0.5, gt=0, le=10, description=(
         "seconds between two checks for ended client tasks (timeouts, errors, dead clients)"))
@@ -124,6 +131,14 @@ class ServerSettings(Settings):
             raise ValueError(f"must be 0 (off) or at least {shortest:g} s ({MISSED_HEARTBEATS} heartbeat intervals)")
         return value
 
+    @model_validator(mode="after")
+    def _a_round_may_become_best(self) -> "ServerSettings":
+        last = self.num_rounds if self.final_validation else self.num_rounds - 1  # the last round validated
+        if self.best_from_round > last:
+            raise ValueError(f"best_from_round {self.best_from_round} is after the last validated round {last}: "
+                             "no model would be kept as best")
+        return self
+
 
 class RoundController(ModelController):
     """Round loop shared by every method; its settings are :class:`ServerSettings` (or the method's subclass,
@@ -136,6 +151,7 @@ class RoundController(ModelController):
         super().__init__(persistor_id="", task_check_period=self.settings.task_check_period)
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
+        self.train_steps: Dict[str, float] = {}  # each client's local steps in its last training result of this run
         self.start_round = 0
         self._results: Dict[str, FLModel] = {}
         self._expected: Dict[str, ResultSpec] = {}
@@ -474,23 +490,50 @@ class RoundController(ModelController):
 
     # ------------------------------------------------------------------ best models, checkpoints, metrics
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
-        """Score each model by its clients' validation metrics (weighted by validation size); save new bests."""
+        """Score each model by its clients' validation metrics weighted by :meth:`best_weights`; from round
+        ``best_from_round`` on, save a new best. A client of weight 0 adds nothing (its metric may be NaN); a model
+        whose clients weigh 0 in all is not scored this round."""
+        weights = self.best_weights(results, round_number)
         totals: Dict[str, List[float]] = {}
         for client, result in sorted(results.items()):
-            n_val = float(result.meta.get(NUM_VAL_SAMPLES, 1))
             for key, value in (result.metrics or {}).items():
-                name = self.model_for_metric(client, key)
-                acc = totals.setdefault(name, [0.0, 0.0])
-                acc[0] += n_val * float(value)
-                acc[1] += n_val
                 self._add_scalar(f"val/{client}/{key}", value, round_number)
-        for name, (weighted, count) in sorted(totals.items()):
-            score = weighted / count
+                acc = totals.setdefault(self.model_for_metric(client, key), [0.0, 0.0])
+                if weights[client]:
+                    acc[0] += weights[client] * float(value)
+                    acc[1] += weights[client]
+        for name, (weighted, total) in sorted(totals.items()):
+            if not total:
+                self.warning(f"round {round_number}: {name} not scored: its clients' best-model weights "
+                             f"({self.settings.best_weighting}) sum to 0")
+                continue
+            score = weighted / total
             self._add_scalar(f"val_mean/{name}", score, round_number)
-            if name in self.models and score > self.best_scores.get(name, -np.inf):
+            eligible = round_number >= self.settings.best_from_round and name in self.models
+            if eligible and score > self.best_scores.get(name, -np.inf):
                 self.best_scores[name] = score
                 self.save_models("best", {name: self.models[name]}, round_number=round_number, score=score)
                 self.info(f"new best {name}: {score:.4f} (models sent in round {round_number})")
+
+    def best_weights(self, results: Dict[str, FLModel], round_number: int) -> Dict[str, float]:
+        """Each client's weight in the best-model score, by ``best_weighting``: its validation samples
+        (``NUM_VAL_SAMPLES``, 1 if absent), 1 (HarmoFL's ``mean(val_acc)`` over sites), or its local steps of the
+        round as FedSM's original weighs them (``IntimeModelSelector(weigh_by_local_iter=True)``:
+        ``NUM_STEPS_CURRENT_ROUND``). A result without a step count (the final validation) takes its client's count
+        from its last training result of this run; if a client has none, all of these results weigh equally (one
+        warning)."""
+        weighting = self.settings.best_weighting
+        if weighting == "validation_samples":
+            return {client: float((r.meta or {}).get(NUM_VAL_SAMPLES, 1)) for client, r in results.items()}
+        if weighting == "steps":
+            self.train_steps.update({client: float(r.meta[NUM_TRAIN_STEPS]) for client, r in results.items()
+                                     if NUM_TRAIN_STEPS in (r.meta or {})})
+            unknown = sorted(set(results) - set(self.train_steps))
+            if not unknown:
+                return {client: self.train_steps[client] for client in results}
+            self.warning(f"round {round_number}: no local step count from {unknown} in this run: best-model scores "
+                         "of these results weigh the clients equally")
+        return {client: 1.0 for client in results}
 
     def save_models(self, kind: str, models: Dict[str, Params], **info) -> None:
         app_dir = self.get_app_dir()
