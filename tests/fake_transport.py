@@ -2,7 +2,7 @@
 
 :func:`attach` gives a controller an engine (clients, a workspace in a temporary folder holding
 ``config/config_train.json``) and replaces the transport: every task goes to ``answer(client, task, sent)``, whose
-``FLModel`` comes back at once through the controller's own result callback, as NVFlare would deliver it (with
+``FLModel`` (each client's own copy of the sent one) comes back at once through the controller's own result callback, as NVFlare would deliver it (with
 ``meta["client_name"]``); an answer of ``None`` is a client that never answers. Log lines and panics are recorded
 in ``controller.log``; a panic does not stop anything by itself, as in NVFlare the workflow returns after it.
 """
@@ -43,7 +43,11 @@ def attach(controller, root: Path, clients: Sequence[str], answer: Answer, train
     def replies(task_name: str, data: FLModel, targets: Sequence[str]) -> List[FLModel]:
         results = []
         for client in targets:
-            result = answer(client, task_name, data)
+            # each client gets its own copy of the message, as NVFlare delivers it (the server empties its payload
+            # dicts once the round's results are in)
+            delivered = FLModel(params=dict(data.params or {}), metrics=data.metrics, current_round=data.current_round,
+                                total_rounds=data.total_rounds, meta=dict(data.meta or {}))
+            result = answer(client, task_name, delivered)
             if result is not None:
                 result.meta = {**(result.meta or {}), "client_name": client}
                 results.append(result)
