@@ -91,19 +91,26 @@ def test_fedsm_site_labels_and_selector_classes_follow_the_sites(tmp_path):
 
 
 def test_a_data_root_replaces_the_placeholder_and_per_site_roots_make_per_site_apps(tmp_path):
-    one = read_export(tmp_path / "one", "fedavg_isic2019", data_root="/data")
+    one = read_export(tmp_path / "one", "fedavg_isic2019", dataset_root="/data")
     assert one["app/config/config_train.json"]["data_root"] == "/data/fed_isic2019"
     trunk = one["app/config/config_fed_server.json"]["workflows"][0]["args"]["trunk_checkpoint"]
     assert trunk == "/data/pretrained/resnet18-f37072fd.pth"
     roots = {"center_1": "/a", "center_2": "/b", "server": "/s"}
-    each = read_export(tmp_path / "each", "fedavg_isic2019", sites=["center_1", "center_2"], data_root=roots)
+    each = read_export(tmp_path / "each", "fedavg_isic2019", sites=["center_1", "center_2"], dataset_root=roots)
     assert each["meta.json"]["deploy_map"] == {"app_server": ["server"], "app_center_1": ["center_1"],
                                                "app_center_2": ["center_2"]}
     assert each["app_center_2/config/config_train.json"]["data_root"] == "/b/fed_isic2019"
     args = each["app_server/config/config_fed_server.json"]["workflows"][0]["args"]
     assert args["trunk_checkpoint"].startswith("/s/")
     with pytest.raises(ConfigError, match=r"missing \['center_2'\]"):
-        recipe_for("fedavg_isic2019", sites=["center_1", "center_2"], data_root={"center_1": "/a"})
+        recipe_for("fedavg_isic2019", sites=["center_1", "center_2"], dataset_root={"center_1": "/a"})
+
+
+def test_the_client_setting_data_root_is_not_the_recipes_dataset_root(tmp_path):
+    """Several jobs have a client setting ``data_root``; a recipe takes it like any other setting, beside the
+    ``dataset_root`` that replaces the placeholder."""
+    job = read_export(tmp_path, "harmofl_camelyon17", dataset_root="/d", data_root="DATASET_ROOT/raw/demo_camelyon17")
+    assert job["app/config/config_train.json"]["data_root"] == "/d/raw/demo_camelyon17"
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -29,7 +29,7 @@ def test_fedavg_recipe_runs_in_pocenv(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setenv("NVFLARE_POC_WORKSPACE", str(tmp_path / "poc"))
-    recipe = recipe_for("fedavg_prostate", data_root=str(data), num_rounds=1, num_threads=1, network=TINY_UNET)
+    recipe = recipe_for("fedavg_prostate", dataset_root=str(data), num_rounds=1, num_threads=1, network=TINY_UNET)
     env = poc_env(recipe.sites, tmp_path / "poc")
     try:
         job_run = recipe.run(env)

@@ -53,7 +53,7 @@ def simulate(recipe, workspace_root: Path) -> Path:
 
 def test_fedavg_mlflow_store_holds_the_curves_tensorboard_gets(tmp_path, data_root):
     pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install 'medfl[tracking]'")
-    recipe = recipe_for("fedavg_prostate", data_root=str(data_root("prostate")), tracking="mlflow",
+    recipe = recipe_for("fedavg_prostate", dataset_root=str(data_root("prostate")), tracking="mlflow",
                         **small("prostate", "fedavg_prostate"))
     # both receivers on the server, so that one run feeds both stores
     recipe._job.to_server(TBAnalyticsReceiver(events=[FED_EVENT_PREFIX + "analytix_log_stats"]), id="tb_receiver")
@@ -73,7 +73,7 @@ def test_fedavg_mlflow_store_holds_the_curves_tensorboard_gets(tmp_path, data_ro
 
 
 def test_fedsm_cross_site_matrix_of_global_personalised_and_super_models(tmp_path, data_root):
-    recipe = recipe_for("fedsm_prostate", data_root=str(data_root("prostate")), cross_site_evaluation=True,
+    recipe = recipe_for("fedsm_prostate", dataset_root=str(data_root("prostate")), cross_site_evaluation=True,
                         **small("prostate", "fedsm_prostate"))
     app = simulate(recipe, tmp_path) / "app_server"
     metric, matrix = read_cross_site(app)
@@ -99,7 +99,7 @@ def test_harmofl_runs_from_the_command_line(tmp_path, data_root):
 
 
 def test_prrfl_cross_site_matrix_of_the_personalised_models(tmp_path, data_root):
-    recipe = recipe_for("prrfl_dermoscopy", data_root=str(data_root("dermoscopy")), cross_site_evaluation=True,
+    recipe = recipe_for("prrfl_dermoscopy", dataset_root=str(data_root("dermoscopy")), cross_site_evaluation=True,
                         **small("dermoscopy", "prrfl_dermoscopy"))
     app = simulate(recipe, tmp_path) / "app_server"
     metric, matrix = read_cross_site(app)
@@ -109,7 +109,7 @@ def test_prrfl_cross_site_matrix_of_the_personalised_models(tmp_path, data_root)
 
 
 def test_fedmas_runs_in_simenv(tmp_path, data_root):
-    recipe = recipe_for("fedmas_dermoscopy", data_root=str(data_root("dermoscopy")),
+    recipe = recipe_for("fedmas_dermoscopy", dataset_root=str(data_root("dermoscopy")),
                         **small("dermoscopy", "fedmas_dermoscopy"))
     app = simulate(recipe, tmp_path) / "app_server"
     assert torch.load(app / "server_state.pt", weights_only=True)["completed_round"] == 0

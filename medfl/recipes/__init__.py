@@ -3,7 +3,7 @@ job, ``recipe.export(folder)`` writes its job folder (the committed ``jobs/<job>
 
     from medfl.recipes import recipe_for
     from medfl.recipes.envs import sim_env
-    recipe = recipe_for("fedsm_prostate", num_rounds=5, data_root="/data")
+    recipe = recipe_for("fedsm_prostate", num_rounds=5, dataset_root="/data")
     recipe.execute(sim_env(recipe.sites, "/tmp/nvflare"))   # or envs.poc_env(...), envs.prod_env(kit)
 
 One recipe class per method (:class:`FedAvgRecipe`, :class:`FedSMRecipe`, :class:`HarmoFLRecipe`,

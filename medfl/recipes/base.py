@@ -132,9 +132,10 @@ class MedflRecipe(Recipe):
     Args:
         job: the job's name (default: the method's first job).
         sites: the federation's client names (default: the job's); FedSM derives its site labels from them.
-        data_root: the folder that replaces ``DATASET_ROOT`` in every path of the job, or ``{site: folder}`` (then
-            every site gets its own app; the key ``server`` sets the server's); ``None`` keeps the placeholder,
-            which each site resolves from its ``DATASET_ROOT`` environment variable.
+        dataset_root: the folder that replaces ``DATASET_ROOT`` in every path of the job, or ``{site: folder}``
+            (then every site gets its own app; the key ``server`` sets the server's); ``None`` keeps the
+            placeholder, which each site resolves from its ``DATASET_ROOT`` environment variable. (Not
+            ``data_root``: that is a client setting of several jobs, which ``**settings`` may set.)
         tracking: ``tensorboard`` (``tb_events/`` in the server's run folder) or ``mlflow`` (``mlflow.db``).
         name: the job's name in NVFlare (default: ``job``).
         **settings: workflow or client settings (``num_rounds=5``, ``network={...}``, ``cross_site_evaluation=True``,
@@ -144,8 +145,9 @@ class MedflRecipe(Recipe):
     jobs: ClassVar[Dict[str, JobSpec]] = {}
     options: ClassVar[Dict[str, str]] = {}  # the method's own options and what they do
 
-    def __init__(self, job: Optional[str] = None, *, sites: Optional[Sequence[str]] = None, data_root: DataRoot = None,
-                 tracking: Tracker = "tensorboard", name: Optional[str] = None, **settings):
+    def __init__(self, job: Optional[str] = None, *, sites: Optional[Sequence[str]] = None,
+                 dataset_root: DataRoot = None, tracking: Tracker = "tensorboard", name: Optional[str] = None,
+                 **settings):
         job = job or next(iter(self.jobs))
         if job not in self.jobs:
             raise ConfigError(f"{type(self).__name__} has no job {job!r}; its jobs: {', '.join(self.jobs)}")
@@ -153,20 +155,20 @@ class MedflRecipe(Recipe):
         self.sites: List[str] = list(sites or self.spec.sites)
         if not self.sites or len(set(self.sites)) != len(self.sites):
             raise ConfigError(f"job {job}: sites must be distinct client names, got {self.sites}")
-        self.data_root = data_root
+        self.dataset_root = dataset_root
         self.tracking = tracking
         self.method_options = {key: settings.pop(key, default) for key, default in self.spec.options.items()}
         server, train = split_settings(self.spec, {**settings, **self.site_settings(self.sites, settings)})
-        if isinstance(data_root, Mapping):
-            unknown = sorted(set(data_root) - set(self.sites) - {SERVER_SITE})
-            missing = sorted(set(self.sites) - set(data_root))
+        if isinstance(dataset_root, Mapping):
+            unknown = sorted(set(dataset_root) - set(self.sites) - {SERVER_SITE})
+            missing = sorted(set(self.sites) - set(dataset_root))
             if unknown or missing:
-                raise ConfigError(f"job {job}: data_root must name every site {self.sites} (and optionally "
+                raise ConfigError(f"job {job}: dataset_root must name every site {self.sites} (and optionally "
                                   f"'{SERVER_SITE}'); unknown {unknown}, missing {missing}")
-        server_root = data_root.get(SERVER_SITE) if isinstance(data_root, Mapping) else data_root
+        server_root = dataset_root.get(SERVER_SITE) if isinstance(dataset_root, Mapping) else dataset_root
         self.workflow = self.spec.controller(**with_data_root(server, server_root))
         self.train_config = train
-        for site in self.sites if isinstance(data_root, Mapping) else [None]:
+        for site in self.sites if isinstance(dataset_root, Mapping) else [None]:
             self.spec.executor.Settings.load(self.train_values(site), TRAIN_CONFIG, site)
         self._files = tempfile.mkdtemp(prefix=f"medfl_{job}_")
         weakref.finalize(self, shutil.rmtree, self._files, True)
@@ -192,11 +194,11 @@ class MedflRecipe(Recipe):
     def train_values(self, site: Optional[str]) -> Dict[str, Any]:
         """``config_train.json`` of ``site`` (``None``: of every site) as written: the settings given, defaults left
         out, ``DATASET_ROOT`` replaced where a data root was given."""
-        root = self.data_root.get(site) if isinstance(self.data_root, Mapping) else self.data_root
+        root = self.dataset_root.get(site) if isinstance(self.dataset_root, Mapping) else self.dataset_root
         return with_data_root(self.train_config, root)
 
     def _prepare_client_apps(self) -> None:
-        targets = self.sites if isinstance(self.data_root, Mapping) else [ALL_SITES]
+        targets = self.sites if isinstance(self.dataset_root, Mapping) else [ALL_SITES]
         for target in targets:
             folder = Path(self._files) / target.replace("@", "_")
             folder.mkdir()

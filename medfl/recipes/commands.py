@@ -82,7 +82,7 @@ def run_job(job: str, env: str, rounds: Optional[int] = None, data_root: Optiona
         overrides["cross_site_evaluation"] = True
     if data_root and env != "prod":  # the sites run on this machine, in other working folders
         data_root = str(Path(data_root).resolve())
-    recipe = recipe_for(job, sites=clients, data_root=data_root, tracking=tracking, **overrides)
+    recipe = recipe_for(job, sites=clients, dataset_root=data_root, tracking=tracking, **overrides)
     if env == "sim":
         run = recipe.run(sim_env(recipe.sites, workspace or DEFAULT_WORKSPACES["sim"]))
         return run.get_result()
