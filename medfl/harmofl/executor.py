@@ -263,8 +263,8 @@ class HarmoFLSegmentationExecutor(HarmoFLClient, SegmentationExecutor):
 
 
 class HarmoFLProstateExecutor(HarmoFLSegmentationExecutor):
-    """HarmoFL prostate MRI client: 2.5-D samples from ``prepare_harmofl_prostate.py`` (``dataset_base_dir``,
-    ``datalist_json_path`` = a folder of ``<client>.json`` or one file)."""
+    """HarmoFL prostate MRI client: 2.5-D samples from ``prepare_harmofl_prostate.py`` (``data_root``,
+    ``datalist`` = a folder of ``<client>.json`` or one file)."""
 
     def build_split(self, split: str) -> Dataset:
         base_dir = self.settings.path("data_root", self.site)
@@ -274,7 +274,7 @@ class HarmoFLProstateExecutor(HarmoFLSegmentationExecutor):
 
 
 class HarmoFLNucleiExecutor(HarmoFLSegmentationExecutor):
-    """HarmoFL nuclei client: the per-site layout of ``prepare_nuclei.py`` (``dataset_root``, ``datalist``).
+    """HarmoFL nuclei client: the per-site layout of ``prepare_nuclei.py`` (``data_root``, ``datalist``).
 
     Every site must feed the network one image size (one amplitude reference): ``patch_size`` P serves random
     P x P crops for training and the P x P tiles covering each image for validation and testing (``null``:
@@ -298,13 +298,13 @@ class HarmoFLNucleiExecutor(HarmoFLSegmentationExecutor):
 
 class HarmoFLSliceExecutor(HarmoFLClient, ProstateSegmentationExecutor):
     """HarmoFL on the common 2D prostate slices (``jobs/harmofl_prostate_2d``): FedAvg's prostate client
-    (:class:`~medfl.federations.prostate2d.client.ProstateSegmentationExecutor`: its network, ``DiceLoss(sigmoid)``, Adam with
-    ``learning_rate``, ``batch_size``, augmentation, validation by foreground Dice) plus HarmoFL's amplitude
+    (:class:`~medfl.federations.prostate2d.client.ProstateSegmentationExecutor`: its network, ``DiceLoss(sigmoid)``, Adam from
+    ``optimizer``, ``batch_size``, augmentation, validation by foreground Dice) plus HarmoFL's amplitude
     exchange, amplitude-normalised inputs and weight-perturbed Adam steps, so that HarmoFL is compared with
     FedAvg and FedSM on the same data with the same model.
 
     ``config_train.json``: the prostate client's keys and the HarmoFL keys
-    of the module docstring except ``optimizer``. :meth:`score` reports ``dice_fg`` (foreground Dice).
+    of the module docstring. :meth:`score` reports ``dice_fg`` (foreground Dice).
     """
 
     Settings = HarmoFLSliceSettings
@@ -345,7 +345,7 @@ class HarmoFLClassificationExecutor(HarmoFLClient, ClassificationExecutor):
 
 
 class HarmoFLCamelyon17Executor(HarmoFLClassificationExecutor):
-    """HarmoFL Camelyon17 client: 96 x 96 patches of the WILDS layout (``dataset_root``) and the datalists of
+    """HarmoFL Camelyon17 client: 96 x 96 patches of the WILDS layout (``data_root``) and the datalists of
     ``prepare_camelyon17.py`` (``datalist``); ``ToTensor()`` only, no augmentation, as the released code."""
 
     Settings = HarmoFLCamelyon17Settings

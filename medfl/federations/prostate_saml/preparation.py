@@ -9,7 +9,7 @@ the slices ``i-1, i, i+1`` stacked as 3 channels. Splits:
 * ``--split_level slice`` (the original): a seeded permutation of the site's slices, cut at
   ``int(0.64 n)`` and ``int(0.8 n)`` into training / validation / testing. Neighbouring slices of one patient
   land in different splits.
-* ``--split_level patient``: whole cases go to one split (``prepare_prostate_2d.split_cases``, same fractions).
+* ``--split_level patient``: whole cases go to one split (:func:`medfl.federations.prostate2d.preparation.split_cases`, same fractions).
 
 Pairing, reading and percentile scaling reuse ``prepare_prostate_2d``. Output::
 
