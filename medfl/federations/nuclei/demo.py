@@ -33,7 +33,7 @@ from medfl.federations.nuclei.data import IMAGES, MASKS
 
 Vector3 = Tuple[float, float, float]
 SOURCE_IMAGE, SOURCE_MASK = "img2d.tif", "mask2d.tif"
-DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "nuclei_dsb2018"  # ../shared beside the checkout
+DEFAULT_SOURCE = Path(__file__).resolve().parents[4] / "shared" / "data" / "nuclei_dsb2018"  # ../shared beside the checkout
 SIGNAL_PERCENTILE = 99.5  # source intensity mapped to signal 1 (a few saturated nuclei lie above it)
 PIXEL_MAX = 255
 
