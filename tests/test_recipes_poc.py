@@ -1,27 +1,56 @@
-"""Deployment: a recipe runs in NVFlare 2.9's PocEnv, whose fresh kits allow medfl's classes through the project file
-of ``medfl.recipes.envs.poc_env`` (PocEnv provisions anew for every job, so no site policy written by hand survives).
+"""Deployment: one recipe of every method runs in NVFlare 2.9's PocEnv (what ``python -m medfl run <job> --env poc``
+does), whose fresh kits allow medfl's classes through the project file of ``medfl.recipes.envs.poc_env`` (PocEnv
+provisions anew for every job, so no site policy written by hand survives).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Dict
 
 import pytest
 import torch
 from helpers import BIN
-from test_deploy_poc import FEDERATIONS, TINY_UNET
+from test_deploy_poc import FEDERATIONS
 
-from medfl.recipes import recipe_for
+from medfl.recipes import JOBS, RECIPES, recipe_for
 from medfl.recipes.envs import poc_env
 
 pytestmark = pytest.mark.deploy
 
+# one job of each method, with its federation (the POC tests' demo data and tiny overrides)
+METHOD_JOBS = {
+    "fedavg_prostate": "prostate",
+    "fedsm_prostate": "prostate",
+    "harmofl_prostate_2d": "prostate",
+    "prrfl_dermoscopy": "dermoscopy",
+    "fedmas_dermoscopy": "dermoscopy",
+}
 
-def test_fedavg_recipe_runs_in_pocenv(tmp_path, shared_data, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    FEDERATIONS["prostate"].build(data, shared_data)
+
+@pytest.fixture(scope="module")
+def dataset_root(shared_data, tmp_path_factory):
+    """``dataset_root(federation)``: its demo ``DATASET_ROOT``, built once per module."""
+    built: Dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = tmp_path_factory.mktemp(f"data_{name}")
+            FEDERATIONS[name].build(built[name], shared_data)
+        return built[name]
+
+    return get
+
+
+def test_every_method_has_a_job_here():
+    assert {JOBS[job] for job in METHOD_JOBS} == set(RECIPES), "a method without a PocEnv test"
+
+
+@pytest.mark.parametrize("job", list(METHOD_JOBS))
+def test_a_recipe_of_each_method_runs_in_pocenv(job, tmp_path, dataset_root, monkeypatch):
+    federation = METHOD_JOBS[job]
+    server, train = FEDERATIONS[federation].jobs[job]
     for name in ("home", "tmp"):
         (tmp_path / name).mkdir()
     # the POC's processes run `python3` from PATH: this interpreter's, with the installed medfl
@@ -29,7 +58,8 @@ def test_fedavg_recipe_runs_in_pocenv(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setenv("NVFLARE_POC_WORKSPACE", str(tmp_path / "poc"))
-    recipe = recipe_for("fedavg_prostate", dataset_root=str(data), num_rounds=1, num_threads=1, network=TINY_UNET)
+    recipe = recipe_for(job, dataset_root=str(dataset_root(federation)), **server, **train, num_rounds=1,
+                        num_threads=1)
     env = poc_env(recipe.sites, tmp_path / "poc")
     try:
         job_run = recipe.run(env)
