@@ -20,10 +20,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int = 600, check: bool = True):
-    """Run a command from the project root with the test interpreter's ``bin`` first on PATH."""
+def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int = 600, check: bool = True,
+        cwd: Path = PROJECT_ROOT):
+    """Run a command (from the project root unless ``cwd``) with the test interpreter's ``bin`` first on PATH."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
-    result = subprocess.run(list(map(str, args)), cwd=PROJECT_ROOT, env=full_env, capture_output=True, text=True,
+    result = subprocess.run(list(map(str, args)), cwd=cwd, env=full_env, capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
@@ -96,7 +97,9 @@ class PocDeployment:
                     "NVFLARE_POC_WORKSPACE": str(root / "poc"), **(env or {})}
 
     def nvflare(self, *args, timeout: int = 300, check: bool = True):
-        return run([BIN / "nvflare", *args], env=self.env, timeout=timeout, check=check)
+        # from the deployment's own folder: a participant started from the project root could import medfl from
+        # there (python -m puts the working folder first on sys.path), whatever the site installed
+        return run([BIN / "nvflare", *args], env=self.env, timeout=timeout, check=check, cwd=self.root)
 
     @property
     def kits(self) -> Path:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN, SMALL_SELECTOR
-from helpers import POC_SERVER, PROJECT_ROOT, PocDeployment, make_job_variant, python_without_medfl, run
+from helpers import PROJECT_ROOT, PocDeployment, make_job_variant, python_without_medfl, run
 
 from medfl.byoc import export_byoc
 
@@ -220,6 +220,6 @@ def test_a_job_that_carries_its_code_runs_where_no_site_has_medfl(tmp_path, shar
         assert "medfl." not in resources, "the sites allow no medfl class"
         workspace = poc.submit_and_wait(job)
         check_outputs(workspace, federation.clients)
-        server_log = (poc.kits / POC_SERVER / workspace.parent.name / "log.txt").read_text()
+        server_log = (workspace / "log.txt").read_text()
         assert "running medfl" in server_log and f"{os.sep}app_server{os.sep}custom{os.sep}medfl" in server_log, \
             "the server ran the job's own copy of medfl"
