@@ -35,6 +35,7 @@ from medfl.fedmas import networks as _fedmas_networks  # noqa: F401  (registers 
 METHODS = {"SoftPull (FedSM)": "fedsm_prostate", "PFA (PRR-FL)": "prrfl_dermoscopy", "MAS (FedMAS)": "fedmas_isic2019"}
 DEMO_CLIENTS = ("client_I2CVB", "client_MSD", "client_NCI_ISBI_3T")
 DEMO_TRAIN_SAMPLES = 80  # about one HAM10000-mini source's training split
+DEMO_IMAGE_SIZE = 64  # the demo slices' size (the job's default, 256, would only upsample them)
 GOAL = 0.05
 
 
@@ -87,7 +88,8 @@ def main(argv=None) -> Dict[str, Tuple[float, float]]:
         from compare_prostate import demo_prostate
 
         data = args.data or demo_prostate(args.work / "data")
-        run = run_job("fedsm_prostate", args.work, DEMO_CLIENTS, data, {"num_rounds": 4}, {"num_threads": 1})
+        run = run_job("fedsm_prostate", args.work, DEMO_CLIENTS, data, {"num_rounds": 4},
+                      {"num_threads": 1, "image_size": DEMO_IMAGE_SIZE})
         workspace = run.workspace
     rounds = {"fedsm_prostate": (measured_round_seconds(workspace), "simulator, demo prostate 64x64")}
     for job in ("prrfl_dermoscopy", "fedmas_isic2019"):

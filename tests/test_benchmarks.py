@@ -79,7 +79,7 @@ def test_memory_benchmark_covers_every_job():
 def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
     out = run_command("bench_memory.py", "--jobs", "fedsm_prostate", "--work", tmp_path)
     row = re.search(rf"^fedsm_prostate\s+3\s+\d+\s+({NUMBER})$", out, re.M)
-    assert row and 0.2 < float(row[1]) < 16, out
+    assert row and 0.2 < float(row[1]) < 24, out  # GiB summed over the process tree; the machine has 24 GB
     for site in ("server", *PROSTATE_CLIENTS):
         assert re.search(rf"^FedSM {site}\s+peak {NUMBER} GiB, must hold {NUMBER} GiB: {NUMBER}x$", out, re.M), out
     assert re.fullmatch(rf"FedSM peak RSS / bytes held, 3 clients: {NUMBER}x at most \(\S+; goal <= 1.3x\); sum of "
@@ -93,7 +93,7 @@ def test_payload_benchmark_lists_every_method():
                                         "fedmas_isic2019", "fedavg_medmnist"}, out
     for row in rows:
         assert math.isclose(float(row[2]) + float(row[3]), float(row[4]), abs_tol=0.02), row
-    assert last_line(out).startswith("largest traffic per client per round: FedMAS"), out
+    assert last_line(out).startswith("largest traffic per client per round: FedSM"), out  # the VGG-11 selector
 
 
 def test_ampnorm_benchmark_prints_the_speed_up():
