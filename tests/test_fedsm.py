@@ -32,6 +32,8 @@ from medfl.fedsm.moments import (
     adam_moments,
     load_adam_moments,
     moment_specs,
+    release_adam_moments,
+    zero_released_moments,
 )
 from medfl.fedsm.networks import VGG11Selector, build_selector_cnn
 from medfl.fedsm.protocol import MOMENTS_NAME, SITE_LABEL
@@ -133,6 +135,26 @@ def test_moment_filters_send_exp_avg_and_exp_avg_sq_only_and_the_step_stays_loca
                 np.testing.assert_allclose(optimizer.state[param][key].numpy(), expected[f"{name}.{key}"], rtol=1e-6,
                                            atol=1e-10)
     assert _steps(clients[0][1]) == {2.0} and _steps(clients[1][1]) == {5.0}
+
+
+def test_released_moments_are_empty_until_received_or_zeroed():
+    """A client releases its moments once sent; the server's averaged ones are adopted (shaped as the parameters),
+    or, when none come back, the released ones restart at zero; Adam's step stays through both."""
+    selector, optimizer = _stepped_selector(0, 2)
+    sent = {k: v.copy() for k, v in adam_moments(selector, optimizer).items()}
+    steps = _steps(optimizer)
+    release_adam_moments(selector, optimizer)
+    assert all(optimizer.state[p][k].numel() == 0 for p in selector.parameters() for k in MOMENT_KEYS)
+    assert load_adam_moments(selector, optimizer, sent) == len(list(selector.parameters()))
+    for name, param in selector.named_parameters():
+        assert optimizer.state[param]["exp_avg"].shape == param.shape
+        np.testing.assert_array_equal(optimizer.state[param]["exp_avg_sq"].numpy(), sent[f"{name}.exp_avg_sq"])
+    release_adam_moments(selector, optimizer)
+    assert zero_released_moments(selector, optimizer) == len(list(selector.parameters()))
+    assert all(not optimizer.state[p][k].any() and optimizer.state[p][k].shape == p.shape
+               for p in selector.parameters() for k in MOMENT_KEYS)
+    assert zero_released_moments(selector, optimizer) == 0 and _steps(optimizer) == steps
+    optimizer.step()  # Adam runs on the restored state
 
 
 def test_synced_moments_do_not_touch_an_optimizer_that_has_not_stepped():
