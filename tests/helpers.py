@@ -98,7 +98,7 @@ class PocDeployment:
 
     def nvflare(self, *args, timeout: int = 300, check: bool = True):
         # from the deployment's own folder: a participant started from the project root could import medfl from
-        # there (python -m puts the working folder first on sys.path), whatever the site installed
+        # there (python -m puts the working folder first on the import path), whatever the site installed
         return run([BIN / "nvflare", *args], env=self.env, timeout=timeout, check=check, cwd=self.root)
 
     @property
