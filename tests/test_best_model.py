@@ -1,6 +1,7 @@
 """RoundController.track_best: the best-model score weighs the clients' validation metrics by ``best_weighting``
 (validation samples; local steps as FedSM's ``IntimeModelSelector(weigh_by_local_iter=True)``; equal as HarmoFL's
-``mean(val_acc)``) and saves a best only from round ``best_from_round`` on (FedSM: never round 0)."""
+``mean(val_acc)``) and saves a best only from round ``best_from_round`` on (FedSM: never round 0) and inside the
+window of ``best_selection_start`` (PRR-FL's last 20 % of rounds)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,29 @@ def test_no_best_before_best_from_round(tmp_path):
     assert made.best_scores == {} and not (made.app_dir / checkpoint_name("best", "global")).exists()
     made.track_best(results(), 1)
     assert best(made)["round_number"] == 1 and best(made)["score"] == pytest.approx(SCORES["validation_samples"])
+
+
+@pytest.mark.parametrize("num_rounds, final_validation, first", [
+    (50, True, 41),  # PRR-FL's a_iter >= 40 of 50: the aggregates of rounds 40..49, sent in rounds 41..50
+    (10, True, 9),
+    (3, True, 3),  # ceil(2.4) + 1 = 4 is past the final validation (3): the last validated models at least
+    (3, False, 2),
+])
+def test_best_selection_start_opens_the_window_after_that_share_of_rounds(num_rounds, final_validation, first):
+    made = OneModel(num_rounds=num_rounds, final_validation=final_validation, best_selection_start=0.8)
+    assert made.first_best_round() == first
+    assert OneModel(num_rounds=num_rounds, best_from_round=1).first_best_round() == 1, "no window by default"
+
+
+def test_no_best_before_the_selection_window(tmp_path):
+    """The later of best_from_round and the window applies; the rounds before it are scored, not kept."""
+    made = controller(tmp_path, num_rounds=10, best_selection_start=0.5, best_from_round=2)
+    assert made.first_best_round() == 6  # ceil(0.5 * 10) + 1
+    for round_number in range(6):
+        made.track_best(results(metric=1.0), round_number)
+    assert made.best_scores == {} and not (made.app_dir / checkpoint_name("best", "global")).exists()
+    made.track_best(results(), 6)
+    assert best(made)["round_number"] == 6
 
 
 def test_the_final_validation_takes_each_clients_steps_from_its_last_training_result(tmp_path):

@@ -66,6 +66,8 @@ def test_select_rounds_takes_the_first_best_of_each_split_and_the_last():
     assert selected["test_selected"]["round"] == 2
     assert selected["last"]["round"] == 3
     assert select_rounds([]) == {}
+    later = select_rounds(history, first_round=2)  # the original never evaluates the initial model (§3.7)
+    assert (later["validation_selected"]["round"], later["test_selected"]["round"]) == (2, 2)
 
 
 def test_aggregation_method_names():
@@ -140,6 +142,28 @@ def test_track_best_selects_on_pooled_validation_and_keeps_the_test_selected_mod
     assert history["selected"]["validation_selected"]["round"] == 1
     assert history["selected"]["test_selected"]["round"] == 0
     assert history["rounds"][0]["clients"]["a"]["testing"] == pytest.approx(1.0)
+
+
+def test_track_best_keeps_no_model_before_best_from_round(tmp_path):
+    """§3.7: the best round is one of the aggregates; the initial model (sent in round 0) is never selected."""
+    controller = FedMASController(aggregation="mas", num_rounds=10, network=NETWORK, best_from_round=1)
+    controller.fl_ctx = FLContext()
+    controller.get_app_dir = lambda: str(tmp_path)
+    controller.models = {"global": {"w": np.zeros(2, dtype=np.float32)}}
+    perfect, half = ([2, 2, 0, 0], [2, 2, 0, 0]), ([1, 1, 0, 0], [1, 1, 0, 0])
+    for round_number, pair in enumerate([perfect, half]):
+        controller.track_best({"a": reply(0.0, split_counts(*pair), round_number)}, round_number)
+    for kind in ("best", "best_test_selected"):
+        assert torch.load(tmp_path / f"{kind}_global_model.pt", weights_only=True)["round_number"] == 1
+    history = json.loads((tmp_path / HISTORY_FILE).read_text())
+    assert {history["selected"][k]["round"] for k in ("validation_selected", "test_selected")} == {1}
+
+
+def test_the_score_is_the_pooled_counts_and_no_other_weighting():
+    """The clients' per-class counts are pooled; a mean of per-client scores (best_weighting) does not apply."""
+    assert FedMASController(network=NETWORK).settings.best_weighting == "pooled_counts"
+    with pytest.raises(ConfigError, match="best_weighting"):
+        FedMASController(network=NETWORK, best_weighting="equal")
 
 
 def test_track_best_names_a_client_without_counts(tmp_path):

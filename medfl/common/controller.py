@@ -20,6 +20,7 @@ final models.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from abc import abstractmethod
@@ -103,10 +104,14 @@ class ServerSettings(Settings):
     best_weighting: Literal["validation_samples", "steps", "equal"] = Field("validation_samples", description=(
         "weights of the clients' validation metrics in a model's best-model score: validation-set size, local "
         "steps of the round (NVFlare's NUM_STEPS_CURRENT_ROUND; a validation-only result counts the client's last "
-        "training result of this run) or equal (the plain mean over sites). The Fed-ISIC2019 workflows score pooled "
-        "class counts and read neither this nor best_from_round"))
+        "training result of this run) or equal (the plain mean over sites)"))
     best_from_round: int = Field(0, ge=0, description=(
         "the first round whose sent models may become best (0: the initial models too; 1: the first aggregate)"))
+    best_selection_start: float = Field(0.0, ge=0, lt=1, description=(
+        "share of the rounds before the best-model window opens: only the aggregates of rounds r >= "
+        "ceil(best_selection_start * num_rounds), i.e. the models sent in round r + 1 (the final validation's for "
+        "the last round), may become best, the last validated models at least (0.8: PRR-FL's a_iter >= 0.8 iters, "
+        "the last 20 %); 0: no window. The later of this and best_from_round applies"))
     resume_from: str = Field("", description="a server_state.pt of an earlier run: continue after its last round")
     task_check_period: float = Field(0.5, gt=0, le=10, description=(
         "seconds between two checks for ended client tasks (timeouts, errors, dead clients)"))
@@ -491,7 +496,7 @@ class RoundController(ModelController):
     # ------------------------------------------------------------------ best models, checkpoints, metrics
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
         """Score each model by its clients' validation metrics weighted by :meth:`best_weights`; from round
-        ``best_from_round`` on, save a new best. A client of weight 0 adds nothing (its metric may be NaN); a model
+        :meth:`first_best_round` on, save a new best. A client of weight 0 adds nothing (its metric may be NaN); a model
         whose clients weigh 0 in all is not scored this round."""
         weights = self.best_weights(results, round_number)
         totals: Dict[str, List[float]] = {}
@@ -509,11 +514,22 @@ class RoundController(ModelController):
                 continue
             score = weighted / total
             self._add_scalar(f"val_mean/{name}", score, round_number)
-            eligible = round_number >= self.settings.best_from_round and name in self.models
+            eligible = round_number >= self.first_best_round() and name in self.models
             if eligible and score > self.best_scores.get(name, -np.inf):
                 self.best_scores[name] = score
                 self.save_models("best", {name: self.models[name]}, round_number=round_number, score=score)
                 self.info(f"new best {name}: {score:.4f} (models sent in round {round_number})")
+
+    def first_best_round(self) -> int:
+        """The first round whose sent models may become best: the later of ``best_from_round`` and the window of
+        ``best_selection_start`` (the aggregate of round ``ceil(start * num_rounds)`` is sent in the next round),
+        never after the last validated round."""
+        first = self.settings.best_from_round
+        start = self.settings.best_selection_start
+        if start > 0:
+            last = self.num_rounds if self.settings.final_validation else self.num_rounds - 1
+            first = max(first, min(math.ceil(start * self.num_rounds) + 1, last))
+        return first
 
     def best_weights(self, results: Dict[str, FLModel], round_number: int) -> Dict[str, float]:
         """Each client's weight in the best-model score, by ``best_weighting``: its validation samples

@@ -78,18 +78,19 @@ def pool_counts(counts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[
     return correct.tolist(), total.tolist()
 
 
-def select_rounds(history: Sequence[dict]) -> dict:
+def select_rounds(history: Sequence[dict], first_round: int = 0) -> dict:
     """The rounds to report from a server history (records with ``round`` and ``pooled[split]``).
 
     ``validation_selected``: the first round with the highest pooled validation balanced accuracy (the model
     selection of this project); ``test_selected``: the same on the test split (the original's protocol, which
-    reports an optimistic number); ``last``: the last record (the final model). Each entry is the record itself.
+    reports an optimistic number); both among the rounds from ``first_round`` on (1: not the initial model, which
+    the original never evaluates); ``last``: the last record (the final model). Each entry is the record itself.
     """
     if not history:
         return {}
 
     def best(split: str) -> dict:
-        scored = [r for r in history if not math.isnan(r["pooled"][split])]
+        scored = [r for r in history if r["round"] >= first_round and not math.isnan(r["pooled"][split])]
         return max(scored, key=lambda r: r["pooled"][split]) if scored else history[-1]
 
     return {"validation_selected": best(VALIDATION), "test_selected": best(TESTING), "last": history[-1]}

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 from pydantic import Field
 
@@ -44,6 +44,9 @@ class ISIC2019ServerSettings(ServerSettings):
     """What the Fed-ISIC2019 server side adds to an aggregation controller's settings."""
 
     network: NetworkSpec = Field(description="the network of the global model (a torchvision-layout ResNet)")
+    best_weighting: Literal["pooled_counts"] = Field("pooled_counts", description=(
+        "the best-model score: balanced accuracy of the clients' per-class counts summed over the clients (the "
+        "original's pooled test set, §3.7); a mean of per-client scores does not apply"))
     trunk_checkpoint: Optional[str] = Field(None, description=(
         "a torchvision ResNet file initialising the trunk (ImageNet, as the original); DATASET_ROOT allowed"))
 
@@ -92,7 +95,9 @@ class ISIC2019Server(RoundController):
 
     # ------------------------------------------------------------------ evaluation and model selection
     def track_best(self, results: Dict[str, FLModel], round_number: int) -> None:
-        """Balanced accuracy per client and pooled, for the models sent in ``round_number``; save the bests."""
+        """Balanced accuracy per client and pooled, for the models sent in ``round_number``; from round
+        :meth:`~medfl.common.controller.RoundController.first_best_round` on (``best_from_round``,
+        ``best_selection_start``), save the bests."""
         record = self._record(round_number)
         record["clients"] = {}
         counts = {split: [] for split in SPLITS}
@@ -114,6 +119,9 @@ class ISIC2019Server(RoundController):
                   f"validation {record['pooled'][VALIDATION]:.4f}, test {record['pooled'][TESTING]:.4f}")
         info = {"round_number": round_number, "pooled_validation": record["pooled"][VALIDATION],
                 "pooled_test": record["pooled"][TESTING]}
+        if round_number < self.first_best_round():
+            self._write_history()
+            return
         if record["pooled"][VALIDATION] > self.best_scores.get("global", float("-inf")):
             self.best_scores["global"] = record["pooled"][VALIDATION]
             self.save_models("best", {"global": self.models["global"]}, **info)
@@ -129,12 +137,12 @@ class ISIC2019Server(RoundController):
 
     def _write_history(self) -> None:
         scored = [r for r in self.history if "pooled" in r]
-        content = {**self.history_header(), "selected": select_rounds(scored), "rounds": self.history}
+        content = {**self.history_header(), "selected": select_rounds(scored, self.first_best_round()), "rounds": self.history}
         atomic_write_json(content, os.path.join(self.get_app_dir(), HISTORY_FILE))
 
     def run(self) -> None:
         super().run()
-        selected = select_rounds([r for r in self.history if "pooled" in r])
+        selected = select_rounds([r for r in self.history if "pooled" in r], self.first_best_round())
         if not selected:
             return
         last = "final model, " + checkpoint_name("last", "global") if self.settings.final_validation else "last measured model"
