@@ -1,17 +1,20 @@
 """Common layer: configuration placeholder, datalists, in-memory slices, parameter helpers, atomic writes."""
 
+import copy
 import json
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import configure
 
+from medfl.common.classification import ClassificationExecutor, drops_last_batch
 from medfl.common.config import load_train_config, resolve_placeholder
 from medfl.common.data import datalist_path, load_segmentation_pairs, read_datalist
 from medfl.common.errors import DataError
 from medfl.common.io import atomic_torch_save, atomic_write_json
-from medfl.common.networks import build_network
+from medfl.common.networks import build_network, register_network
 from medfl.common.params import bundle, load_numpy, to_numpy, unbundle, weighted_mean
 
 
@@ -129,3 +132,61 @@ def test_freeze_setup_objects_collects_first_and_leaves_later_garbage_collectabl
         assert gc.collect() >= 1 and ref() is None
     finally:
         gc.unfreeze()
+
+
+BATCH = 16
+LINEAR = torch.nn.Linear(2, 3)
+WITH_BN1D = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+
+
+@pytest.mark.parametrize("num_samples, drop_last, model, expected", [
+    (33, False, LINEAR, False),  # kept: PyTorch's default, as HarmoFL, PRR-FL and the MedMNIST seed train
+    (33, True, LINEAR, True),  # Fed-ISIC2019's drop_last=True (FedMAS §3.4)
+    (33, False, WITH_BN1D, True),  # a last batch of one sample cannot train BatchNorm1d (the original stops)
+    (34, False, WITH_BN1D, False),  # two samples can
+    (32, False, WITH_BN1D, False),  # no incomplete batch
+    (BATCH, True, LINEAR, False),  # one full batch: nothing to drop
+    (5, True, LINEAR, False),  # smaller than a batch: dropping it would leave no batch at all
+    (1, False, WITH_BN1D, False),  # a single-sample set is never dropped either
+])
+def test_drops_last_batch(num_samples, drop_last, model, expected):
+    assert drops_last_batch(num_samples, BATCH, drop_last, model) is expected
+
+
+class Vectors(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"image": torch.full((2,), float(i)), "label": i % 3}
+
+
+register_network("test_common_linear")(lambda: copy.deepcopy(LINEAR))
+register_network("test_common_bn1d")(lambda: copy.deepcopy(WITH_BN1D))
+
+
+def classification_client(network: str, training: int, **config) -> ClassificationExecutor:
+    class VectorClient(ClassificationExecutor):
+        def build_datasets(self):
+            return {"training": Vectors(training), "validation": Vectors(3)}
+
+    client = configure(VectorClient(), {"network": {"name": network}, "optimizer": {"name": "sgd", "lr": 0.1},
+                                             "batch_size": 4, "device": "cpu", **config}, "site-1")
+    client.setup(None)
+    return client
+
+
+@pytest.mark.parametrize("network, training, config, dropped", [
+    ("test_common_linear", 10, {}, False),  # the last batch (2 samples) kept by default
+    ("test_common_linear", 10, {"drop_last": True}, True),
+    ("test_common_bn1d", 9, {}, True),  # a last batch of one sample under BatchNorm1d is dropped
+    ("test_common_bn1d", 10, {}, False),
+])
+def test_classification_client_keeps_the_last_batch_by_default(network, training, config, dropped):
+    client = classification_client(network, training, **config)
+    seen = sum(len(batch["label"]) for batch in client.train_loader)
+    assert client.train_loader.drop_last is dropped
+    assert seen == (training // 4 * 4 if dropped else training)

@@ -100,12 +100,13 @@ def test_client_round_measures_mas_with_the_dermoscopy_data_and_schedule(dataset
     assert reply.get_return_code(ReturnCode.OK) == ReturnCode.OK, reply.get_return_code()
     result = FLModelUtils.from_shareable(reply)
     assert 0 < result.meta[ROBUST_FACTOR] <= 1 and result.meta[PRIOR_SHA256]
-    assert result.meta[SAMPLES_PER_EPOCH] == sum(counts) // 16 * 16  # drop_last-rounded n_k
+    assert not client.train_loader.drop_last  # the federation's loader (PRR-FL's): the last batch kept
+    assert result.meta[SAMPLES_PER_EPOCH] == sum(counts)  # so n_k is every sample
     assert result.metrics["global"] == result.metrics["global_macro_f1"]  # selected on macro-F1, as FedAvg's
     assert type(client.optimizer) is torch.optim.SGD
     assert client.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)  # the federation's schedule, round 5
     # D_pre and training passes: the prior got every batch in ImageNet normalisation, not the model's [-1, 1]
-    assert len(seen) == 2 * (sum(counts) // 16) and min(float(b.min()) for b in seen) < -1.5
+    assert len(seen) == 2 * len(client.train_loader) and min(float(b.min()) for b in seen) < -1.5
 
 
 def test_mas_server_selects_on_the_clients_reported_metric(tmp_path):

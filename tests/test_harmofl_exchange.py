@@ -231,3 +231,13 @@ def test_classification_client_reuses_the_amplitude_and_perturbation_machinery()
     assert set(result.metrics) == {"global"} and 0 <= result.metrics["global"] <= 1
     assert len(calls) == 2 + 2 * 3, "validation (2 batches) and two passes per training batch (3)"
     assert all("momentum_buffer" in s for s in executor.optimizer.base_optimizer.state.values())
+
+
+def test_classification_truncation_keeps_the_last_batch():
+    """§1.4, §1.5: the truncated training set is loaded as the released code loads it, the last batch kept."""
+    config = {"network": {"name": "test_harmofl_tiny_cnn"}, "batch_size": 4, "device": "cpu",
+              "optimizer": {"name": "sgd", "lr": 1e-3}}
+    executor = start(ToyClassificationExecutor(), "site-1", config)
+    executor.truncate_training(10)
+    assert len(executor.datasets["training"]) == 10 and not executor.train_loader.drop_last
+    assert [len(batch["label"]) for batch in executor.train_loader] == [4, 4, 2]

@@ -131,6 +131,15 @@ def test_det_client_first_payload_initialises_both_models(federation, tmp_path):
             torch.testing.assert_close(model.state_dict()[key], torch.as_tensor(value))
 
 
+def test_det_client_keeps_the_last_batch_as_the_original(federation, tmp_path):
+    """§2.6: a shuffled loader of batch 16 with PyTorch's default (drop_last false); only a last batch of one
+    sample is dropped, which the slim VGG's BatchNorm1d cannot train on (the original would stop there)."""
+    client = make_client(federation, tmp_path)
+    size = len(client.datasets["training"])
+    assert size > 16 and client.train_loader.drop_last is (size % 16 == 1)
+    assert make_client(federation, tmp_path, drop_last=True).train_loader.drop_last
+
+
 def test_fedavg_client_reports_every_metric_and_selects_on_macro_f1(federation, tmp_path):
     client = DermoscopyExecutor(analytic_sender_id="")
     client.app_dir = str(tmp_path)

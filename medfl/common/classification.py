@@ -30,6 +30,24 @@ class ClassificationSettings(ClientSettings):
 
     val_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"] = Field(
         "accuracy", description="validation metric reported as 'global' (best-model selection)")
+    drop_last: bool = Field(False, description=(
+        "drop each epoch's last incomplete training batch (false: kept, PyTorch's DataLoader default, as HarmoFL, "
+        "PRR-FL and the MedMNIST seed train). Kept, a last batch of a single sample is still dropped under a "
+        "network with BatchNorm1d, which cannot train on one sample (the original would stop there); a training "
+        "set no larger than one batch is never dropped"))
+
+
+def drops_last_batch(num_samples: int, batch_size: int, drop_last: bool, model: torch.nn.Module) -> bool:
+    """``DataLoader(drop_last=...)`` for a shuffled training set of ``num_samples``: ``drop_last`` when the set is
+    larger than one batch (a smaller set would give no batch at all); when kept, ``True`` still if the last batch
+    would hold a single sample and ``model`` has a ``BatchNorm1d``, which raises on one sample in training (the
+    original stops there)."""
+    if num_samples <= batch_size:
+        return False
+    if drop_last:
+        return True
+    single = num_samples % batch_size == 1
+    return single and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
 
 
 class ClassificationExecutor(RoundExecutor):
@@ -56,14 +74,18 @@ class ClassificationExecutor(RoundExecutor):
         for split in ("training", "validation"):
             if len(self.datasets.get(split, ())) == 0:
                 raise DataError(f"the '{split}' split is empty", site=self.site)
-        batch_size = self.settings.batch_size
-        self.train_loader = DataLoader(self.datasets["training"], batch_size=batch_size, shuffle=True,
-                                       drop_last=len(self.datasets["training"]) > batch_size)
-        self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         self.model = self.build_model().to(self.device)
+        self.train_loader = self.training_loader(self.datasets["training"])
+        self.val_loader = DataLoader(self.datasets["validation"], batch_size=self.settings.batch_size)
         self.optimizer = build_optimizer(self.model.parameters(), self.settings.optimizer)
         self.val_metric = self.settings.val_metric
         self.loss_fn = self.build_loss()
+
+    def training_loader(self, dataset: Dataset) -> DataLoader:
+        """The shuffled training loader of ``dataset`` (``drop_last`` by :func:`drops_last_batch`)."""
+        batch_size = self.settings.batch_size
+        drop = drops_last_batch(len(dataset), batch_size, self.settings.drop_last, self.model)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop)
 
     def score_name(self) -> str:
         return self.settings.val_metric

@@ -190,9 +190,13 @@ class HarmoFLClient(RoundExecutor):
         if size >= len(dataset):
             return
         self.datasets["training"] = Subset(dataset, range(size))
-        old = self.train_loader
-        self.train_loader = DataLoader(self.datasets["training"], batch_size=old.batch_size, shuffle=True,
-                                       drop_last=old.drop_last and size > old.batch_size)
+        self.train_loader = self.truncated_loader(self.train_loader)
+
+    def truncated_loader(self, old: DataLoader) -> DataLoader:
+        """The training loader over the truncated ``datasets["training"]``, otherwise as ``old``."""
+        size = len(self.datasets["training"])
+        return DataLoader(self.datasets["training"], batch_size=old.batch_size, shuffle=True,
+                          drop_last=old.drop_last and size > old.batch_size)
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name not in (self.amplitude_task, self.reference_task):
@@ -338,6 +342,9 @@ class HarmoFLClassificationExecutor(HarmoFLClient, ClassificationExecutor):
 
     def harmofl_models(self) -> List[torch.nn.Module]:
         return [self.model]
+
+    def truncated_loader(self, old: DataLoader) -> DataLoader:
+        return self.training_loader(self.datasets["training"])  # the last batch kept unless drop_last
 
     def score(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, float]:
         probabilities, labels = predict_probabilities(model, loader, self.device)

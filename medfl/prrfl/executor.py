@@ -22,6 +22,7 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
+from medfl.common.classification import drops_last_batch
 from medfl.common.errors import DataError
 from medfl.common.executor import RoundExecutor
 from medfl.common.io import atomic_torch_save
@@ -133,13 +134,13 @@ class DETExecutor(RoundExecutor):
         self.datasets = build_client_datasets(self.settings, self.site)
         batch_size = self.settings.batch_size
         training = self.datasets["training"]
-        # BatchNorm1d cannot train on a last batch of one sample; the FedAvg client drops it the same way
-        self.train_loader = DataLoader(training, batch_size=batch_size, shuffle=True,
-                                       drop_last=len(training) > batch_size)
-        self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         network = self.settings.network
         self.personal = build_network(network.name, **network.args).to(self.device)
         self.deputy = build_network(network.name, **network.args).to(self.device)
+        # the last batch is kept (drop_last false, the original's), unless it is one sample under BatchNorm1d
+        drop = drops_last_batch(len(training), batch_size, self.settings.drop_last, self.personal)
+        self.train_loader = DataLoader(training, batch_size=batch_size, shuffle=True, drop_last=drop)
+        self.val_loader = DataLoader(self.datasets["validation"], batch_size=batch_size)
         self.personal_initialised = False
         self.trained_metrics: Dict[str, float] = {}
 

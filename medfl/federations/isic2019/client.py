@@ -39,6 +39,9 @@ class ISIC2019Settings(ClassificationSettings):
     image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8, description="side of the square network input, in pixels")
     loss: Literal["bsm", "ce"] = Field("bsm", description="Balanced Softmax (BSM-FL, FedMAS) or cross-entropy (FedAvg)")
     grad_clip_norm: float = Field(0.0, ge=0, description="clip the gradient norm to this value (0: off)")
+    drop_last: bool = Field(True, description=(
+        "drop each epoch's last incomplete training batch (true: the original's loader, shuffle=True, "
+        "drop_last=True, §3.4); a training set no larger than one batch is never dropped"))
 
 
 class SkinLesionExecutor(ClassificationExecutor):

@@ -59,8 +59,8 @@ class MedMNISTExecutor(ClassificationExecutor):
 
     def setup(self, fl_ctx: FLContext) -> None:
         super().setup(fl_ctx)
-        # Flower's loaders: shuffled training batches that keep the last, smaller batch; a separate eval batch size.
-        self.train_loader = DataLoader(self.datasets["training"], batch_size=self.settings.batch_size, shuffle=True)
+        # Flower's loaders: shuffled training batches that keep the last, smaller batch (drop_last false, the
+        # base client's loader); a separate eval batch size.
         self.eval_batch_size = self.settings.eval_batch_size
         self.val_loader = DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size)
 
