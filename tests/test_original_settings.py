@@ -55,6 +55,7 @@ HARMOFL_PARTS = [  # what HarmoFL adds, in every HarmoFL job
     ("train", "local_epochs", 1, "§1.8 wk_iters"),
     ("server", "weighting", "equal", "§1.4 client_weights 1/N"),
     ("server", "best_weighting", "equal", "§1.4 best round by mean(val_acc) over sites, unweighted"),
+    ("server", "best_from_round", 1, "§1.4 validation after each communication: the initial model is never scored"),
     ("server", "seed", 0, "§1.4 seed 0"),
 ]
 SLIM_VGG = {"name": "medfl.federations.dermoscopy.networks:vgg16_slim", "args": {"num_classes": 3, "in_channels": 3}}
@@ -81,6 +82,8 @@ ISIC_RECIPE = [  # the FedMAS README's commands, baselines included
     ("train", "image_size", 224, "§3.4 Resize((224, 224))"),
     ("server", "num_rounds", 100, "§3.8 comm_round 100"),
     ("server", "seed", 0, "§3.7 set_random_seed(0)"),
+    ("server", "best_from_round", 1, "§3.7 global BA after each aggregation: the initial model is never scored"),
+    ("server", "best_weighting", "pooled_counts", "§3.7 balanced accuracy on the pooled test CSV"),
     ("meta", "min_clients", 6, "§3.6 6 clients, all every round"),
 ]
 RESNET18 = {"name": "resnet_classifier", "args": {"n_classes": 8, "depth": 18}}
@@ -145,6 +148,8 @@ PINS: Dict[str, List[tuple]] = {
         ("train", "network", SLIM_VGG, "§2.7"),
         ("train", "val_metric", "macro_f1", "§2.8 macro F1"),
         ("server", "weighting", "equal", "§2.5 client_weights 1/4"),
+        ("server", "best_weighting", "equal", "§2.5 mean_k(valid macro-F1), unweighted"),
+        ("server", "best_selection_start", 0.8, "§2.5 selected only when a_iter >= 0.8 iters"),
     ],
     "fedmas_isic2019": ISIC_RECIPE + [
         ("train", "network", {"name": "free_head_resnet", "args": {"n_classes": 8, "prior_dim": 2048, "depth": 18}},
@@ -171,6 +176,7 @@ PINS: Dict[str, List[tuple]] = {
         ("train", "free_u", 3.0, "§3.4 free_u = 3"),
         ("train", "grad_clip_norm", 5.0, "§3.4 clip at 5"),
         ("server", "aggregation", "mas", "§3.5 (d) MAS weights"),
+        ("server", "best_from_round", 1, "§3.7 evaluated after each aggregation: the initial model is never scored"),
     ],
     "fedavg_medmnist": [
         ("train", "network", {"name": "medmnist_cnn", "args": {}}, "§4.0 the getting-started Net"),

@@ -17,7 +17,7 @@ from medfl.harmofl.executor import (
 from . import federations
 from .base import JobSpec, MedflRecipe
 
-SERVER = {"weighting": "equal", "best_weighting": "equal", "min_clients": 0, "resume_from": "",
+SERVER = {"weighting": "equal", "best_weighting": "equal", "best_from_round": 1, "min_clients": 0, "resume_from": "",
           "task_check_period": 0.1}
 HARMOFL = {"perturbation_alpha": 0.05, "amplitude_mode": "paper", "amplitude_window_ratio": None,
            "amplitude_momentum": None, "truncate_to_smallest_client": True}

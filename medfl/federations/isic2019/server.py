@@ -137,7 +137,8 @@ class ISIC2019Server(RoundController):
 
     def _write_history(self) -> None:
         scored = [r for r in self.history if "pooled" in r]
-        content = {**self.history_header(), "selected": select_rounds(scored, self.first_best_round()), "rounds": self.history}
+        selected = select_rounds(scored, self.first_best_round())
+        content = {**self.history_header(), "selected": selected, "rounds": self.history}
         atomic_write_json(content, os.path.join(self.get_app_dir(), HISTORY_FILE))
 
     def run(self) -> None:
