@@ -130,6 +130,9 @@ PINS: Dict[str, List[tuple]] = {
     "harmofl_nuclei": HARMOFL_PARTS + [("server", "num_rounds", 100, "§1.8 --iters default 100")],
     "harmofl_prostate_2d": HARMOFL_PARTS + [
         ("train", "network", PROSTATE_UNET, "§6.2 FedSM's UNet (the comparison's shared model)"),
+        ("train", "optimizer", ADAM_1E3, "§6.2 FedSM's Adam(lr 1e-3)"),
+        ("train", "batch_size", 1, "§6.2 FedSM's loader, batch_size 1"),
+        ("train", "augment", False, "§6.2 FedSM's transform, no augmentation"),
         ("train", "image_size", 256, "§6.2 Resized(256x256)"),
         ("server", "num_rounds", 100, "§6.3 the prostate jobs' 100 rounds"),
     ],

@@ -44,7 +44,7 @@ HARMOFL_PROSTATE_2D = JobSpec(
     train={"data_root": "DATASET_ROOT/dataset_2D", "datalist": "DATASET_ROOT/datalist_2D",
            "network": {"name": "unet", "args": {"in_channels": 1, "out_channels": 1, "channels": [16, 32, 64, 128, 256],
                                                 "strides": [2, 2, 2, 2], "num_res_units": 2}},
-           "optimizer": {"name": "adam", "lr": 0.001}, **HARMOFL, "local_epochs": 1, "batch_size": 8, "augment": True,
+           "optimizer": {"name": "adam", "lr": 0.001}, **HARMOFL, "local_epochs": 1, "batch_size": 1, "augment": False,
            "seed": 0, "num_threads": 0, "device": "auto"},
 )
 
