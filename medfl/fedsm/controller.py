@@ -44,7 +44,8 @@ class FedSMSettings(ServerSettings):
         "{client: selector class}; empty: the connected clients in name order get 0, 1, ..."))
     select_threshold: float = Field(0.9, ge=0, le=1, description=(
         "cross-site evaluation of the super model: an image goes to the personalised model of the site the "
-        "selector picks when its probability reaches this, else to the global model (1: the global model only)"))
+        "selector picks when its top softmax probability is strictly greater than this (the original's "
+        "max_score > select_threshold, §6.4), else to the global model (1: the global model only)"))
 
 
 class FedSMController(RoundController):

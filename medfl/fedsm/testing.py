@@ -161,7 +161,9 @@ def main(argv=None) -> DiceReport:
     parser.add_argument("--data_root", type=Path, required=True, help="the prepared slices (dataset_2D)")
     parser.add_argument("--datalist", type=Path, required=True,
                         help=f"a datalist file, or a folder holding the pooled {POOLED_DATALIST}")
-    parser.add_argument("--select_threshold", type=float, default=0.9)
+    parser.add_argument("--select_threshold", type=float, default=0.9,
+                        help="a slice goes to the personalised model of the selector's top site when that "
+                             "probability is strictly greater than this, else to the global model (1: global only)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     args = parser.parse_args(argv)
 
