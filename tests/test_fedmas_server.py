@@ -159,6 +159,22 @@ def test_track_best_keeps_no_model_before_best_from_round(tmp_path):
     assert {history["selected"][k]["round"] for k in ("validation_selected", "test_selected")} == {1}
 
 
+def test_track_best_keeps_no_model_before_the_selection_window(tmp_path):
+    """best_selection_start applies to the pooled score too: no workflow key of the server is left unread."""
+    controller = FedMASController(aggregation="mas", num_rounds=10, network=NETWORK, best_selection_start=0.5)
+    controller.fl_ctx = FLContext()
+    controller.get_app_dir = lambda: str(tmp_path)
+    controller.models = {"global": {"w": np.zeros(2, dtype=np.float32)}}
+    perfect, half = ([2, 2, 0, 0], [2, 2, 0, 0]), ([1, 1, 0, 0], [1, 1, 0, 0])
+    first = controller.first_best_round()
+    assert first == 6  # ceil(0.5 * 10) + 1
+    for round_number in range(first):
+        controller.track_best({"a": reply(0.0, split_counts(*perfect), round_number)}, round_number)
+    assert not (tmp_path / "best_global_model.pt").exists()
+    controller.track_best({"a": reply(0.0, split_counts(*half), first)}, first)
+    assert torch.load(tmp_path / "best_global_model.pt", weights_only=True)["round_number"] == first
+
+
 def test_the_score_is_the_pooled_counts_and_no_other_weighting():
     """The clients' per-class counts are pooled; a mean of per-client scores (best_weighting) does not apply."""
     assert FedMASController(network=NETWORK).settings.best_weighting == "pooled_counts"
