@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
+from medfl.recipes.envs import sim_env
 from medfl.site import allow_medfl
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,14 @@ def run_simulator(job: Path, workspace: Path, clients: Sequence[str], dataset_ro
     allow_medfl(workspace)
     return run([BIN / "nvflare", "simulator", job, "-w", workspace, "-c", ",".join(clients), "-t", len(clients)],
                env={"DATASET_ROOT": str(dataset_root)}, timeout=timeout)
+
+
+def run_in_simenv(recipe, workspace_root: Path) -> Path:
+    """Run a medfl recipe in NVFlare's SimEnv under ``workspace_root``; return the workspace of the run (laid out as
+    ``nvflare simulator -w`` lays it out: ``server/simulate_job/app_server``, ``<site>/log.txt``)."""
+    result = recipe.run(sim_env(recipe.sites, workspace_root)).get_result()
+    assert Path(result) == workspace_root / recipe.name
+    return Path(result)
 
 
 def python_without_medfl(root: Path) -> Path:

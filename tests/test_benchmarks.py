@@ -2,6 +2,7 @@
 write what they promise and print their figure last (``make test-bench``)."""
 
 import csv
+import json
 import math
 import re
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import PROSTATE_CLIENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,51 @@ def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
         assert re.search(rf"^FedSM {site}\s+peak\s+{NUMBER} GiB, must hold\s+{NUMBER} GiB: {NUMBER}x$", out, re.M), out
     assert re.fullmatch(rf"FedSM peak RSS / bytes held, 3 clients: {NUMBER}x at most \(\S+; goal <= 1.3x\); sum of "
                         rf"the sites' peaks {NUMBER} GB \(goal <= 24 GB\)", last_line(out)), out
+    check_fedsm_default_run(tmp_path / "fedsm_prostate" / "ws" / "fedsm_prostate", tmp_path / "data" / "prostate")
+
+
+def check_fedsm_default_run(workspace: Path, data: Path) -> None:
+    """The run above is the end-to-end test of the shipped FedSM job (VGG-11 selector, full-batch selector steps,
+    the moment filters; 2 rounds, 64x64 slices): its models, the synced moments, and the test script's routing."""
+    app_server = workspace / "server" / "simulate_job" / "app_server"
+    names = ["global", "selector"] + [f"personal_{c}" for c in PROSTATE_CLIENTS]
+    for kind in ("best", "last"):
+        for name in names:
+            assert (app_server / f"{kind}_{name}_model.pt").is_file(), f"{kind} {name}"
+    assert json.loads((app_server / "site_labels.json").read_text()) == {c: i for i, c in enumerate(PROSTATE_CLIENTS)}
+    state = torch.load(app_server / "server_state.pt", weights_only=True)
+    selector = state["models"]["selector"]
+    assert "classifier.0.weight" in selector and tuple(selector["classifier.0.weight"].shape) == (4096, 25088)
+    moments = state["extra"]["selector_moments"]
+    assert moments, "the moment filters are configured, so the server must hold averaged moments"
+    trained = {k for k in selector if k.endswith(("weight", "bias"))}
+    assert set(moments) == {f"{k}.{m}" for k in trained for m in ("exp_avg", "exp_avg_sq")}, "no 'step' travels"
+    for client in PROSTATE_CLIENTS:
+        log = (workspace / client / "log.txt").read_text()
+        assert "loaded synced Adam moments for 22 selector parameters" in log, client  # round 1: round 0's average
+        assert len(re.findall(r"selector epoch 1/1 \(one step\)", log)) == 2, client
+
+    def test_only(threshold: str) -> str:
+        done = subprocess.run([sys.executable, str(ROOT / "result_stat" / "prostate_2d_test_only.py"), "--models_dir",
+                               str(app_server), "--data_root", str(data / "dataset_2D"), "--datalist",
+                               str(data / "datalist_2D"), "--select_threshold", threshold],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        return done.stdout
+
+    total = len(json.loads((data / "datalist_2D" / "client_All.json").read_text())["testing"])
+    super_out = test_only("0.9")
+    assert re.search(rf"^routing \(top selector probability > 0.9\): \d+ of {total} test slices to personalised "
+                     r"models \(", super_out, re.M), super_out
+    assert re.search(r"^pooled test Dice of the best super model \(threshold 0.9\) and global model, mean over "
+                     rf"the {total} slices of client_All.json: global [0-9.]+, super [0-9.]+$", super_out, re.M)
+    for client in PROSTATE_CLIENTS:
+        assert re.search(rf"^{client}: global [0-9.]+, super [0-9.]+, selector_accuracy [0-9.]+ \(\d+ slices\)$",
+                         super_out, re.M), super_out
+    global_out = test_only("1")
+    assert f"0 of {total} test slices to personalised models (global {total})" in global_out, global_out
+    pooled = re.search(r"global ([0-9.]+), super ([0-9.]+)$", global_out, re.M)
+    assert pooled[1] == pooled[2], "threshold 1: the super model is the global model"
 
 
 def test_payload_benchmark_lists_every_method():

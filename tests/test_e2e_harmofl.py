@@ -1,5 +1,6 @@
 """End-to-end: the HarmoFL jobs in the NVFlare simulator on their demo federations (2 rounds)."""
 
+import json
 import re
 
 import pytest
@@ -38,12 +39,16 @@ def demo_harmofl_prostate(tmp_path_factory):
 
 
 def run_job(job, tmp_path, clients, data_dir, size, validation_pattern, image_channels=3, **train):
-    """Run a 2-round variant with ``DATASET_ROOT=data_dir``; check models, the amplitude exchange of
-    ``(image_channels, size, size)`` spectra on every client and TensorBoard events; return the output of the test
-    script."""
+    """Run a 2-round variant with ``DATASET_ROOT=data_dir``; return :func:`check_run`'s output."""
     variant = make_job_variant(job, tmp_path / "job", {"num_rounds": 2}, {"num_threads": 1, **train})
     workspace = tmp_path / "ws"
     run_simulator(variant, workspace, clients, data_dir)
+    return check_run(workspace, clients, data_dir, size, validation_pattern, image_channels)
+
+
+def check_run(workspace, clients, data_dir, size, validation_pattern, image_channels):
+    """Check a 2-round run's models, the amplitude exchange of ``(image_channels, size, size)`` spectra on every
+    client and TensorBoard events; return the output of the test script."""
     app_server = workspace / "server" / "simulate_job" / "app_server"
     for kind in ("best", "last"):
         assert torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)["state_dict"], kind
@@ -76,10 +81,18 @@ def test_harmofl_prostate(tmp_path, demo_harmofl_prostate):
     assert "mean over 6 sites, best global model: dice_bg_fg" in out
 
 
-def test_harmofl_prostate_2d(tmp_path, demo_prostate):
-    """HarmoFL on the FedSM / FedAvg slices (one channel) with FedAvg's client recipe and a light UNet."""
-    out = run_job("harmofl_prostate_2d", tmp_path, SLICE_CLIENTS, demo_prostate, SIZE, r"global=[0-9.]+\n",
-                  image_channels=1, network=TINY_UNET, image_size=SIZE)
+def test_harmofl_prostate_2d_from_the_command_line(tmp_path, demo_prostate):
+    """HarmoFL on the FedSM / FedAvg slices (one channel) with FedAvg's client recipe and a light UNet, run as a user
+    runs a recipe: ``python -m medfl run harmofl_prostate_2d --env sim``."""
+    train = {"num_threads": 1, "network": TINY_UNET, "image_size": SIZE}
+    out = run(["python", "-m", "medfl", "run", "harmofl_prostate_2d", "--env", "sim", "--rounds", "2",
+               "--data-root", demo_prostate, "--workspace", tmp_path,
+               "--set", *(f"{k}={json.dumps(v)}" for k, v in train.items())]).stdout
+    workspace = tmp_path / "harmofl_prostate_2d"
+    assert f"results: {workspace}" in out
+    allowed = json.loads((workspace / "local" / "resources.json").read_text())["class_allow_list"]
+    assert "medfl." in allowed, "the simulator's workspace got medfl's site policy"
+    out = check_run(workspace, SLICE_CLIENTS, demo_prostate, SIZE, r"global=[0-9.]+\n", image_channels=1)
     for client in SLICE_CLIENTS:
         assert re.search(rf"^{client}: dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
     assert "mean over 3 sites, best global model: dice_fg" in out

@@ -1,7 +1,7 @@
-"""End-to-end: the prostate jobs in the NVFlare simulator on the demo federation (2 rounds, 32x32 slices).
+"""End-to-end: the prostate jobs in the NVFlare simulator on the demo federation (32x32 slices).
 
-``test_fedsm_prostate_default`` runs the job as shipped (the VGG-11 selector, full-batch selector steps, the
-moment filters) except for the number of rounds and the image size; the other FedSM run uses the small selector.
+FedSM runs here with the small selector; the job as shipped (the VGG-11 selector, 129 M weights) runs end to end in
+the memory benchmark's test (``test_benchmarks.py``, ``make test-bench``), which measures that very run.
 """
 
 import json
@@ -10,19 +10,16 @@ import re
 import pytest
 import torch
 from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN, SMALL_SELECTOR
-from helpers import BIN, make_job_variant, run, run_simulator
+from helpers import BIN, make_job_variant, run, run_in_simenv, run_simulator
 
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+
+from medfl.common.curves import read_curves, read_mlflow_curves, read_run_curves
+from medfl.recipes import recipe_for
+from medfl.recipes.base import FED_EVENT_PREFIX
 from medfl.site import allow_medfl
 
 pytestmark = pytest.mark.e2e
-
-
-def _run(job, tmp_path, demo_prostate, **train):
-    variant = make_job_variant(job, tmp_path / "jobs" / job, {"num_rounds": 2},
-                               {"num_threads": 1, **PROSTATE_TRAIN, **train})
-    workspace = tmp_path / "ws"
-    run_simulator(variant, workspace, PROSTATE_CLIENTS, demo_prostate)
-    return workspace, workspace / "server" / "simulate_job" / "app_server"
 
 
 def _test_only(app_server, demo_prostate, *extra):
@@ -34,54 +31,38 @@ def _pooled_test_slices(demo_prostate) -> int:
     return len(json.loads((demo_prostate / "datalist_2D" / "client_All.json").read_text())["testing"])
 
 
-def test_fedavg_prostate(tmp_path, demo_prostate):
-    workspace, app_server = _run("fedavg_prostate", tmp_path, demo_prostate)
+def test_fedavg_recipe_in_simenv_with_mlflow_and_tensorboard(tmp_path, demo_prostate):
+    """The FedAvg recipe (what ``python -m medfl run fedavg_prostate --env sim`` runs) with both trackers on the
+    server, so that one run feeds both stores; then the test and plot scripts on its workspace."""
+    pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install 'medfl[tracking]'")
+    recipe = recipe_for("fedavg_prostate", dataset_root=str(demo_prostate), tracking="mlflow", num_rounds=1,
+                        num_threads=1, **PROSTATE_TRAIN)
+    recipe._job.to_server(TBAnalyticsReceiver(events=[FED_EVENT_PREFIX + "analytix_log_stats"]), id="tb_receiver")
+    workspace = run_in_simenv(recipe, tmp_path)
+    run_dir = workspace / "server" / "simulate_job"
+    app_server = run_dir / "app_server"
     for kind in ("best", "last"):
-        state = torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)
-        assert state["state_dict"], f"{kind} global model is empty"
-    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 1
-    for client in PROSTATE_CLIENTS:
-        assert list((workspace / "server" / "simulate_job" / "tb_events" / client).glob("events.*")), client
+        assert torch.load(app_server / f"{kind}_global_model.pt", weights_only=True)["state_dict"], kind
+    assert torch.load(app_server / "server_state.pt", weights_only=True)["completed_round"] == 0
+
+    assert (run_dir / "mlflow.db").is_file()
+    from_mlflow, from_tb = read_mlflow_curves(run_dir / "mlflow.db"), read_curves(run_dir / "tb_events")
+    assert sorted(from_mlflow) == sorted(PROSTATE_CLIENTS) == sorted(from_tb)
+    for site in PROSTATE_CLIENTS:
+        assert set(from_mlflow[site]) == set(from_tb[site]) and "val/global" in from_tb[site], site
+        for tag, (steps, values) in from_tb[site].items():
+            assert from_mlflow[site][tag][0] == steps, (site, tag)
+            assert from_mlflow[site][tag][1] == pytest.approx(values, rel=1e-6), (site, tag)
+    assert read_run_curves(run_dir, "mlflow") == from_mlflow
+    for tracking in ("tensorboard", "mlflow"):
+        plot = run(["python", "result_stat/plot_tensorboard_events.py", "--workspace", workspace, "--tracking", tracking,
+                    "--output", tmp_path / f"{tracking}.png"]).stdout
+        assert (tmp_path / f"{tracking}.png").is_file(), plot
+
     out = _test_only(app_server, demo_prostate)
     total = _pooled_test_slices(demo_prostate)
     assert re.search(rf"^pooled test Dice of the best global model, mean over the {total} slices of client_All.json: "
                      r"global [0-9.]+$", out, re.M), out
-    plot = run(["python", "result_stat/plot_tensorboard_events.py", "--workspace", workspace]).stdout
-    assert (workspace / "val_curves.png").is_file(), plot
-
-
-def test_fedsm_prostate_default(tmp_path, demo_prostate):
-    """The shipped FedSM job (VGG-11 selector) at 32x32 for 2 rounds."""
-    workspace, app_server = _run("fedsm_prostate", tmp_path, demo_prostate)
-    names = ["global", "selector"] + [f"personal_{c}" for c in PROSTATE_CLIENTS]
-    for kind in ("best", "last"):
-        for name in names:
-            assert (app_server / f"{kind}_{name}_model.pt").is_file(), f"{kind} {name}"
-    assert json.loads((app_server / "site_labels.json").read_text()) == {c: i for i, c in enumerate(PROSTATE_CLIENTS)}
-    state = torch.load(app_server / "server_state.pt", weights_only=True)
-    selector = state["models"]["selector"]
-    assert "classifier.0.weight" in selector and tuple(selector["classifier.0.weight"].shape) == (4096, 25088)
-    moments = state["extra"]["selector_moments"]
-    assert moments, "the moment filters are configured, so the server must hold averaged moments"
-    trained = {k for k in selector if k.endswith(("weight", "bias"))}
-    assert set(moments) == {f"{k}.{m}" for k in trained for m in ("exp_avg", "exp_avg_sq")}, "no 'step' travels"
-    for client in PROSTATE_CLIENTS:
-        log = (workspace / client / "log.txt").read_text()
-        assert "loaded synced Adam moments for 22 selector parameters" in log, client  # round 1: round 0's average
-        assert len(re.findall(r"selector epoch 1/1 \(one step\)", log)) == 2, client
-    total = _pooled_test_slices(demo_prostate)
-    super_out = _test_only(app_server, demo_prostate, "--select_threshold", "0.9")
-    assert re.search(rf"^routing \(top selector probability > 0.9\): \d+ of {total} test slices to personalised "
-                     r"models \(", super_out, re.M), super_out
-    assert re.search(r"^pooled test Dice of the best super model \(threshold 0.9\) and global model, mean over "
-                     rf"the {total} slices of client_All.json: global [0-9.]+, super [0-9.]+$", super_out, re.M)
-    for client in PROSTATE_CLIENTS:
-        assert re.search(rf"^{client}: global [0-9.]+, super [0-9.]+, selector_accuracy [0-9.]+ \(\d+ slices\)$",
-                         super_out, re.M), super_out
-    global_out = _test_only(app_server, demo_prostate, "--select_threshold", "1")
-    assert f"0 of {total} test slices to personalised models (global {total})" in global_out, global_out
-    pooled = re.search(r"global ([0-9.]+), super ([0-9.]+)$", global_out, re.M)
-    assert pooled[1] == pooled[2], "threshold 1: the super model is the global model"
 
 
 def test_fedsm_without_moment_filters(tmp_path, demo_prostate):

@@ -1,5 +1,6 @@
-"""End-to-end: prrfl_dermoscopy and its FedAvg baseline in the NVFlare simulator on the HAM10000-mini federation
-(2 rounds, 32x32 images, a 4-channel slim VGG), then the result script on both workspaces."""
+"""End-to-end: prrfl_dermoscopy (its recipe in SimEnv, with the cross-site matrix) and its FedAvg baseline (the job
+folder in the NVFlare simulator) on the HAM10000-mini federation (2 rounds, 32x32 images, a 4-channel slim VGG),
+then the result script on both workspaces."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_job_variant, run, run_simulator
+from helpers import make_job_variant, run, run_in_simenv, run_simulator
 
+from medfl.common.cross_site import read_cross_site
 from medfl.federations.dermoscopy.preparation import prepare_federation
 from medfl.prrfl.pfa import is_bn_key_name
+from medfl.recipes import recipe_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +46,11 @@ def run_job(job: str, dataset_root: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def prrfl_workspace(dataset_root, tmp_path_factory) -> Path:
-    return run_job("prrfl_dermoscopy", dataset_root, tmp_path_factory.mktemp("prrfl_job"))
+    """PRR-FL's recipe in SimEnv (what ``python -m medfl run prrfl_dermoscopy --env sim`` runs), ending with the
+    cross-site matrix of the personalised models."""
+    recipe = recipe_for("prrfl_dermoscopy", dataset_root=str(dataset_root), cross_site_evaluation=True,
+                        num_rounds=2, **SMALL)
+    return run_in_simenv(recipe, tmp_path_factory.mktemp("prrfl_job"))
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +76,13 @@ def test_prrfl_job_keeps_personalised_models_on_the_clients(prrfl_workspace):
         assert torch.load(app_client / "last_personal_model.pt", weights_only=True)["round_number"] == 1
         events = prrfl_workspace / "server" / "simulate_job" / "tb_events" / client
         assert list(events.glob("events.*")), client
+
+
+def test_prrfl_cross_site_matrix_of_the_personalised_models(prrfl_workspace):
+    metric, matrix = read_cross_site(prrfl_workspace / "server" / "simulate_job" / "app_server")
+    assert metric == "macro_f1"
+    assert sorted(matrix) == [f"personal_{c}" for c in CLIENTS]
+    assert all(sorted(row) == list(CLIENTS) and all(0 <= v <= 1 for v in row.values()) for row in matrix.values())
 
 
 def test_fedavg_baseline_job(fedavg_workspace):

@@ -10,24 +10,13 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-import torch
 from helpers import BIN
-from test_deploy_poc import FEDERATIONS
+from test_deploy_poc import FEDERATIONS, POC_ENV_JOBS, check_outputs
 
 from medfl.recipes import JOBS, RECIPES, recipe_for
 from medfl.recipes.envs import poc_env
 
 pytestmark = pytest.mark.deploy
-
-# one job of each method, with its federation (the POC tests' demo data and tiny overrides)
-METHOD_JOBS = {
-    "fedavg_prostate": "prostate",
-    "fedsm_prostate": "prostate",
-    "harmofl_prostate_2d": "prostate",
-    "prrfl_dermoscopy": "dermoscopy",
-    "fedmas_dermoscopy": "dermoscopy",
-}
-
 
 @pytest.fixture(scope="module")
 def dataset_root(shared_data, tmp_path_factory):
@@ -44,12 +33,12 @@ def dataset_root(shared_data, tmp_path_factory):
 
 
 def test_every_method_has_a_job_here():
-    assert {JOBS[job] for job in METHOD_JOBS} == set(RECIPES), "a method without a PocEnv test"
+    assert {JOBS[job] for job in POC_ENV_JOBS} == set(RECIPES), "a method without a PocEnv test"
 
 
-@pytest.mark.parametrize("job", list(METHOD_JOBS))
+@pytest.mark.parametrize("job", list(POC_ENV_JOBS))
 def test_a_recipe_of_each_method_runs_in_pocenv(job, tmp_path, dataset_root, monkeypatch):
-    federation = METHOD_JOBS[job]
+    federation = POC_ENV_JOBS[job]
     server, train = FEDERATIONS[federation].jobs[job]
     for name in ("home", "tmp"):
         (tmp_path / name).mkdir()
@@ -70,8 +59,10 @@ def test_a_recipe_of_each_method_runs_in_pocenv(job, tmp_path, dataset_root, mon
     assert status == "FINISHED:COMPLETED", status
     app_servers = list(Path(result).rglob("app_server"))
     assert app_servers, f"no server app in the downloaded result {result}"
-    state = torch.load(app_servers[0] / "server_state.pt", weights_only=True)
-    assert state["completed_round"] == 0
+    check_outputs(app_servers[0].parent, recipe.sites)
+    if job == "fedsm_prostate":
+        for site in recipe.sites:
+            assert (app_servers[0] / f"last_personal_{site}_model.pt").is_file(), site
     kit = next((tmp_path / "poc").glob("*/prod_*"))
     for site in ("localhost", *recipe.sites):
         assert "medfl." in (kit / site / "local" / "resources.json.default").read_text(), site
