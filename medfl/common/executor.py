@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 import os
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 import numpy as np
 import torch
-from monai.transforms import Randomizable
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
@@ -45,36 +44,11 @@ from .protocol import (
     NUM_TRAIN_STEPS,
     NUM_VAL_SAMPLES,
 )
+from .random_state import seed_random_transforms
 from .runtime import freeze_setup_objects, seed_everything, select_device
 from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
 from .validation import non_finite_problem, update_norm
-
-
-def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
-    """The MONAI random transform (``dataset.transform``) of ``dataset``, through ``Subset`` and ``ConcatDataset``."""
-    if isinstance(dataset, Subset):
-        yield from random_transforms(dataset.dataset)
-    elif isinstance(dataset, ConcatDataset):
-        for part in dataset.datasets:
-            yield from random_transforms(part)
-    elif isinstance(getattr(dataset, "transform", None), Randomizable):
-        yield dataset.transform
-
-
-def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
-    """Seed the MONAI random transforms of every dataset (see :func:`random_transforms`).
-
-    MONAI's ``Randomizable`` transforms draw from their own ``RandomState``, which neither ``torch.manual_seed``
-    nor ``np.random.seed`` reaches; without this, augmentation differs between runs with the same seed.
-    Returns the number of transforms seeded.
-    """
-    seeded = 0
-    for dataset in datasets.values():
-        for transform in random_transforms(dataset):
-            transform.set_random_state(seed=seed)
-            seeded += 1
-    return seeded
 
 
 def check_update(params: Params) -> None:
