@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from medfl.common.executor import seed_random_transforms
+from medfl.common.random_state import seed_random_transforms
 from medfl.common.runtime import seed_everything
 from medfl.common.train import train_epoch
 

@@ -93,7 +93,7 @@ def test_random_transforms_are_seeded_per_run():
     from torch.utils.data import ConcatDataset, Subset
 
     from medfl.common.data import SegmentationSliceDataset
-    from medfl.common.executor import seed_random_transforms
+    from medfl.common.random_state import seed_random_transforms
 
     def augmented(seed):
         transform = Compose([RandFlipd(keys="image", prob=0.5), RandGaussianNoised(keys="image", prob=1.0)])

@@ -1,5 +1,6 @@
 """Resume in a POC deployment: the server is killed after round 2 of 4, restarted, and the job submitted again
-with ``resume_from`` continues at round 3 with the models the killed run had saved."""
+with ``resume_from`` continues at round 3 with the models the killed run had saved, and every site with the state it
+had saved after round 2."""
 
 from __future__ import annotations
 
@@ -50,5 +51,9 @@ def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_pro
     # the models the killed run saved after round 2 are the ones the resumed run sends in round 3
     for client in PROSTATE_CLIENTS:
         before = validations((kits / client / job_id / "log.txt").read_text())
-        after = validations((kits / client / resumed_id / "log.txt").read_text())
+        resumed_log = (kits / client / resumed_id / "log.txt").read_text()
+        after = validations(resumed_log)
         assert list(after)[0] == "2" and after["2"] == before["2"], (client, before, after)
+        # and each site continues from the state it saved after round 2, in its workspace's medfl_state (the default)
+        assert f"resumed run {saved['run_id']}: restored the state saved after round 1" in resumed_log, client
+        assert (kits / client / "medfl_state" / saved["run_id"] / client / f"round_{ROUNDS - 1}.pt").is_file()

@@ -113,8 +113,9 @@ def test_harmofl_nuclei(tmp_path, shared_data):
     """Four sites tiled from the real DSB2018 image in different acquisition styles, 32x32 crops and tiles."""
     make_demo_nuclei(shared_data / "nuclei_dsb2018", tmp_path / "raw" / "demo_nuclei")
     prepare_nuclei(tmp_path / "raw" / "demo_nuclei", tmp_path)
+    client_state = str(tmp_path / "client_state")  # outside the simulator's workspace, which it empties at start
     out = run_job("harmofl_nuclei", tmp_path, NUCLEI_SITES, tmp_path, SIZE, r"global=\S+, dice_bg_fg=\S+, dice_fg=",
-                  network=SMALL_UNET, data_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE)
+                  network=SMALL_UNET, data_root="DATASET_ROOT/raw/demo_nuclei", patch_size=SIZE, state_dir=client_state)
     for client in NUCLEI_SITES:
         assert re.search(rf"^{client}: dice_bg_fg [0-9.]+, dice_fg [0-9.]+ \(\d+ samples\)$", out, re.M), out
 
@@ -125,12 +126,13 @@ def test_harmofl_nuclei(tmp_path, shared_data):
     as_longer_run(state_file, 3)  # a 3-round run stopped after its second round
     resumed = make_job_variant("harmofl_nuclei", tmp_path / "resumed", {"num_rounds": 3, "resume_from": str(state_file)},
                                {"num_threads": 1, "network": SMALL_UNET, "data_root": "DATASET_ROOT/raw/demo_nuclei",
-                                "patch_size": SIZE})
+                                "patch_size": SIZE, "state_dir": client_state})
     run_simulator(resumed, tmp_path / "ws2", NUCLEI_SITES, tmp_path)
     server_log = (tmp_path / "ws2" / "server" / "log.txt").read_text()
     assert "continuing at round 3/3" in server_log and "Sending task harmofl_amplitude" not in server_log
     for client in NUCLEI_SITES:
         before, after = ((tmp_path / ws / client / "log.txt").read_text() for ws in ("ws", "ws2"))
         assert re.findall(r"froze the amplitude reference sha256=(\w+)", after) == [digest], client
+        assert "restored the state saved after round 1" in after, client
         validated = [re.search(r"round 2 validation of received models: (.*)", log)[1] for log in (before, after)]
         assert validated[0] == validated[1], (client, validated)

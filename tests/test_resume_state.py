@@ -14,7 +14,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import STATE_FILE
 from medfl.common.errors import DataError
-from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
+from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES, RESUME_ROUND, RUN_ID
 from medfl.common.resume import read_server_state
 from medfl.fedavg.controller import FedAvgController
 from medfl.fedsm.controller import FedSMController
@@ -54,6 +54,9 @@ def written(tmp_path, content) -> str:
      "not a server state: missing ['completed_round', 'num_rounds', 'models', 'best_scores', 'extra'] (a "
      "server_state.pt of this job is expected, not a model checkpoint)"),
     ([1, 2, 3], "holds a list, not a server state (written by save_state?)"),
+    (state(run_id="../../etc", train_rounds={}), "run_id is '../../etc', not 32 hex digits"),
+    (state(run_id="0" * 32, train_rounds={"client_a": 2}),
+     "train_rounds must map client names to rounds of 0..1, got {'client_a': 2}"),
 ])
 def test_a_wrong_state_is_refused_with_the_path_and_the_problem(tmp_path, content, problem):
     path = written(tmp_path, content)
@@ -104,10 +107,11 @@ def fedavg(tmp_path, name, num_rounds, resume_from=""):
 
     def answer(client, task, data):
         sent.append((task, data.current_round))
+        controller.metas.append((client, task, data.current_round, dict(data.meta)))
         return honest(client, task, data)
 
     attach(controller, tmp_path / name, CLIENTS, answer, {"network": UNET, "seed": 0})
-    controller.sent = sent
+    controller.sent, controller.metas = sent, []
     controller.run()
     return controller
 
@@ -117,11 +121,33 @@ def test_a_run_resumes_after_the_last_completed_round(tmp_path):
     state_file = first.app_dir / STATE_FILE
     saved = torch.load(state_file, weights_only=True)
     saved["completed_round"] = 0  # as if the server had been killed during round 1
+    saved["train_rounds"] = {"client_a": 0}  # and client_b had not trained in round 0
     torch.save(saved, state_file)
     resumed = fedavg(tmp_path, "resumed", 3, str(state_file))
     assert not resumed.log["panic"]
     assert "resumed from " + str(state_file) + ": continuing at round 2/3" in resumed.log["info"]
     assert [r for task, r in resumed.sent if task == "train"] == [1, 1, 2, 2]
+    # every task names the run and the round whose client state the client restores
+    assert {meta[RUN_ID] for *_, meta in resumed.metas} == {first.run_id} == {resumed.run_id}
+    assert {client: meta[RESUME_ROUND] for client, *_, meta in resumed.metas} == {"client_a": 0, "client_b": -1}
+    final = torch.load(resumed.app_dir / STATE_FILE, weights_only=True)
+    assert final["run_id"] == first.run_id and final["train_rounds"] == {"client_a": 2, "client_b": 2}
+
+
+def test_a_fresh_run_names_itself_and_no_resume_round(tmp_path):
+    first, second = fedavg(tmp_path, "first", 2), fedavg(tmp_path, "second", 2)
+    assert re.fullmatch(r"[0-9a-f]{32}", first.run_id) and first.run_id != second.run_id
+    assert all(meta == {RUN_ID: first.run_id} for *_, meta in first.metas)
+
+
+def test_a_state_without_a_run_id_resumes_with_a_warning_that_it_is_not_exact(tmp_path):
+    state_file = fedavg(tmp_path, "first", 3).app_dir / STATE_FILE
+    saved = torch.load(state_file, weights_only=True)
+    del saved["run_id"], saved["train_rounds"]  # as a medfl before exact resume wrote it
+    torch.save(saved, state_file)
+    resumed = fedavg(tmp_path, "resumed", 3, str(state_file))
+    assert not resumed.log["panic"] and any("will not be bit-identical" in w for w in resumed.log["warning"])
+    assert all(RESUME_ROUND not in meta for *_, meta in resumed.metas)
 
 
 def test_a_wrong_resume_file_stops_the_job_before_round_0(tmp_path):

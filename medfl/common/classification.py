@@ -7,7 +7,7 @@ FedAvg baselines use this class as it is, and methods override the loss, the ste
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable, Dict, Literal
+from typing import Any, Callable, Dict, Literal
 
 import torch
 from pydantic import Field
@@ -114,3 +114,10 @@ class ClassificationExecutor(RoundExecutor):
 
     def export_params(self, fl_ctx: FLContext) -> Params:
         return bundle({"global": to_numpy(self.model.state_dict())})
+
+    def persistent_state(self) -> Dict[str, Any]:
+        return {**super().persistent_state(), "optimizer": self.optimizer.state_dict()}
+
+    def load_persistent_state(self, state: Dict[str, Any]) -> None:
+        super().load_persistent_state(state)
+        self.optimizer.load_state_dict(state["optimizer"])

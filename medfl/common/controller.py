@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import uuid
 from abc import abstractmethod
 from functools import partial
 from typing import Callable, Collection, Dict, List, Literal, Optional, Set, Tuple, Type
@@ -54,6 +55,8 @@ from .protocol import (
     NUM_TRAIN_SAMPLES,
     NUM_TRAIN_STEPS,
     NUM_VAL_SAMPLES,
+    RESUME_ROUND,
+    RUN_ID,
 )
 from .resume import read_server_state
 from .runtime import freeze_setup_objects, seed_everything
@@ -158,6 +161,9 @@ class RoundController(ModelController):
         self.best_scores: Dict[str, float] = {}
         self.train_steps: Dict[str, float] = {}  # each client's local steps in its last training result of this run
         self.start_round = 0
+        self.run_id = uuid.uuid4().hex  # a resumed run takes the saved one
+        self.train_rounds: Dict[str, int] = {}  # the last round each client was sent the train task in
+        self.resume_rounds: Optional[Dict[str, int]] = None  # a resumed run's train_rounds as saved
         self._results: Dict[str, FLModel] = {}
         self._expected: Dict[str, ResultSpec] = {}
         self._rejected: Dict[str, str] = {}
@@ -318,6 +324,9 @@ class RoundController(ModelController):
         payloads = []
         for client in targets:
             payload, self._expected[client] = self.task_for(task, client, round_number)
+            payload.meta = {**(payload.meta or {}), **self.run_meta(client)}
+            if task == self.settings.train_task:
+                self.train_rounds[client] = round_number
             self.send_model(task_name=task, data=payload, targets=[client], timeout=self.settings.task_timeout,
                             callback=self._collect)
             payloads.append(payload)
@@ -373,6 +382,13 @@ class RoundController(ModelController):
         payload = FLModel(params=dict(self.payload_for(client)), current_round=round_number,
                           total_rounds=self.num_rounds, meta=self.payload_meta(client))
         return payload, self.expected_result(client, task, payload)
+
+    def run_meta(self, client: str) -> dict:
+        """What every task tells ``client`` about the run: its id and, in a resumed run, the last round the client
+        trained in before (-1: none), whose saved state it restores (:mod:`medfl.common.client_state`)."""
+        if self.resume_rounds is None:
+            return {RUN_ID: self.run_id}
+        return {RUN_ID: self.run_id, RESUME_ROUND: self.resume_rounds.get(client, -1)}
 
     def reachable(self, task: str, clients: List[str], round_number: int) -> List[str]:
         """``clients`` without those NVFlare deems disconnected and those deemed dead earlier in this run (each
@@ -560,7 +576,8 @@ class RoundController(ModelController):
     def save_state(self, round_number: int) -> None:
         """Persist everything needed to continue after ``round_number`` (see ``resume_from``)."""
         state = {"completed_round": round_number, "num_rounds": self.num_rounds, "models": self.models,
-                 "best_scores": self.best_scores, "extra": self.extra_state()}
+                 "best_scores": self.best_scores, "extra": self.extra_state(), "run_id": self.run_id,
+                 "train_rounds": self.train_rounds}
         atomic_torch_save(_as_torch(state), os.path.join(self.get_app_dir(), STATE_FILE))
 
     def _resume(self, path: str) -> bool:
@@ -578,6 +595,12 @@ class RoundController(ModelController):
             return False
         self.models, self.best_scores = state["models"], state["best_scores"]
         self.start_round = state["completed_round"] + 1
+        if "run_id" in state:
+            self.run_id, self.train_rounds = state["run_id"], dict(state["train_rounds"])
+            self.resume_rounds = dict(self.train_rounds)
+        else:
+            self.warning(f"{path} was written by a medfl without exact resume: the clients start their optimizers and "
+                         "random states afresh, so this run will not be bit-identical to an uninterrupted one")
         self.info(f"resumed from {path}: continuing at round {self.start_round + 1}/{self.num_rounds}")
         return True
 

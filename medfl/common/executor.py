@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 import os
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, List, Optional, Type
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type
 
 import numpy as np
 import torch
-from monai.transforms import Randomizable
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
@@ -32,6 +32,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.fuel.utils.memory_utils import cleanup_memory
 
+from .client_state import read_client_state, round_file, state_folder, write_client_state
 from .config import load_train_config
 from .errors import DataError
 from .job_version import loaded_medfl, version_problem
@@ -44,37 +45,17 @@ from .protocol import (
     NUM_TRAIN_SAMPLES,
     NUM_TRAIN_STEPS,
     NUM_VAL_SAMPLES,
+    RESUME_ROUND,
+    RUN_ID,
 )
+from .random_state import capture_random_state, restore_random_state, seed_random_transforms
 from .runtime import freeze_setup_objects, seed_everything, select_device
 from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
 from .validation import non_finite_problem, update_norm
 
-
-def random_transforms(dataset: Dataset) -> Iterator[Randomizable]:
-    """The MONAI random transform (``dataset.transform``) of ``dataset``, through ``Subset`` and ``ConcatDataset``."""
-    if isinstance(dataset, Subset):
-        yield from random_transforms(dataset.dataset)
-    elif isinstance(dataset, ConcatDataset):
-        for part in dataset.datasets:
-            yield from random_transforms(part)
-    elif isinstance(getattr(dataset, "transform", None), Randomizable):
-        yield dataset.transform
-
-
-def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
-    """Seed the MONAI random transforms of every dataset (see :func:`random_transforms`).
-
-    MONAI's ``Randomizable`` transforms draw from their own ``RandomState``, which neither ``torch.manual_seed``
-    nor ``np.random.seed`` reaches; without this, augmentation differs between runs with the same seed.
-    Returns the number of transforms seeded.
-    """
-    seeded = 0
-    for dataset in datasets.values():
-        for transform in random_transforms(dataset):
-            transform.set_random_state(seed=seed)
-            seeded += 1
-    return seeded
+DEFAULT_STATE_DIR = "medfl_state"  # the client state's folder in the site's workspace unless state_dir names one
+MAX_REASON_CHARS = 200
 
 
 def check_update(params: Params) -> None:
@@ -130,6 +111,10 @@ class RoundExecutor(Executor):
         self.datasets: Dict[str, Dataset] = {}
         self._setup_error: Optional[str] = None
         self._heartbeat: Optional[Heartbeat] = None
+        self.state_dir = Path(DEFAULT_STATE_DIR)
+        self.run_id = ""
+        self._restored = False
+        self._unsaved_round: Optional[int] = None
 
     # ------------------------------------------------------------------ hooks for each method
     @abstractmethod
@@ -202,12 +187,23 @@ class RoundExecutor(Executor):
         ``optimizer.step()``); a method that changes the step (HarmoFL's weight perturbation) overrides it."""
         return optimizer_step(model, batch, loss_fn, optimizer)
 
+    def persistent_state(self) -> Dict[str, Any]:
+        """What this client carries from one round into the next (saved after each training round, for an exact
+        resume): here its random state; a method that keeps more (optimizers, local models) extends the dict."""
+        return {"random": capture_random_state(self.datasets, self.device)}
+
+    def load_persistent_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`persistent_state` returned (a method that extends one extends the other)."""
+        restore_random_state(state["random"], self.datasets, self.device)
+
     # ------------------------------------------------------------------ NVFlare plumbing
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
             self._heartbeat = Heartbeat(fl_ctx.get_engine())
             self._heartbeat.start()
             self._initialize(fl_ctx)
+        elif event_type == EventType.AFTER_SEND_TASK_RESULT and self._unsaved_round is not None:
+            self._save_state(fl_ctx)
         elif event_type == EventType.END_RUN and self._heartbeat is not None:
             self._heartbeat.stop()
 
@@ -222,9 +218,12 @@ class RoundExecutor(Executor):
         job_id = fl_ctx.get_job_id()
         workspace = engine.get_workspace()
         self.app_dir = workspace.get_app_dir(job_id)
+        self.state_dir = Path(workspace.get_root_dir()) / DEFAULT_STATE_DIR
         config_path = os.path.join(workspace.get_app_config_dir(job_id), self.config_train_filename)
         try:
             self.settings = self.Settings.load(load_train_config(config_path, site=self.site), config_path, self.site)
+            if self.settings.state_dir:
+                self.state_dir = self.settings.path("state_dir", self.site)
             seed_everything(self.settings.seed)
             if self.settings.num_threads > 0:
                 torch.set_num_threads(self.settings.num_threads)
@@ -270,6 +269,7 @@ class RoundExecutor(Executor):
             received = FLModelUtils.from_shareable(shareable)
             self.current_round = received.current_round or 0
             self.task_meta = received.meta or {}
+            self.follow_run(fl_ctx)
             if task_name == self.cross_site_task:
                 return FLModelUtils.to_shareable(self.cross_site_reply(received, fl_ctx))
             self.load_payload(received.params, fl_ctx)
@@ -287,6 +287,7 @@ class RoundExecutor(Executor):
             params = self.export_params(fl_ctx)
             check_update(params)
             result = FLModel(params=params, metrics=metrics, meta=meta, current_round=self.current_round)
+            self._unsaved_round = self.current_round if self.run_id else None  # saved once the result is sent
             return FLModelUtils.to_shareable(result)
         except TrainingAborted:
             self.log_info(fl_ctx, "task aborted")
@@ -297,3 +298,43 @@ class RoundExecutor(Executor):
         finally:
             if self.memory_gc:
                 cleanup_memory()
+
+    # ------------------------------------------------------------------ exact resume (medfl.common.client_state)
+    def follow_run(self, fl_ctx: FLContext) -> None:
+        """Take the run id from the task's meta; before the first task of a resumed run, restore the state saved
+        after the last round this client trained in (the server names it). ``DataError`` if that state is missing or
+        does not fit this client: then every task fails, as the resume would not be exact."""
+        if RUN_ID not in self.task_meta:
+            return
+        self.run_id = self.task_meta[RUN_ID]
+        folder = state_folder(self.state_dir, self.run_id, self.site)
+        last_round = self.task_meta.get(RESUME_ROUND)
+        if last_round is None or self._restored:
+            return
+        if isinstance(last_round, bool) or not isinstance(last_round, int) or not -1 <= last_round < self.current_round:
+            raise DataError(f"the server sent {RESUME_ROUND}={last_round!r}, not a round before {self.current_round}",
+                            site=self.site)
+        if last_round >= 0:
+            state = read_client_state(folder, self.run_id, self.site, last_round)
+            try:
+                self.load_persistent_state(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise DataError(f"cannot resume exactly: the saved state does not fit this client "
+                                f"({type(e).__name__}: {str(e)[:MAX_REASON_CHARS]})",
+                                path=round_file(folder, last_round), site=self.site) from None
+            self.log_info(fl_ctx, f"resumed run {self.run_id}: restored the state saved after round {last_round}")
+        self._restored = True
+
+    def _save_state(self, fl_ctx: FLContext) -> None:
+        """Write the state this client carries into its next round (after the result is sent, so it is exactly what
+        the next round starts from: FedSM releases the sent selector moments then)."""
+        round_number, self._unsaved_round = self._unsaved_round, None
+        try:
+            path = write_client_state(state_folder(self.state_dir, self.run_id, self.site), self.run_id, self.site,
+                                      round_number, self.persistent_state())
+        except (OSError, RuntimeError) as e:
+            self.log_error(fl_ctx, f"[{self.site}] round {round_number}: cannot save the client state to "
+                                   f"{self.state_dir} ({type(e).__name__}: {e}); a resume after this round will "
+                                   "fail on this site")
+            return
+        self.log_debug(fl_ctx, f"saved the client state of round {round_number} to {path}")

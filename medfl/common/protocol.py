@@ -13,3 +13,8 @@ NUM_EVAL_SAMPLES = "num_eval_samples"  # examples behind a site's cross-site sco
 # the server tells a slow client (still sending) from a dead one (silent), in the simulator too (medfl.common.liveness)
 HEARTBEAT_TOPIC = "medfl.heartbeat"
 HEARTBEAT_INTERVAL = 10.0  # seconds
+
+# Exact resume (medfl.common.client_state): in the meta of every task the server sends
+RUN_ID = "medfl_run_id"  # the run's id (32 hex digits), the same in a resumed run; names the clients' state folders
+RESUME_ROUND = "medfl_resume_round"  # only in a resumed run: the last round the client trained in (-1: none), whose
+# saved state it restores once, before its first task of the resumed run

@@ -1,9 +1,10 @@
 """Reading a server state file (``resume_from``) with a clear error for every way it can be wrong.
 
 :meth:`~medfl.common.controller.RoundController.save_state` writes ``{"completed_round", "num_rounds", "models",
-"best_scores", "extra"}`` with tensors for arrays. Before round 0 of a resumed run the file must be there, load as a
-weights-only torch file, hold those entries, come from a run of the same length, and hold the job's models with
-the keys, shapes and dtypes the job builds; otherwise :class:`~medfl.common.errors.DataError` says which.
+"best_scores", "extra", "run_id", "train_rounds"}`` with tensors for arrays. Before round 0 of a resumed run the file
+must be there, load as a weights-only torch file, hold those entries (a file of a medfl before exact resume lacks the
+last two), come from a run of the same length, and hold the job's models with the keys, shapes and dtypes the job
+builds; otherwise :class:`~medfl.common.errors.DataError` says which.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from .client_state import RUN_ID_PATTERN
 from .errors import DataError
 from .params import Params
 from .validation import array_specs, check_params
@@ -68,4 +70,21 @@ def read_server_state(path: str, num_rounds: int, models: Mapping[str, Params]) 
             raise error(f"model '{name}' does not fit this job's network: {problem}")
     if not isinstance(state["best_scores"], dict) or not isinstance(state["extra"], dict):
         raise error("best_scores and extra must be dicts")
+    problem = run_problem(state)
+    if problem:
+        raise error(problem)
     return state
+
+
+def run_problem(state: Mapping[str, Any]) -> str:
+    """What is wrong with a state's ``run_id`` and ``train_rounds`` (both absent: nothing), or ''."""
+    if "run_id" not in state and "train_rounds" not in state:
+        return ""
+    run_id, rounds = state.get("run_id"), state.get("train_rounds")
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        return f"run_id is {run_id!r}, not 32 hex digits"
+    last = state["completed_round"]
+    if not isinstance(rounds, dict) or not all(
+            isinstance(c, str) and type(r) is int and 0 <= r <= last for c, r in rounds.items()):
+        return f"train_rounds must map client names to rounds of 0..{last}, got {rounds!r}"[:MAX_REASON_CHARS]
+    return ""

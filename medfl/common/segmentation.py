@@ -9,7 +9,7 @@ prostate client with a personalised model and a selector.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 from monai.losses import DiceLoss
@@ -81,3 +81,12 @@ class SegmentationExecutor(RoundExecutor):
 
     def export_params(self, fl_ctx: FLContext) -> Params:
         return bundle({name: to_numpy(model.state_dict()) for name, model in self.models.items()})
+
+    def persistent_state(self) -> Dict[str, Any]:
+        optimizers = {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+        return {**super().persistent_state(), "optimizers": optimizers}
+
+    def load_persistent_state(self, state: Dict[str, Any]) -> None:
+        super().load_persistent_state(state)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])

@@ -7,7 +7,7 @@ known key, so ``learning_rte`` points at ``learning_rate``), a wrong type, an ou
 
 One vocabulary serves every job: ``data_root`` (the site's prepared data) and ``datalist`` (which items the site
 has), ``network`` (:class:`NetworkSpec`), ``optimizer`` (:class:`OptimizerSpec`, learning rate included),
-``local_epochs``, ``batch_size``, ``seed``, ``num_threads``, ``device``.
+``local_epochs``, ``batch_size``, ``seed``, ``num_threads``, ``device``, ``state_dir``.
 """
 
 from __future__ import annotations
@@ -127,3 +127,7 @@ class ClientSettings(Settings):
     seed: int = Field(0, ge=0, description="seed of Python, numpy, torch and the MONAI random transforms")
     num_threads: int = Field(0, ge=0, description="torch threads of this client process (0: torch's default)")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    state_dir: str = Field("", description=(
+        "folder of the state this client saves after each round for an exact resume (optimizers, random states, "
+        "local models; the last two rounds kept). '': medfl_state in the site's workspace. The simulator empties "
+        "its workspace at start: set it outside. DATASET_ROOT allowed"))

@@ -128,3 +128,16 @@ class FedMASExecutor(SkinLesionExecutor):
 
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         return {**super().result_meta(task_name), PRIOR_SHA256: self.prior_sha256}
+
+    def persistent_state(self) -> Dict[str, Any]:
+        """The optimizer and, for ``prior_bn_quirk``, whether the prior's BN statistics were overwritten and their
+        values (the prior's weights stay the checkpoint's)."""
+        buffers = {name: buffer for name, buffer in self.prior.named_buffers()}
+        return {**super().persistent_state(), "prior_bn_updated": self.prior_bn_updated, "prior_buffers": buffers}
+
+    def load_persistent_state(self, state: Dict[str, Any]) -> None:
+        super().load_persistent_state(state)
+        with torch.no_grad():
+            for name, buffer in self.prior.named_buffers():
+                buffer.copy_(state["prior_buffers"][name])
+        self.prior_bn_updated = bool(state["prior_bn_updated"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +99,20 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         self.site_label = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        super().handle_event(event_type, fl_ctx)
         if event_type == EventType.AFTER_SEND_TASK_RESULT and self.settings is not None and not self._setup_error:
             release_tensors(self.selector)  # sent; every task starts by loading the server's selector
             if fl_ctx.get_prop(MOMENTS_SENT_PROP):  # sent; the next training task brings the averaged ones
                 release_adam_moments(self.selector, self.selector_optimizer)
+        super().handle_event(event_type, fl_ctx)  # saves the client state: without the moments released above
+
+    def persistent_state(self) -> Dict[str, Any]:
+        """The segmentation optimizers' states and the selector's (its Adam steps; its moments unless they were
+        sent, as the server's state holds their average then); the selector's weights come from the server."""
+        return {**super().persistent_state(), "selector_optimizer": self.selector_optimizer.state_dict()}
+
+    def load_persistent_state(self, state: Dict[str, Any]) -> None:
+        super().load_persistent_state(state)
+        self.selector_optimizer.load_state_dict(state["selector_optimizer"])
 
     def load_payload(self, params: Params, fl_ctx: FLContext) -> None:
         if SITE_LABEL not in self.task_meta:

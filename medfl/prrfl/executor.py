@@ -197,5 +197,18 @@ class DETExecutor(RoundExecutor):
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         return {TRAINED_METRICS: self.trained_metrics} if task_name == self.train_task else {}
 
+    def persistent_state(self) -> Dict[str, Any]:
+        """The personalised model, the deputy (its BatchNorm never travels) and the last round's trained metrics
+        (saved with the best personalised model); the optimizers are new every round."""
+        return {**super().persistent_state(), PERSONAL: self.personal.state_dict(), DEPUTY: self.deputy.state_dict(),
+                "personal_initialised": self.personal_initialised, "trained_metrics": self.trained_metrics}
+
+    def load_persistent_state(self, state: Dict[str, Any]) -> None:
+        super().load_persistent_state(state)
+        self.personal.load_state_dict(state[PERSONAL])
+        self.deputy.load_state_dict(state[DEPUTY])
+        self.personal_initialised = bool(state["personal_initialised"])
+        self.trained_metrics = dict(state["trained_metrics"])
+
     def export_params(self, fl_ctx: FLContext) -> Params:
         return bundle({DEPUTY: shared_params(self.deputy)})
