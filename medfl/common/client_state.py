@@ -15,14 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict
 
-import torch
-
 from .errors import DataError
-from .io import atomic_torch_save
+from .io import atomic_torch_save, load_torch_file
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
 ROUND_FILE = re.compile(r"round_(\d+)\.pt")
-MAX_REASON_CHARS = 200  # of torch's own error, quoted in ours
 
 
 def state_folder(state_dir: Path, run_id: str, site: str) -> Path:
@@ -62,10 +59,9 @@ def read_client_state(folder: Path, run_id: str, site: str, round_number: int) -
         raise error(f"no state of round {round_number} (the client's state_dir of the run being resumed is expected; "
                     "the simulator empties its workspace, so set state_dir outside it)")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated, non-torch or unsafe files
-        first_sentence = str(e).splitlines()[0].split(". ")[0][:MAX_REASON_CHARS] if str(e) else ""
-        raise error(f"not a readable torch file ({type(e).__name__}: {first_sentence})") from None
+        saved = load_torch_file(path)
+    except ValueError as e:
+        raise error(f"not a readable torch file ({e})") from None
     expected = {"run_id": run_id, "site": site, "round": round_number}
     if not isinstance(saved, dict) or "state" not in saved or any(saved.get(k) != v for k, v in expected.items()):
         found = {k: saved.get(k) for k in expected} if isinstance(saved, dict) else type(saved).__name__

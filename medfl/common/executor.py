@@ -35,6 +35,7 @@ from nvflare.fuel.utils.memory_utils import cleanup_memory
 from .client_state import read_client_state, round_file, state_folder, write_client_state
 from .config import load_train_config
 from .errors import DataError
+from .io import MAX_REASON_CHARS
 from .job_version import loaded_medfl, version_problem
 from .liveness import Heartbeat
 from .params import Params, unbundle
@@ -55,7 +56,6 @@ from .train import Batch, TrainingAborted, optimizer_step
 from .validation import non_finite_problem, update_norm
 
 DEFAULT_STATE_DIR = "medfl_state"  # the client state's folder in the site's workspace unless state_dir names one
-MAX_REASON_CHARS = 200
 
 
 def check_update(params: Params) -> None:

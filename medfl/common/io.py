@@ -67,3 +67,16 @@ def atomic_write_json(obj: Any, path: PathLike) -> None:
     """Write ``obj`` as indented JSON through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+MAX_REASON_CHARS = 200  # of torch's own error, quoted in ours
+
+
+def load_torch_file(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file torch cannot read (truncated, another format,
+    unsafe objects) raises ``ValueError`` with torch's first sentence, for the caller's error naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, non-torch or unsafe files
+        first_sentence = str(e).splitlines()[0].split(". ")[0][:MAX_REASON_CHARS] if str(e) else ""
+        raise ValueError(f"{type(e).__name__}: {first_sentence}") from None

@@ -16,11 +16,11 @@ import torch
 
 from .client_state import RUN_ID_PATTERN
 from .errors import DataError
+from .io import MAX_REASON_CHARS, load_torch_file
 from .params import Params
 from .validation import array_specs, check_params
 
 STATE_KEYS = ("completed_round", "num_rounds", "models", "best_scores", "extra")
-MAX_REASON_CHARS = 200  # of torch's own error, quoted in ours
 
 
 def as_numpy(obj: Any) -> Any:
@@ -43,10 +43,9 @@ def read_server_state(path: str, num_rounds: int, models: Mapping[str, Params]) 
     if not os.path.isfile(path):
         raise error("state file not found" if not os.path.exists(path) else "not a file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated, non-torch or unsafe files
-        first_sentence = str(e).splitlines()[0].split(". ")[0][:MAX_REASON_CHARS] if str(e) else ""
-        raise error(f"not a readable torch state file ({type(e).__name__}: {first_sentence})") from None
+        state = load_torch_file(path)
+    except ValueError as e:
+        raise error(f"not a readable torch state file ({e})") from None
     if not isinstance(state, dict):
         raise error(f"holds a {type(state).__name__}, not a server state (written by save_state?)")
     missing = [key for key in STATE_KEYS if key not in state]
