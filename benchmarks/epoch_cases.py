@@ -94,8 +94,10 @@ def capped_dermoscopy(federation: Path, client: str, images: int, out: Path) -> 
     return out
 
 
-def dermoscopy_case(size: int, images: int, work: Path, threads: int, data: Optional[str] = None) -> EpochCase:
-    """The dermoscopy client at ``size`` px on ``data`` (a DATASET_ROOT, ``{size}`` replaced) or HAM10000-mini."""
+def dermoscopy_case(size: int, images: int, work: Path, threads: int, data: Optional[str] = None,
+                    augmentation: str = "batched") -> EpochCase:
+    """The dermoscopy client at ``size`` px on ``data`` (a DATASET_ROOT, ``{size}`` replaced) or HAM10000-mini,
+    its training augmentation drawn ``augmentation`` (``batched`` or ``per_image``)."""
     if data:
         federation = Path(data.format(size=size)) / FEDERATION
     else:
@@ -105,7 +107,7 @@ def dermoscopy_case(size: int, images: int, work: Path, threads: int, data: Opti
     client = largest_client(federation)
     capped = capped_dermoscopy(federation, client, images, work / f"dermoscopy_{size}_capped")
     config = {**job_config("fedavg_dermoscopy"), "data_root": str(capped), "image_size": size,
-              "num_threads": threads}
+              "num_threads": threads, "augmentation": augmentation}
     executor = timed_setup(DermoscopyExecutor(analytic_sender_id=""), config, client)
     return EpochCase(f"dermoscopy {client}", size, executor.model, executor.train_loader, executor.loss_fn,
                      executor.optimizer, executor.device, executor.train_step, executor.setup_seconds)

@@ -114,7 +114,8 @@ def test_local_epoch_benchmark_prints_each_case_and_the_goals(tmp_path):
                       "--repeats", 1, "--threads", 1, "--work", tmp_path)
     assert re.search(rf"^torch threads 1; float32 matmul {NUMBER} GFLOP/s$", out, re.M), out
     for case, size in (("dermoscopy client\\w", 32), ("prostate client_I2CVB", 64)):
-        row = rf"^{case}\s+{size}\s+16\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}%\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}%$"
+        row = (rf"^{case}\s+{size}\s+16\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}%\s+{NUMBER}x\s+{NUMBER}"
+               rf"\s+{NUMBER}%$")
         assert re.search(row, out, re.M), (case, out)
         assert re.search(rf"^  {case} {size} px: model loop reaches {NUMBER} % of the matmul rate$", out, re.M), out
     assert re.fullmatch(rf"worst data pipeline share {NUMBER} % \(goal <= 15 %\), worst epoch / model-only "
