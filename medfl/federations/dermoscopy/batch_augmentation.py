@@ -32,7 +32,7 @@ GAUSSIAN_TRUNCATION = 4.0  # MONAI GaussianFilter's kernel tail, in sigmas
 INV_SQRT2 = math.sqrt(0.5)
 SPATIAL_AXES = 2  # rows, columns
 # a batch's tensors are small (16 x 3 x 128^2 at most): on 2 shared cores intra-op threads made the augmentation
-# 2-10x slower than one thread (bench_local_epoch.py, docs/RESULTS.md "Local epoch speed")
+# slower than one thread, several times so when other runs loaded the cores
 AUGMENTATION_THREADS = 1
 
 

@@ -1,7 +1,7 @@
 """Exact median filter of a batch by a pruned sorting network: MONAI's `MedianSmooth` (replicate padding, square
 window), the original's ``MedianBlur(5)``, as elementwise min / max over shifted views of the whole batch.
 
-``torch.median`` over the window's unfolded values is 4-5x slower on a CPU for 5x5 windows. The network is
+``torch.median`` over the window's unfolded values (MONAI's way) is several times slower on a CPU. The network is
 Batcher's odd-even merge sort on the window's values (padded to a power of two with +inf), keeping only the
 comparators that reach the middle output.
 """
