@@ -154,3 +154,16 @@ def test_aggregation_benchmark_prints_each_share(tmp_path):
     for method in ("SoftPull", "PFA", "MAS"):
         assert re.search(rf"^{method}\b.*?({NUMBER}) ?%", out, re.M), (method, out)
     assert re.search(rf"{NUMBER} ?%", last_line(out)), out
+
+
+def test_local_epoch_benchmark_prints_each_case_and_the_goals(tmp_path):
+    out = run_command("bench_local_epoch.py", "--sizes", "dermoscopy:32", "prostate:64", "--images", 16,
+                      "--repeats", 1, "--threads", 1, "--work", tmp_path)
+    assert re.search(rf"^torch threads 1; float32 matmul {NUMBER} GFLOP/s$", out, re.M), out
+    for case, size in (("dermoscopy client\\w", 32), ("prostate client_I2CVB", 64)):
+        row = (rf"^{case}\s+{size}\s+16\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}%\s+{NUMBER}x\s+{NUMBER}"
+               rf"\s+{NUMBER}%$")
+        assert re.search(row, out, re.M), (case, out)
+        assert re.search(rf"^  {case} {size} px: model loop reaches {NUMBER} % of the matmul rate$", out, re.M), out
+    assert re.fullmatch(rf"worst data pipeline share {NUMBER} % \(goal <= 15 %\), worst epoch / model-only "
+                        rf"{NUMBER}x \(goal <= 1.3x\)", last_line(out)), out

@@ -11,9 +11,11 @@ from PIL import Image
 
 from medfl.common.errors import DataError
 from medfl.federations.dermoscopy import preparation as prepare
+from medfl.federations.dermoscopy.batch_augmentation import batched_train_transforms
 from medfl.federations.dermoscopy.client import DermoscopySettings
-from medfl.federations.dermoscopy.data import SkinLesionDataset, build_client_datasets, train_transforms
+from medfl.federations.dermoscopy.data import SkinLesionDataset, build_client_datasets
 from medfl.federations.dermoscopy.ham10000 import read_ham10000_metadata, stratified_group_split
+from medfl.federations.dermoscopy.transforms import PerImage, train_transforms
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -132,12 +134,12 @@ def test_dataset_items(federation):
     assert image.shape == (3, 128, 128) and image.dtype == torch.float32
     assert -1.0 <= image.min() and image.max() <= 1.0 and image.max() > 0
     assert label in (0, 1, 2)
-    torch.manual_seed(0)
-    augmented = SkinLesionDataset(federation, "clientA", "train", transform=train_transforms())
-    for index in range(4):
-        image = augmented[index]["image"]
-        assert type(image) is torch.Tensor and image.shape == (3, 128, 128)
-        assert -1.0 <= image.min() and image.max() <= 1.0
+    for transform in (PerImage(train_transforms(128)), batched_train_transforms()):
+        augmented = SkinLesionDataset(federation, "clientA", "train", transform=transform.set_random_state(0))
+        for index in range(4):
+            image = augmented[index]["image"]
+            assert type(image) is torch.Tensor and image.shape == (3, 128, 128)
+            assert -1.0 <= image.min() and image.max() <= 1.0
 
 
 def test_dataset_errors(tmp_path):

@@ -38,6 +38,7 @@ FEDAVG_DERMOSCOPY = JobSpec(
     server={"num_rounds": 50, "weighting": "equal", "best_weighting": "equal", "best_selection_start": 0.8,
             "min_clients": 0, "task_check_period": 0.1},
     train={"data_root": "DATASET_ROOT/prrfl_ham10000", "image_size": 128, "num_classes": 3, "augment": True,
+           "augmentation": "batched",
            "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                        "args": {"num_classes": 3, "in_channels": 3}},
            "optimizer": {"name": "sgd", "lr": 0.01, "weight_decay": 1e-06}, "lr_decay": 0.5, "lr_decay_rounds": 5,

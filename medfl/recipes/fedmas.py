@@ -36,7 +36,7 @@ FEDMAS_DERMOSCOPY = JobSpec(
     server={"num_rounds": 50, "aggregation": "mas", "best_from_round": 1, "min_clients": 0, "task_check_period": 0.1},
     train={"data_root": "DATASET_ROOT/prrfl_ham10000",
            "prior_checkpoint": "DATASET_ROOT/pretrained/moco_r18_prrfl_ham10000.pth.tar", "image_size": 128,
-           "num_classes": 3, "augment": True,
+           "num_classes": 3, "augment": True, "augmentation": "batched",
            "network": {"name": "medfl.fedmas.dermoscopy:free_head_vgg16_slim",
                        "args": {"num_classes": 3, "in_channels": 3, "prior_dim": 512}},
            "loss": "bsm", "free_u": 3.0, "prior_bn_quirk": False, "grad_clip_norm": 5.0,

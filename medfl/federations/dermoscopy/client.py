@@ -10,7 +10,7 @@ retrogress of communication ``r -> r+1`` is ``val[r+1] - val_trained[r]`` (``med
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Literal
 
 import torch
 from pydantic import Field
@@ -46,6 +46,9 @@ class DermoscopySettings(ClassificationSettings):
     image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8, description="side of the prepared square images, in pixels")
     num_classes: int = Field(DEFAULT_NUM_CLASSES, ge=2, description="classes of the prepared labels")
     augment: bool = Field(True, description="the original's training augmentation (train_transforms)")
+    augmentation: Literal["batched", "per_image"] = Field("batched", description=(
+        "how the training augmentation is drawn: 'batched' (the same distributions for the whole batch as tensor "
+        "operations) or 'per_image' (MONAI image by image, the original's per-sample stream)"))
     lr_decay: float = Field(0.5, gt=0, le=1, description="factor of the learning rate every lr_decay_rounds rounds")
     lr_decay_rounds: int = Field(5, ge=1, description="rounds between two learning-rate decays")
 
