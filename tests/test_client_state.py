@@ -21,6 +21,7 @@ from test_fedmas_client import make_client as fedmas_client
 from test_harmofl_exchange import ToyClassificationExecutor, exchange
 from test_prrfl_fl import federation  # noqa: F401  (fixture)
 from test_prrfl_fl import make_client as det_client
+from torch.utils.data import Dataset
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReturnCode
@@ -94,6 +95,26 @@ def test_every_generator_comes_back(tmp_path):
     restore_random_state(read_client_state(tmp_path, RUN, "a", 0), datasets, torch.device("cpu"))
     for a, b in zip(expected, draws()):
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def test_a_transforms_torch_generator_comes_back():
+    """The dermoscopy federation's batched augmentation draws from a torch.Generator of its own."""
+    from medfl.federations.dermoscopy.batch_augmentation import batched_train_transforms
+
+    class Images(Dataset):
+        transform = batched_train_transforms()
+
+        def __len__(self):
+            return 1
+
+    datasets = {"training": Images()}
+    seed_random_transforms(datasets, 3)
+    augment, images = datasets["training"].transform, torch.rand(4, 3, 8, 8)
+    augment(images)
+    state = capture_random_state(datasets, torch.device("cpu"))
+    expected = augment(images)
+    restore_random_state(state, datasets, torch.device("cpu"))
+    assert torch.equal(augment(images), expected)
 
 
 # ------------------------------------------------------------------------------------------------ the families

@@ -2,14 +2,15 @@
 
 A client draws from Python's ``random``, numpy's global generator, torch's CPU generator (shuffling, dropout, random
 crops; every ``DataLoader`` pass takes a seed from it), the CUDA generator of its device, and the ``RandomState`` of
-each MONAI random transform of its datasets. :func:`capture_random_state` returns all of them as lists, numbers and
+each MONAI random transform of its datasets (and the ``torch.Generator`` of a transform that draws from one, as the
+dermoscopy federation's batched augmentation does). :func:`capture_random_state` returns all of them as lists, numbers and
 tensors (so the file loads with ``torch.load(weights_only=True)``); :func:`restore_random_state` puts them back.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Union
 
 import numpy as np
 import torch
@@ -43,14 +44,20 @@ def seed_random_transforms(datasets: Dict[str, Dataset], seed: int) -> int:
     return seeded
 
 
-def transform_generators(datasets: Dict[str, Dataset]) -> List[np.random.RandomState]:
-    """Every ``RandomState`` the random transforms of ``datasets`` draw from, each once, in a fixed order: their own
-    and their parts' (``Compose``, ``OneOf``, a dictionary transform's inner transform)."""
-    generators: Dict[int, np.random.RandomState] = {}
+Generator = Union[np.random.RandomState, torch.Generator]
+
+
+def transform_generators(datasets: Dict[str, Dataset]) -> List[Generator]:
+    """Every generator the random transforms of ``datasets`` draw from, each once, in a fixed order: their own
+    ``RandomState`` and any ``torch.Generator`` they hold, and their parts' (``Compose``, ``OneOf``, a dictionary
+    transform's inner transform)."""
+    generators: Dict[int, Generator] = {}
     visited = set()
 
     def visit(obj: Any) -> None:
-        if isinstance(obj, (list, tuple)):
+        if isinstance(obj, torch.Generator):
+            generators.setdefault(id(obj), obj)
+        elif isinstance(obj, (list, tuple)):
             for item in obj:
                 visit(item)
         elif isinstance(obj, (Transform, Randomizable)) and id(obj) not in visited:
@@ -79,6 +86,21 @@ def numpy_tuple(state: Dict[str, Any]) -> tuple:
             state["cached_gaussian"])
 
 
+def generator_state(generator: Generator) -> Dict[str, Any]:
+    if isinstance(generator, torch.Generator):
+        return {"torch": generator.get_state()}
+    return numpy_state(generator.get_state())
+
+
+def set_generator_state(generator: Generator, state: Dict[str, Any]) -> None:
+    if isinstance(generator, torch.Generator) != ("torch" in state):
+        raise ValueError("a transform's generator is of another kind than the saved one (another augmentation setting?)")
+    if isinstance(generator, torch.Generator):
+        generator.set_state(state["torch"])
+    else:
+        generator.set_state(numpy_tuple(state))
+
+
 def capture_random_state(datasets: Dict[str, Dataset], device: torch.device) -> Dict[str, Any]:
     """The state of every generator the client draws from (module docstring)."""
     version, internal, gauss_next = random.getstate()
@@ -86,7 +108,7 @@ def capture_random_state(datasets: Dict[str, Dataset], device: torch.device) -> 
         "python": [version, list(internal), gauss_next],
         "numpy": numpy_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
-        "transforms": [numpy_state(generator.get_state()) for generator in transform_generators(datasets)],
+        "transforms": [generator_state(generator) for generator in transform_generators(datasets)],
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -107,6 +129,6 @@ def restore_random_state(state: Dict[str, Any], datasets: Dict[str, Dataset], de
     np.random.set_state(numpy_tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     for generator, saved in zip(generators, state["transforms"]):
-        generator.set_state(numpy_tuple(saved))
+        set_generator_state(generator, saved)
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
