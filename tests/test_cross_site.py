@@ -28,6 +28,7 @@ from medfl.common.protocol import (
     NUM_TRAIN_SAMPLES,
     NUM_TRAIN_STEPS,
     NUM_VAL_SAMPLES,
+    RUN_ID,
 )
 from medfl.fedavg.controller import FedAvgController
 from medfl.fedsm.controller import FedSMController
@@ -85,7 +86,7 @@ def test_fedsm_matrix_of_global_personalised_and_super_models(tmp_path):
                                                cross_site_evaluation=True, select_threshold=0.8), tmp_path)
     assert not controller.log["panic"] and not controller.log["error"], controller.log
     sent = received["client_a"]
-    assert sent.meta == {CROSS_SITE_SPLIT: "testing", SELECT_THRESHOLD: 0.8}
+    assert sent.meta == {CROSS_SITE_SPLIT: "testing", SELECT_THRESHOLD: 0.8, RUN_ID: controller.run_id}
     models = unbundle(sent.params)
     assert sorted(models) == sorted(FEDSM_ROWS)
     super_parts = unbundle(models[SUPER_MODEL])
