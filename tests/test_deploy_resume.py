@@ -1,6 +1,6 @@
 """Resume in a POC deployment: the server is killed after round 2 of 4, restarted, and the job submitted again
 with ``resume_from`` continues at round 3 with the models the killed run had saved, and every site with the state it
-had saved after round 2."""
+had saved after round 2; it ends with the final model of an uninterrupted run of the same seed, bit for bit."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def validations(log: str) -> dict:
     return dict(re.findall(r"round (\d+) validation of received models: (.*)", log))
 
 
+def final_global_model(workspace) -> dict:
+    return torch.load(workspace / "app_server" / "server_state.pt", weights_only=True)["models"]["global"]
+
+
 def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_prostate):
     train = {"num_threads": 1, "network": TINY_UNET, "local_epochs": LOCAL_EPOCHS, **PROSTATE_TRAIN}
     first = make_job_variant("fedavg_prostate", tmp_path / "first", {"num_rounds": ROUNDS}, train)
@@ -42,6 +46,8 @@ def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_pro
         resumed = make_job_variant("fedavg_prostate", tmp_path / "resumed",
                                    {"num_rounds": ROUNDS, "resume_from": str(state_file)}, train)
         workspace = poc.submit_and_wait(resumed)
+        uninterrupted = make_job_variant("fedavg_prostate", tmp_path / "uninterrupted", {"num_rounds": ROUNDS}, train)
+        expected = final_global_model(poc.submit_and_wait(uninterrupted))
     resumed_id = workspace.parent.name
     server_log = (workspace / "log.txt").read_text()
     assert f"continuing at round 3/{ROUNDS}" in server_log
@@ -57,3 +63,8 @@ def test_server_killed_after_round_two_resumes_at_round_three(tmp_path, demo_pro
         # and each site continues from the state it saved after round 2, in its workspace's medfl_state (the default)
         assert f"resumed run {saved['run_id']}: restored the state saved after round 1" in resumed_log, client
         assert (kits / client / "medfl_state" / saved["run_id"] / client / f"round_{ROUNDS - 1}.pt").is_file()
+    got = final_global_model(workspace)
+    assert sorted(got) == sorted(expected)
+    different = [k for k, v in expected.items() if not torch.equal(v, got[k])]
+    assert not different, (f"the resumed run's final model differs from the uninterrupted run's in {len(different)} "
+                           f"of {len(expected)} arrays, e.g. {different[:3]}")
