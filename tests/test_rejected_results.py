@@ -21,6 +21,7 @@ from fake_transport import all_finite, attach, load
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
+from medfl.common.controller import STATE_FILE
 from medfl.common.networks import build_network
 from medfl.common.params import bundle
 from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
@@ -225,10 +226,12 @@ def silent_runs(tmp_path_factory):
 
 
 def saved_files(app_dir: Path) -> Dict[str, object]:
-    """Every checkpoint and history file of a server's app folder, loaded."""
+    """Every checkpoint and history file of a server's app folder, loaded; the server state without its run id, which
+    each run draws afresh."""
     files = {}
     for path in sorted(app_dir.iterdir()):
         files[path.name] = load(path) if path.suffix == ".pt" else json.loads(path.read_text())
+    files.get(STATE_FILE, {}).pop("run_id", None)
     return files
 
 
