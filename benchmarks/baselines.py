@@ -53,18 +53,30 @@ class Recipe:
     # per-epoch learning-rate schedule (e.g. PRR-FL's decay every few rounds); None: constant
     make_scheduler: Optional[Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]] = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # other test metrics of the selected models, by name (e.g. balanced accuracy beside macro-F1); never selects
+    test_metrics: Mapping[str, MetricFn] = field(default_factory=dict)
 
 
 @dataclass
 class BaselineResult:
-    """Test metric per site of the selected model(s) and the validation curve (one value per epoch)."""
+    """Test metric per site of the selected model(s), the validation curve (one value per epoch) and
+    ``{name: {site: value}}`` of the recipe's ``test_metrics``."""
 
     test: Dict[str, float]
     curve: List[float]
+    more: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 def _loader(dataset: Dataset, recipe: Recipe) -> DataLoader:
     return DataLoader(dataset, batch_size=recipe.eval_batch_size)
+
+
+def record_test(result: BaselineResult, site: str, model: torch.nn.Module, testing: Dataset, recipe: Recipe) -> None:
+    """Put ``model``'s test ``metric`` and ``test_metrics`` on ``site``'s ``testing`` split into ``result``."""
+    loader = _loader(testing, recipe)
+    result.test[site] = recipe.metric(model, loader, recipe.device)
+    for name, metric in recipe.test_metrics.items():
+        result.more.setdefault(name, {})[site] = metric(model, loader, recipe.device)
 
 
 def _weighted_mean(values: Mapping[str, float], sizes: Mapping[str, int]) -> float:
@@ -105,29 +117,35 @@ def local_only(sites: Mapping[str, SiteData], recipe: Recipe) -> BaselineResult:
 
     The curve is the size-weighted mean over sites of each site's own validation metric per epoch.
     """
-    test, curves = {}, {}
+    result, curves = BaselineResult({}, []), {}
     for site, data in sites.items():
         model, curves[site] = train_selected(recipe, data.training, {site: data.validation})
-        test[site] = recipe.metric(model, _loader(data.testing, recipe), recipe.device)
+        record_test(result, site, model, data.testing, recipe)
     sizes = {site: len(data.validation) for site, data in sites.items()}
-    curve = [_weighted_mean({site: curves[site][e] for site in sites}, sizes) for e in range(recipe.epochs)]
-    return BaselineResult(test, curve)
+    result.curve = [_weighted_mean({site: curves[site][e] for site in sites}, sizes) for e in range(recipe.epochs)]
+    return result
 
 
 def centralised(sites: Mapping[str, SiteData], recipe: Recipe) -> BaselineResult:
     """One model on the pooled training data, selected on the pooled validation metric, tested per site."""
     pooled = ConcatDataset([data.training for data in sites.values()])
     model, curve = train_selected(recipe, pooled, {site: data.validation for site, data in sites.items()})
-    test = {site: recipe.metric(model, _loader(data.testing, recipe), recipe.device) for site, data in sites.items()}
-    return BaselineResult(test, curve)
+    result = BaselineResult({}, curve)
+    for site, data in sites.items():
+        record_test(result, site, model, data.testing, recipe)
+    return result
 
 
 def run_baselines(sites: Mapping[str, SiteData], recipe: Recipe, scores: Dict[str, List[Dict[str, float]]],
-                  curves: Dict[str, tuple], keep_curves: bool) -> None:
+                  curves: Dict[str, tuple], keep_curves: bool,
+                  more_scores: Optional[Dict[str, Dict[str, List[Dict[str, float]]]]] = None) -> None:
     """Local-only and centralised training with ``recipe``: append each one's per-site test metric to
-    ``scores[method]`` and, if ``keep_curves``, put its validation curve (x = epochs 1..E) in ``curves[method]``."""
+    ``scores[method]`` (and each of ``recipe.test_metrics`` to ``more_scores[name][method]``, required then) and,
+    if ``keep_curves``, put its validation curve (x = epochs 1..E) in ``curves[method]``."""
     for method, train in (("local only", local_only), ("centralised", centralised)):
         result = train(sites, recipe)
         scores.setdefault(method, []).append(result.test)
+        for name, tested in result.more.items():
+            more_scores.setdefault(name, {}).setdefault(method, []).append(tested)
         if keep_curves:
             curves[method] = (list(range(1, recipe.epochs + 1)), result.curve)

@@ -1,6 +1,7 @@
-"""Dermoscopy federation (HAM10000's acquisition sources): PRR-FL, FedMAS and FedAvg (NVFlare simulator) against
-local-only and centralised training, with the same slim VGG, seed, SGD schedule and budget; writes a test
-macro-F1 table (markdown + CSV) and the validation curves (PNG).
+"""Dermoscopy federation (HAM10000's acquisition sources): PRR-FL, FedMAS, BSM-FL and FedAvg (NVFlare simulator)
+against local-only and centralised training, with the same slim VGG, seed, SGD schedule and budget; writes a test
+macro-F1 table and a test balanced-accuracy table (FedMAS's metric; markdown + CSV each) and the validation curves
+(PNG).
 
     python benchmarks/compare_dermoscopy.py [--rounds 10] [--seeds 0 1 2] [--work /tmp/compare_dermoscopy] \
         [--prior-epochs 5] [--data <a DATASET_ROOT holding prrfl_ham10000/, from prepare_ham10000_prrfl.py>]
@@ -10,8 +11,12 @@ Without ``--data`` the HAM10000-mini sample (``../shared/data/ham10000_mini``, 4
 replaces these overrides, ``--train '{}'`` keeps the jobs' paper settings). The baselines train
 ``rounds * local_epochs`` epochs with cross-entropy and the jobs' SGD, learning rate halved every
 ``lr_decay_rounds`` rounds, batch size and augmentation. Test macro-F1 per client, as the original reports
-it: PRR-FL's personalised model selected by the server (best), FedAvg's and FedMAS's best global models, the baselines'
-validation-selected models.
+it, and balanced accuracy, of the same models: PRR-FL's personalised model selected by the server (best), FedAvg's,
+BSM-FL's and FedMAS's best global models, the baselines' validation-selected models (all selected on validation
+macro-F1).
+
+BSM-FL is FedMAS's baseline: ``jobs/fedavg_dermoscopy`` with ``"loss": "bsm"`` (Balanced Softmax over each
+client's training class counts), in its own work folder.
 
 FedMAS (``jobs/fedmas_dermoscopy``) trains the same slim VGG with FedMAS's projector head (its ``fc1`` features
 -> prior space), Balanced Softmax and MAS aggregation, with the same SGD schedule, and its best global model is
@@ -22,7 +27,9 @@ MoCo-v2 ResNet-50 pre-trained on ImageNet for 800 epochs, which the demo has no 
 leave the MoCo loss at its chance level: see docs/RESULTS.md). No labels reach the prior, but its images are the
 clients' pooled, which a real federation would not share.
 
-The last two lines are FedMAS's and PRR-FL's mean test macro-F1 minus FedAvg's; the last one is PRR-FL's.
+The last four lines are BSM-FL's mean test macro-F1 minus FedAvg's, FedMAS's mean test balanced accuracy minus
+BSM-FL's (FedMAS's own comparison), and FedMAS's and PRR-FL's mean test macro-F1 minus FedAvg's; the last one is
+PRR-FL's.
 """
 
 from __future__ import annotations
@@ -32,21 +39,22 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
+import numpy as np
 import torch
-from baselines import Recipe, SiteData, run_baselines
-from results_table import report
+from baselines import MetricFn, Recipe, SiteData, run_baselines
+from results_table import method_means, report
 from simrun import ROOT, run_job, server_curve
 from torch.utils.data import DataLoader
 
 from medfl.common.controller import checkpoint_name
-from medfl.common.metrics import macro_f1, predict_probabilities
+from medfl.common.metrics import balanced_accuracy, macro_f1, predict_probabilities
 from medfl.common.networks import build_network
 from medfl.common.resnet import trunk_features
 from medfl.common.settings import OptimizerSpec
 from medfl.common.train import build_optimizer
-from medfl.federations.dermoscopy.client import DermoscopySettings, round_learning_rate
+from medfl.federations.dermoscopy.client import DermoscopyFedAvgSettings, round_learning_rate
 from medfl.federations.dermoscopy.data import build_client_datasets, split_csv_path
 from medfl.federations.dermoscopy.preparation import prepare_federation
 from medfl.fedmas import pretrain as pretrain_moco
@@ -59,8 +67,13 @@ DEMO_ROUNDS = 10
 DEMO_TRAIN = {"image_size": DEMO_SIZE, "local_epochs": 2,
               "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                           "args": {"blocks": [[8], [16], [16], [32], [32]], "hidden_features": 32}}}
-# (method, job); the FedMAS job's network is the comparison's VGG with FedMAS's projector head
-FL_JOBS = (("PRR-FL", "prrfl_dermoscopy"), ("FedMAS", "fedmas_dermoscopy"), ("FedAvg", "fedavg_dermoscopy"))
+# (method, job, work folder); the FedMAS job's network is the comparison's VGG with FedMAS's projector head
+FL_JOBS = (("PRR-FL", "prrfl_dermoscopy", "prrfl_dermoscopy"), ("FedMAS", "fedmas_dermoscopy", "fedmas_dermoscopy"),
+           ("BSM-FL", "fedavg_dermoscopy", "bsm_fl_dermoscopy"), ("FedAvg", "fedavg_dermoscopy", "fedavg_dermoscopy"))
+BSM_FL_TRAIN = {"loss": "bsm"}  # BSM-FL: the FedAvg client with Balanced Softmax
+# the tables, {test metric: its name}: macro-F1 (<work>/results/dermoscopy_results.*, the original's metric, which
+# selects every model) and balanced accuracy (dermoscopy_balanced_accuracy_results.*, FedMAS's)
+METRICS = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy"}
 VGG_NETWORK = "vgg16_slim"
 FEDMAS_NETWORK = "medfl.fedmas.dermoscopy:free_head_vgg16_slim"
 # the demo prior: a MoCo-v2 ResNet-18 (pretrain_moco.py with small-data settings), trained once per work folder
@@ -80,9 +93,14 @@ def demo_dermoscopy(root: Path, size: int = DEMO_SIZE, shared_data: Path = SHARE
     return root
 
 
-def macro_f1_metric(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
-    probabilities, labels = predict_probabilities(model, loader, device)
-    return macro_f1(labels, probabilities.argmax(axis=1))
+def label_metric(score: Callable[[np.ndarray, np.ndarray], float]) -> MetricFn:
+    """The baselines' metric ``score(labels, arg-max predictions)`` of a model on a loader."""
+
+    def metric(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
+        probabilities, labels = predict_probabilities(model, loader, device)
+        return score(labels, probabilities.argmax(axis=1))
+
+    return metric
 
 
 def dermoscopy_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
@@ -98,14 +116,15 @@ def dermoscopy_recipe(config: Dict, rounds: int, seed: int) -> Recipe:
                   loss_fn=torch.nn.CrossEntropyLoss(),
                   make_optimizer=lambda model: build_optimizer(model.parameters(), OptimizerSpec(**optimizer)),
                   make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor),
-                  metric=macro_f1_metric, epochs=rounds * epochs_per_round, batch_size=int(config["batch_size"]),
-                  seed=seed, drop_last=True)
+                  metric=label_metric(macro_f1), epochs=rounds * epochs_per_round,
+                  batch_size=int(config["batch_size"]), seed=seed, drop_last=True,
+                  test_metrics={"balanced_accuracy": label_metric(balanced_accuracy)})
 
 
 def dermoscopy_sites(config: Dict, clients: List[str]) -> Dict[str, SiteData]:
     sites = {}
     for client in clients:
-        splits = build_client_datasets(DermoscopySettings.load(config, "config_train.json", client), client)
+        splits = build_client_datasets(DermoscopyFedAvgSettings.load(config, "config_train.json", client), client)
         sites[client] = SiteData(splits["training"], splits["validation"], splits["testing"])
     return sites
 
@@ -138,24 +157,25 @@ def fedmas_train(train: Dict, prior: Path) -> Dict:
     return overrides
 
 
-def global_model_scores(workspace: Path, data_root: Path, clients: List[str]) -> Dict[str, float]:
-    """``{client: test macro-F1}`` of a job's validation-selected global model (``best_global_model.pt``)."""
+def global_model_scores(workspace: Path, data_root: Path, clients: List[str]) -> Dict[str, Dict[str, float]]:
+    """``{client: test metrics}`` of a job's validation-selected global model (``best_global_model.pt``)."""
     app = prrfl_results.simulate_job(workspace, "server") / "app_server"
     config = prrfl_results.read_config(app)
     model = prrfl_results.load_model(app / checkpoint_name("best", "global"), config)
-    return {client: prrfl_results.test_metrics(model, data_root, client, config)["macro_f1"] for client in clients}
+    return {client: prrfl_results.test_metrics(model, data_root, client, config) for client in clients}
 
 
-def personal_model_scores(workspace: Path, data_root: Path) -> Dict[str, float]:
-    """``{client: test macro-F1}`` of each PRR-FL client's selected personalised model."""
+def personal_model_scores(workspace: Path, data_root: Path) -> Dict[str, Dict[str, float]]:
+    """``{client: test metrics}`` of each PRR-FL client's selected personalised model."""
     scores = {}
     for client, (checkpoint, config) in prrfl_results.personal_models(workspace, "best").items():
         model = prrfl_results.load_model(checkpoint, config)
-        scores[client] = prrfl_results.test_metrics(model, data_root, client, config)["macro_f1"]
+        scores[client] = prrfl_results.test_metrics(model, data_root, client, config)
     return scores
 
 
-def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
+def main(argv=None) -> Dict[str, Dict[str, List[Dict[str, float]]]]:
+    """``{metric: {method: [{client: test score} per seed]}}`` for each of :data:`METRICS`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="DATASET_ROOT holding prrfl_ham10000/")
     parser.add_argument("--clients", nargs="+", default=list(CLIENTS))
@@ -171,7 +191,7 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     data = args.data or demo_dermoscopy(args.work / "data", args.size)
     output = args.output or args.work / "results"
 
-    scores: Dict[str, List[Dict[str, float]]] = {}
+    scores: Dict[str, Dict[str, List[Dict[str, float]]]] = {metric: {} for metric in METRICS}
     curves, walls = {}, {}
     for seed in args.seeds:
         train = {"num_threads": 1, **args.train, "seed": seed}
@@ -180,32 +200,43 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
         per_epoch = int(config["local_epochs"])
         prior = demo_prior(args.work, data / "prrfl_ham10000", args.clients, int(config["image_size"]),
                            args.prior_epochs)
-        job_train = {"fedmas_dermoscopy": fedmas_train(train, prior)}
-        for method, job in FL_JOBS:
-            run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, {"num_rounds": args.rounds},
-                          job_train.get(job, train))
-            walls.setdefault(job, []).append(run.wall_s)
+        method_train = {"FedMAS": fedmas_train(train, prior), "BSM-FL": {**train, **BSM_FL_TRAIN}}
+        for method, job, folder in FL_JOBS:
+            run = run_job(job, args.work / f"seed{seed}" / folder, args.clients, data, {"num_rounds": args.rounds},
+                          method_train.get(method, train))
+            walls.setdefault(folder, []).append(run.wall_s)
             with contextlib.redirect_stdout(io.StringIO()):
                 if method == "PRR-FL":
                     tested = personal_model_scores(run.workspace, data / "prrfl_ham10000")
                 else:
                     tested = global_model_scores(run.workspace, data / "prrfl_ham10000", args.clients)
-            scores.setdefault(method, []).append(tested)
+            for metric, table in scores.items():
+                table.setdefault(method, []).append({client: values[metric] for client, values in tested.items()})
             if seed == args.seeds[0]:  # what each client holds at the start of round r, after r * local_epochs epochs
                 tag = "val_mean/personal_macro_f1" if method == "PRR-FL" else "val_mean/global"
                 steps, values = server_curve(run.workspace, tag)
                 curves[method] = ([s * per_epoch for s in steps], values)
         sites = dermoscopy_sites(config, args.clients)
         recipe = dermoscopy_recipe(config, args.rounds, seed)
-        run_baselines(sites, recipe, scores, curves, keep_curves=seed == args.seeds[0])
+        run_baselines(sites, recipe, scores["macro_f1"], curves, keep_curves=seed == args.seeds[0],
+                      more_scores={"balanced_accuracy": scores["balanced_accuracy"]})
 
     where = f"HAM10000-mini demo, {args.size}x{args.size}" if args.data is None else str(data)
-    caption = (f"Dermoscopy ({where}), {len(args.clients)} clients, {args.rounds} rounds x {per_epoch} local epochs, "
-               f"seeds {args.seeds}: test macro-F1 (PRR-FL: personalised models; others: validation-selected); "
-               f"FedMAS prior: MoCo-v2 ResNet-{PRIOR_DEPTH}, {args.prior_epochs} epochs on the pooled training images")
-    means = report(scores, curves, walls, output, "dermoscopy", caption, "mean validation macro-F1")
-    print(f"FedMAS mean test macro-F1 - FedAvg: {means['FedMAS'] - means['FedAvg']:+.4f}")
-    print(f"PRR-FL mean test macro-F1 - FedAvg: {means['PRR-FL'] - means['FedAvg']:+.4f}")
+
+    def caption(metric: str) -> str:
+        return (f"Dermoscopy ({where}), {len(args.clients)} clients, {args.rounds} rounds x {per_epoch} local "
+                f"epochs, seeds {args.seeds}: test {METRICS[metric]} (PRR-FL: personalised models; others: "
+                f"validation-selected); FedMAS prior: MoCo-v2 ResNet-{PRIOR_DEPTH}, {args.prior_epochs} epochs on the "
+                f"pooled training images")
+
+    more = {"balanced_accuracy": (caption("balanced_accuracy"), scores["balanced_accuracy"])}
+    f1 = report(scores["macro_f1"], curves, walls, output, "dermoscopy", caption("macro_f1"),
+                "mean validation macro-F1", more)
+    accuracy = method_means(scores["balanced_accuracy"])
+    print(f"BSM-FL mean test macro-F1 - FedAvg: {f1['BSM-FL'] - f1['FedAvg']:+.4f}")
+    print(f"FedMAS mean test balanced accuracy - BSM-FL: {accuracy['FedMAS'] - accuracy['BSM-FL']:+.4f}")
+    print(f"FedMAS mean test macro-F1 - FedAvg: {f1['FedMAS'] - f1['FedAvg']:+.4f}")
+    print(f"PRR-FL mean test macro-F1 - FedAvg: {f1['PRR-FL'] - f1['FedAvg']:+.4f}")
     return scores
 
 

@@ -3,7 +3,7 @@
 Scores come as ``{method: [ {site: metric}, ... one dict per seed ]}``. The table has one row per method, one
 column per site and a ``mean`` column (the unweighted mean over sites); with more than one seed each cell is
 ``mean ± std`` over seeds (sample standard deviation). The CSV holds the same in long form:
-``method,site,mean,std,seeds``.
+``method,site,mean,std,seeds``. A comparison reporting several metrics writes one table per metric.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -96,14 +96,25 @@ def plot_curves(curves: Curves, output: Path, ylabel: str, xlabel: str = "epochs
     return output
 
 
-def report(scores: Scores, curves: Curves, walls: Mapping[str, Sequence[float]], output_dir: Path, name: str,
-           caption: str, ylabel: str) -> Dict[str, float]:
-    """Write ``<name>_results.{md,csv}`` and ``<name>_validation.png``, print the table, the simulator wall
-    times and the files; return each method's mean over sites and seeds (for the figure a command prints last)."""
-    markdown, table_csv = write_results(scores, output_dir, f"{name}_results", caption)
-    plot = plot_curves(curves, output_dir / f"{name}_validation.png", ylabel)
-    print(caption)
-    print(markdown_table(scores))
-    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
-    print(f"written: {markdown}, {table_csv}, {plot}")
+def method_means(scores: Scores) -> Dict[str, float]:
+    """Each method's mean over sites and seeds."""
     return {m: sum(sum(run.values()) / len(run) for run in runs) / len(runs) for m, runs in scores.items()}
+
+
+def report(scores: Scores, curves: Curves, walls: Mapping[str, Sequence[float]], output_dir: Path, name: str,
+           caption: str, ylabel: str, more: Optional[Mapping[str, Tuple[str, Scores]]] = None) -> Dict[str, float]:
+    """Write ``<name>_results.{md,csv}`` (``scores`` under ``caption``), ``<name>_<metric>_results.{md,csv}`` for
+    each ``{metric: (caption, scores)}`` of ``more`` (other metrics of the same runs) and ``<name>_validation.png``;
+    print each table under its caption, the simulator wall times and the files; return :func:`method_means` of
+    ``scores`` (for the figure a command prints last)."""
+    tables = {f"{name}_results": (caption, scores)}
+    tables.update({f"{name}_{metric}_results": table for metric, table in (more or {}).items()})
+    written = []
+    for file_name, (text, table) in tables.items():
+        written += write_results(table, output_dir, file_name, text)
+        print(text)
+        print(markdown_table(table))
+    written.append(plot_curves(curves, output_dir / f"{name}_validation.png", ylabel))
+    print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
+    print("written: " + ", ".join(map(str, written)))
+    return method_means(scores)

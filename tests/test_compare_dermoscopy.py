@@ -1,6 +1,6 @@
 """End-to-end: ``benchmarks/compare_dermoscopy.py`` on two HAM10000-mini clients for one round, with a tiny VGG and
-a one-epoch prior: every method has a row, FedMAS's with a finite test macro-F1 per client, and the prior is made
-once per work folder."""
+a one-epoch prior: every method has a row in the macro-F1 and the balanced-accuracy tables, FedMAS's and BSM-FL's
+with finite test scores per client, and the prior is made once per work folder."""
 
 from __future__ import annotations
 
@@ -17,23 +17,33 @@ CLIENTS = ["clientA", "clientB"]
 TRAIN = {"image_size": 32, "local_epochs": 1,
          "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                      "args": {"blocks": [[4], [4], [4], [4], [4]], "hidden_features": 4}}}
-METHODS = {"PRR-FL", "FedMAS", "FedAvg", "local only", "centralised"}
+METHODS = {"PRR-FL", "FedMAS", "BSM-FL", "FedAvg", "local only", "centralised"}
 
 
-def test_comparison_has_a_fedmas_row_with_finite_scores(tmp_path, capsys, shared_data):
+def test_comparison_has_fedmas_and_bsm_fl_rows_with_finite_scores(tmp_path, capsys, shared_data):
     compare_dermoscopy.demo_dermoscopy(tmp_path / "data", TRAIN["image_size"], shared_data)  # the command reuses it
     args = ["--work", str(tmp_path), "--clients", *CLIENTS, "--rounds", "1", "--seeds", "0", "--prior-epochs", "1",
             "--train", json.dumps(TRAIN)]
     scores = compare_dermoscopy.main(args)
-    assert set(scores) == METHODS
-    (fedmas,) = scores["FedMAS"]
-    assert set(fedmas) == set(CLIENTS) and all(math.isfinite(v) and 0 <= v <= 1 for v in fedmas.values()), fedmas
+    assert set(scores) == {"macro_f1", "balanced_accuracy"}
+    for metric, table in scores.items():
+        assert set(table) == METHODS, metric
+        for method, runs in table.items():
+            (run,) = runs
+            assert set(run) == set(CLIENTS) and all(math.isfinite(v) and 0 <= v <= 1 for v in run.values()), run
+    assert (tmp_path / "seed0" / "bsm_fl_dermoscopy").is_dir() and (tmp_path / "seed0" / "fedavg_dermoscopy").is_dir()
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-4].startswith("BSM-FL mean test macro-F1 - FedAvg: ")
+    assert lines[-3].startswith("FedMAS mean test balanced accuracy - BSM-FL: ")
     assert lines[-2].startswith("FedMAS mean test macro-F1 - FedAvg: ")
     assert lines[-1].startswith("PRR-FL mean test macro-F1 - FedAvg: ")
-    table = (tmp_path / "results" / "dermoscopy_results.md").read_text()
-    assert "| FedMAS |" in table and "FedMAS prior: MoCo-v2 ResNet-18, 1 epochs" in table
-    assert (tmp_path / "results" / "dermoscopy_results.csv").read_text().startswith("method,site,mean,std,seeds")
+    results = tmp_path / "results"
+    for name, metric in (("dermoscopy_results", "macro-F1"), ("dermoscopy_balanced_accuracy_results",
+                                                              "balanced accuracy")):
+        table = (results / f"{name}.md").read_text()
+        assert f"test {metric} (PRR-FL" in table and "FedMAS prior: MoCo-v2 ResNet-18, 1 epochs" in table
+        assert "| FedMAS |" in table and "| BSM-FL |" in table
+        assert (results / f"{name}.csv").read_text().startswith("method,site,mean,std,seeds")
     assert (tmp_path / "results" / "dermoscopy_validation.png").read_bytes()[:4] == b"\x89PNG"
     (prior,) = (tmp_path / "prior").iterdir()
     modified = prior.stat().st_mtime_ns

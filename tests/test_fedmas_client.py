@@ -136,7 +136,7 @@ def test_configuration_errors_are_clear(dataset_root):
         make_client(FedMASExecutor, dataset_root, network={"name": "resnet_classifier", "args": {}})
     with pytest.raises(DataError, match=r"\[center_3\] .*center_3: no data folder for this client"):
         make_client(SkinLesionExecutor, dataset_root, data_root=str(dataset_root))
-    with pytest.raises(ConfigError, match=r"\[center_3\] config_train.json: 'loss': Input should be 'bsm' or 'ce'"):
+    with pytest.raises(ConfigError, match=r"\[center_3\] config_train.json: 'loss': Input should be 'ce' or 'bsm'"):
         make_client(SkinLesionExecutor, dataset_root, loss="focal",
                     network={"name": "resnet_classifier", "args": {}})
     with pytest.raises(ConfigError, match="'loss': Input should be 'bsm'"):

@@ -150,6 +150,7 @@ PINS: Dict[str, List[tuple]] = {
     "fedavg_dermoscopy": PRRFL_RECIPE + [
         ("train", "network", SLIM_VGG, "§2.7"),
         ("train", "val_metric", "macro_f1", "§2.8 macro F1"),
+        ("train", "loss", "ce", "§2.4 CE(z, y), PRR-FL's classification loss"),
         ("server", "weighting", "equal", "§2.5 client_weights 1/4"),
         ("server", "best_weighting", "equal", "§2.5 mean_k(valid macro-F1), unweighted"),
         ("server", "best_selection_start", 0.8, "§2.5 selected only when a_iter >= 0.8 iters"),

@@ -17,6 +17,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from medfl.common.errors import DataError
+from medfl.common.losses import BalancedSoftmaxLoss
 from medfl.common.networks import build_network
 from medfl.common.params import bundle, unbundle
 from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_VAL_SAMPLES
@@ -140,18 +141,36 @@ def test_det_client_keeps_the_last_batch_as_the_original(federation, tmp_path):
     assert make_client(federation, tmp_path, drop_last=True).train_loader.drop_last
 
 
-def test_fedavg_client_reports_every_metric_and_selects_on_macro_f1(federation, tmp_path):
+def fedavg_client(federation: Path, tmp_path: Path, **config) -> DermoscopyExecutor:
     client = DermoscopyExecutor(analytic_sender_id="")
     client.app_dir = str(tmp_path)
     configure(client, {"data_root": str(federation), "image_size": IMAGE_SIZE, "network": NETWORK, "batch_size": 16,
-                       "val_metric": "macro_f1"}, "clientA")
+                       **config}, "clientA")
     client.setup(FLContext())
+    return client
+
+
+def test_fedavg_client_reports_every_metric_and_selects_on_macro_f1(federation, tmp_path):
+    client = fedavg_client(federation, tmp_path, val_metric="macro_f1")
     metrics = client.evaluate("testing")
     assert metrics["global"] == metrics["global_macro_f1"]
     assert {"global_accuracy", "global_macro_auc"} <= set(metrics)
     client.current_round = 5
     client.train_round(Signal(), FLContext())
     assert client.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)  # the DET client's schedule
+
+
+def test_fedavg_client_trains_with_cross_entropy_unless_bsm_fl(federation, tmp_path):
+    """``loss: "bsm"`` (BSM-FL) is Balanced Softmax over the client's training class counts; the default is CE."""
+    assert fedavg_client(federation, tmp_path).loss_fn is torch.nn.functional.cross_entropy
+    client = fedavg_client(federation, tmp_path, loss="bsm")
+    counts = client.datasets["training"].class_counts()
+    assert isinstance(client.loss_fn, BalancedSoftmaxLoss) and client.class_counts == counts
+    assert client.loss_fn.class_counts.tolist() == counts and sum(counts) == len(client.datasets["training"])
+    with pytest.raises(ConfigError, match="'loss'"):
+        fedavg_client(federation, tmp_path, loss="focal")
+    with pytest.raises(ConfigError, match="unknown key 'loss'"):  # PRR-FL's client trains with its DET losses
+        make_client(federation, tmp_path, loss="bsm")
 
 
 def test_det_client_rejects_a_wrong_payload(federation, tmp_path):

@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 from baselines import Recipe, SiteData, centralised, local_only, run_baselines, train_selected
-from results_table import markdown_table, mean_std, plot_curves, summarise, write_results
+from results_table import markdown_table, mean_std, plot_curves, report, summarise, write_results
 from torch.utils.data import Dataset
 
 
@@ -97,6 +97,19 @@ def test_run_baselines_adds_both_rows_and_the_first_seeds_curves():
     assert set(curves) == {"local only", "centralised"} and curves["centralised"][0] == [1, 2]
 
 
+def test_run_baselines_tests_the_selected_models_on_the_recipes_other_metrics_too():
+    def zero(model, loader, device):
+        return 0.0
+
+    r = recipe(epochs=1)
+    r.test_metrics = {"zero": zero}
+    scores, more, curves = {}, {"zero": {"FedAvg": [{"a": 1.0, "b": 1.0}]}}, {}
+    run_baselines(SITES, r, scores, curves, keep_curves=False, more_scores=more)
+    assert set(more["zero"]) == {"FedAvg", "local only", "centralised"}
+    assert more["zero"]["local only"] == more["zero"]["centralised"] == [{"a": 0.0, "b": 0.0}]
+    assert all(value < 0 for run in scores.values() for value in run[0].values())  # the recipe's metric
+
+
 def test_a_zero_budget_is_refused():
     with pytest.raises(ValueError, match="at least one epoch"):
         train_selected(recipe(epochs=0), SITES["a"].training, {"a": SITES["a"].validation})
@@ -124,6 +137,19 @@ def test_markdown_and_csv(tmp_path):
     rows = list(csv.DictReader(table_csv.open()))
     assert len(rows) == 6 and rows[2] == {"method": "FedAvg", "site": "mean", "mean": "0.700000",
                                           "std": "0.141421", "seeds": "2"}
+
+
+def test_report_writes_one_table_per_metric(tmp_path, capsys):
+    other = {"FedAvg": [{"s1": 0.1, "s2": 0.3}], "local": [{"s1": 0.0, "s2": 0.2}]}
+    means = report(SCORES, {"FedAvg": ([1], [0.5])}, {"job": [3.0]}, tmp_path, "demo", "Demo F1", "F1",
+                   more={"accuracy": ("Demo accuracy", other)})
+    assert means == {"FedAvg": pytest.approx(0.7), "local": pytest.approx(0.3)}  # the first metric's
+    assert (tmp_path / "demo_results.md").read_text().startswith("Demo F1\n\n")
+    accuracy = (tmp_path / "demo_accuracy_results.md").read_text()
+    assert accuracy.startswith("Demo accuracy\n\n") and "| local | 0.0000 | 0.2000 | 0.1000 |" in accuracy
+    assert (tmp_path / "demo_accuracy_results.csv").is_file()
+    out = capsys.readouterr().out
+    assert out.index("Demo F1") < out.index("Demo accuracy") and "simulator wall time: job 3 s" in out
 
 
 def test_runs_over_different_sites_are_an_error():

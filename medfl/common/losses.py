@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+TrainingLoss = Literal["ce", "bsm"]  # a classification client's ``loss`` setting
 PRIOR_EPS = 1e-12  # added to the class prior before the log: absent classes get log(1e-12) ~ -27.6
 
 
@@ -40,3 +42,11 @@ class BalancedSoftmaxLoss(nn.Module):
         if logits.shape[-1] != self.class_counts.numel():
             raise ValueError(f"logits have {logits.shape[-1]} classes, the class counts {self.class_counts.numel()}")
         return F.cross_entropy(logits + self.log_prior().to(logits.dtype), target)
+
+
+def classification_loss(name: TrainingLoss, class_counts: Sequence[int], device: torch.device | str) -> Callable:
+    """A client's training loss: ``"bsm"`` Balanced Softmax over its training ``class_counts`` (BSM-FL),
+    ``"ce"`` cross-entropy (FedAvg)."""
+    if name == "bsm":
+        return BalancedSoftmaxLoss(class_counts).to(device)
+    return F.cross_entropy

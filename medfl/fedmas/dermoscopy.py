@@ -15,11 +15,10 @@ self-supervised prior, Balanced Softmax, and MAS aggregation weights (:class:`~m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Dict, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
-from torch.utils.data import Dataset
 
 from medfl.common.networks import register_network
 from medfl.federations.dermoscopy.client import DermoscopyClient, DermoscopySettings
@@ -77,12 +76,6 @@ class DermoscopyFedMASExecutor(DermoscopyClient, FedMASExecutor):
     """
 
     Settings = DermoscopyFedMASSettings
-
-    def build_datasets(self) -> Dict[str, Dataset]:
-        """The client's splits; also sets ``self.class_counts`` (training split) for BSM and the divergences."""
-        datasets = super().build_datasets()
-        self.class_counts = datasets["training"].class_counts()
-        return datasets
 
     def prior_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.prior(unit_range_to_imagenet(images))

@@ -42,8 +42,8 @@ FEDAVG_DERMOSCOPY = JobSpec(
            "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                        "args": {"num_classes": 3, "in_channels": 3}},
            "optimizer": {"name": "sgd", "lr": 0.01, "weight_decay": 1e-06}, "lr_decay": 0.5, "lr_decay_rounds": 5,
-           "local_epochs": 5, "batch_size": 16, "val_metric": "macro_f1", "seed": 1, "num_threads": 0,
-           "device": "auto"},
+           "local_epochs": 5, "batch_size": 16, "val_metric": "macro_f1", "loss": "ce", "seed": 1,
+           "num_threads": 0, "device": "auto"},
 )
 
 FEDAVG_ISIC2019 = JobSpec(

@@ -10,7 +10,7 @@ retrogress of communication ``r -> r+1`` is ``val[r+1] - val_trained[r]`` (``med
 
 from __future__ import annotations
 
-from typing import Dict, Literal
+from typing import Callable, Dict, Literal
 
 import torch
 from pydantic import Field
@@ -22,6 +22,7 @@ from nvflare.apis.signal import Signal
 
 from medfl.common.classification import ClassificationExecutor, ClassificationSettings
 from medfl.common.executor import RoundExecutor
+from medfl.common.losses import TrainingLoss, classification_loss
 from medfl.common.metrics import classification_metrics, predict_probabilities
 from medfl.common.settings import OptimizerSpec
 from medfl.common.train import build_optimizer
@@ -93,7 +94,10 @@ class DermoscopyClient:
     """
 
     def build_datasets(self) -> Dict[str, Dataset]:
-        return build_client_datasets(self.settings, self.site)
+        """The client's splits; also sets ``self.class_counts`` (training split), which Balanced Softmax needs."""
+        datasets = build_client_datasets(self.settings, self.site)
+        self.class_counts = datasets["training"].class_counts()
+        return datasets
 
     def evaluate(self, split: str = "validation") -> Dict[str, float]:
         metrics = model_metrics(self.model, split_loader(self, split), self.device, "global")
@@ -105,8 +109,20 @@ class DermoscopyClient:
         self.log_metrics(self.evaluate("validation"), TRAINED_PREFIX, self.current_round)
 
 
-class DermoscopyExecutor(DermoscopyClient, ClassificationExecutor):
-    """FedAvg baseline client on the PRR-FL federation: one ``global`` model trained with cross-entropy
-    (:class:`DermoscopyClient`'s data, metrics and SGD schedule; settings :class:`DermoscopySettings`)."""
+class DermoscopyFedAvgSettings(DermoscopySettings):
+    """The FedAvg dermoscopy client's ``config_train.json``: the dermoscopy keys and the loss."""
 
-    Settings = DermoscopySettings
+    loss: TrainingLoss = Field("ce", description=(
+        "cross-entropy (FedAvg, PRR-FL's loss) or Balanced Softmax over the client's training class counts "
+        "(BSM-FL, FedMAS's baseline)"))
+
+
+class DermoscopyExecutor(DermoscopyClient, ClassificationExecutor):
+    """FedAvg baseline client on the PRR-FL federation: one ``global`` model trained with cross-entropy, or with
+    Balanced Softmax for BSM-FL (:class:`DermoscopyClient`'s data, metrics and SGD schedule; settings
+    :class:`DermoscopyFedAvgSettings`)."""
+
+    Settings = DermoscopyFedAvgSettings
+
+    def build_loss(self) -> Callable:
+        return classification_loss(self.settings.loss, self.class_counts, self.device)

@@ -7,10 +7,9 @@ pooled balanced accuracy from counts.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Literal
+from typing import Any, Callable, Dict
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch.nn.utils import clip_grad_norm_
 from torch.utils.data import DataLoader, Dataset
@@ -19,7 +18,7 @@ from nvflare.apis.fl_context import FLContext
 
 from medfl.common.classification import ClassificationExecutor, ClassificationSettings
 from medfl.common.errors import DataError
-from medfl.common.losses import BalancedSoftmaxLoss
+from medfl.common.losses import TrainingLoss, classification_loss
 from medfl.common.metrics import predict_probabilities
 from medfl.common.params import Params
 
@@ -37,7 +36,7 @@ class ISIC2019Settings(ClassificationSettings):
     data_root: str = Field(description=(
         "folder of the prepared centres (<client>/{train,valid,test}.csv, prepare_isic2019.py); DATASET_ROOT allowed"))
     image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8, description="side of the square network input, in pixels")
-    loss: Literal["bsm", "ce"] = Field("bsm", description="Balanced Softmax (BSM-FL, FedMAS) or cross-entropy (FedAvg)")
+    loss: TrainingLoss = Field("bsm", description="Balanced Softmax (BSM-FL, FedMAS) or cross-entropy (FedAvg)")
     grad_clip_norm: float = Field(0.0, ge=0, description="clip the gradient norm to this value (0: off)")
     drop_last: bool = Field(True, description=(
         "drop each epoch's last incomplete training batch (true: the original's loader, shuffle=True, "
@@ -79,9 +78,7 @@ class SkinLesionExecutor(ClassificationExecutor):
         return "balanced_accuracy"
 
     def build_loss(self) -> Callable:
-        if self.settings.loss == "bsm":
-            return BalancedSoftmaxLoss(self.class_counts).to(self.device)
-        return F.cross_entropy
+        return classification_loss(self.settings.loss, self.class_counts, self.device)
 
     def samples_per_epoch(self) -> int:
         """Samples one local epoch sees (``drop_last`` rounds down): the original's FedAvg weight n_k."""
