@@ -76,8 +76,8 @@ def test_aggregation_method_names():
         FedMASController(aggregation="fedprox", network=NETWORK)
 
 
-def make_controller(tmp_path, aggregation="mas", num_rounds=10):
-    controller = FedMASController(aggregation=aggregation, num_rounds=num_rounds, network=NETWORK)
+def make_controller(tmp_path, aggregation="mas", num_rounds=10, **settings):
+    controller = FedMASController(aggregation=aggregation, num_rounds=num_rounds, network=NETWORK, **settings)
     controller.fl_ctx = FLContext()
     controller.get_app_dir = lambda: str(tmp_path)
     controller.models = {"global": {"w": np.zeros(2, dtype=np.float32), "n": np.array(0, dtype=np.int64)}}
@@ -144,14 +144,13 @@ def test_track_best_selects_on_pooled_validation_and_keeps_the_test_selected_mod
     assert history["rounds"][0]["clients"]["a"]["testing"] == pytest.approx(1.0)
 
 
+PERFECT, HALF = ([2, 2, 0, 0], [2, 2, 0, 0]), ([1, 1, 0, 0], [1, 1, 0, 0])  # correct per class: val, test
+
+
 def test_track_best_keeps_no_model_before_best_from_round(tmp_path):
     """§3.7: the best round is one of the aggregates; the initial model (sent in round 0) is never selected."""
-    controller = FedMASController(aggregation="mas", num_rounds=10, network=NETWORK, best_from_round=1)
-    controller.fl_ctx = FLContext()
-    controller.get_app_dir = lambda: str(tmp_path)
-    controller.models = {"global": {"w": np.zeros(2, dtype=np.float32)}}
-    perfect, half = ([2, 2, 0, 0], [2, 2, 0, 0]), ([1, 1, 0, 0], [1, 1, 0, 0])
-    for round_number, pair in enumerate([perfect, half]):
+    controller = make_controller(tmp_path, best_from_round=1)
+    for round_number, pair in enumerate([PERFECT, HALF]):
         controller.track_best({"a": reply(0.0, split_counts(*pair), round_number)}, round_number)
     for kind in ("best", "best_test_selected"):
         assert torch.load(tmp_path / f"{kind}_global_model.pt", weights_only=True)["round_number"] == 1
@@ -161,17 +160,13 @@ def test_track_best_keeps_no_model_before_best_from_round(tmp_path):
 
 def test_track_best_keeps_no_model_before_the_selection_window(tmp_path):
     """best_selection_start applies to the pooled score too: no workflow key of the server is left unread."""
-    controller = FedMASController(aggregation="mas", num_rounds=10, network=NETWORK, best_selection_start=0.5)
-    controller.fl_ctx = FLContext()
-    controller.get_app_dir = lambda: str(tmp_path)
-    controller.models = {"global": {"w": np.zeros(2, dtype=np.float32)}}
-    perfect, half = ([2, 2, 0, 0], [2, 2, 0, 0]), ([1, 1, 0, 0], [1, 1, 0, 0])
+    controller = make_controller(tmp_path, best_selection_start=0.5)
     first = controller.first_best_round()
     assert first == 6  # ceil(0.5 * 10) + 1
     for round_number in range(first):
-        controller.track_best({"a": reply(0.0, split_counts(*perfect), round_number)}, round_number)
+        controller.track_best({"a": reply(0.0, split_counts(*PERFECT), round_number)}, round_number)
     assert not (tmp_path / "best_global_model.pt").exists()
-    controller.track_best({"a": reply(0.0, split_counts(*half), first)}, first)
+    controller.track_best({"a": reply(0.0, split_counts(*HALF), first)}, first)
     assert torch.load(tmp_path / "best_global_model.pt", weights_only=True)["round_number"] == first
 
 
