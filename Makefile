@@ -58,7 +58,7 @@ demo: demo-data
 demo-fedavg: demo-data
 	$(call run_demo,fedavg_prostate)
 
-# unit tests and every job end to end in the simulator (about 12 minutes on 2 cores)
+# unit tests and the jobs end to end in the simulator (about 20 minutes on 2 busy cores)
 test: venv
 	$(BIN)/python -m pytest -q -m "not deploy and not bench"
 
