@@ -234,6 +234,28 @@ def test_pfa_gives_each_client_its_own_deputy(weighting):
     assert not np.allclose(server.models[deputy_name("clientA")][key], server.models[deputy_name("clientB")][key])
 
 
+@pytest.mark.parametrize("weighting, weights", [("equal", [1, 1, 1]), ("samples", [10, 30, 60])])
+def test_mean_aggregation_gives_every_client_the_weighted_mean_deputy(weighting, weights):
+    """The ablation without PFA: one weighted mean of the deputies for every client, BatchNorm still never sent."""
+    server = make_server(weighting=weighting, aggregation="mean")
+    rng = np.random.default_rng(1)
+    deputies = {c: {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in server.models[deputy_name(c)].items()}
+                for c in CLIENTS}
+    sizes = dict(zip(CLIENTS, [10, 30, 60]))
+    server.aggregate({c: trained_result(d, 3, 0.5, sizes[c]) for c, d in deputies.items()})
+    model = build_network(NETWORK["name"], **NETWORK["args"])
+    shared = set(model.state_dict()) - batchnorm_keys(model)
+    payloads = {c: unbundle(server.payload_for(c))[DEPUTY] for c in CLIENTS}
+    for client, payload in payloads.items():
+        assert set(payload) == shared, client
+        for key, value in payload.items():
+            expected = sum(w * deputies[c][key].astype(np.float64) for w, c in zip(weights, CLIENTS)) / sum(weights)
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+            assert value.dtype == deputies[client][key].dtype
+    with pytest.raises(ConfigError, match="aggregation"):
+        PFAController(aggregation="fedavg", network=NETWORK)
+
+
 def test_selection_of_personalised_models_in_the_last_fifth():
     server = make_server()  # 10 rounds: rounds 8 and 9 are in the window
     params = server.models[deputy_name("clientA")]
