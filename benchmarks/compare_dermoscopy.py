@@ -4,7 +4,8 @@ macro-F1 table and a test balanced-accuracy table (FedMAS's metric; markdown + C
 (PNG).
 
     python benchmarks/compare_dermoscopy.py [--rounds 10] [--seeds 0 1 2] [--work /tmp/compare_dermoscopy] \
-        [--prior-epochs 5] [--data <a DATASET_ROOT holding prrfl_ham10000/, from prepare_ham10000_prrfl.py>]
+        [--prior-epochs 5] [--data <a DATASET_ROOT holding prrfl_ham10000/, from prepare_ham10000_prrfl.py>] \
+        [--ablations]
 
 Without ``--data`` the HAM10000-mini sample (``../shared/data/ham10000_mini``, 4 sources) is prepared at
 ``--size``. The demo shrinks the network and the images for every method alike (``DEMO_TRAIN``; ``--train``
@@ -27,6 +28,14 @@ MoCo-v2 ResNet-50 pre-trained on ImageNet for 800 epochs, which the demo has no 
 leave the MoCo loss at its chance level: see docs/RESULTS.md). No labels reach the prior, but its images are the
 clients' pooled, which a real federation would not share.
 
+``--ablations`` adds, per seed, the ablations of issue 18 as rows of their own (each job in its own work folder, with
+the same network, seed and budget): "PRR-FL (mean aggregation)" (the server's ``"aggregation": "mean"``: the
+deputies' plain mean instead of PFA, BatchNorm still local), "PRR-FL (no DET)" (the clients' ``"transfer": "none"``:
+the personalised model is the deputy trained alone with cross-entropy) and "FedMAS (sample weights)" (the server's
+``"aggregation": "avg"``, FedMAS's own baseline without MAS: alpha_k = n_k / sum n_j); BSM only is the BSM-FL row.
+Three more simulator runs per seed; before the last four lines, one line per ablation gives its mean test macro-F1
+and balanced accuracy minus those of the method it ablates.
+
 The last four lines are BSM-FL's mean test macro-F1 minus FedAvg's, FedMAS's mean test balanced accuracy minus
 BSM-FL's (FedMAS's own comparison), and FedMAS's and PRR-FL's mean test macro-F1 minus FedAvg's; the last one is
 PRR-FL's.
@@ -39,7 +48,8 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Callable, Dict, List
+from types import MappingProxyType
+from typing import Callable, Dict, List, Mapping, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -67,10 +77,35 @@ DEMO_ROUNDS = 10
 DEMO_TRAIN = {"image_size": DEMO_SIZE, "local_epochs": 2,
               "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                           "args": {"blocks": [[8], [16], [16], [32], [32]], "hidden_features": 32}}}
-# (method, job, work folder); the FedMAS job's network is the comparison's VGG with FedMAS's projector head
-FL_JOBS = (("PRR-FL", "prrfl_dermoscopy", "prrfl_dermoscopy"), ("FedMAS", "fedmas_dermoscopy", "fedmas_dermoscopy"),
-           ("BSM-FL", "fedavg_dermoscopy", "bsm_fl_dermoscopy"), ("FedAvg", "fedavg_dermoscopy", "fedavg_dermoscopy"))
-BSM_FL_TRAIN = {"loss": "bsm"}  # BSM-FL: the FedAvg client with Balanced Softmax
+PRRFL_JOB, FEDMAS_JOB, FEDAVG_JOB = "prrfl_dermoscopy", "fedmas_dermoscopy", "fedavg_dermoscopy"
+NO_OVERRIDES: Mapping[str, object] = MappingProxyType({})
+
+
+class FLJob(NamedTuple):
+    """One federated row of the tables: ``method`` is ``jobs/<job>`` run in ``<work>/seed<s>/<folder>`` with the
+    workflow arguments ``server`` and the ``config_train.json`` keys ``train`` on top of the comparison's; an
+    ablation (``ablation_of``: the method it ablates) runs only with ``--ablations``."""
+
+    method: str
+    job: str
+    folder: str
+    server: Mapping[str, object] = NO_OVERRIDES
+    train: Mapping[str, object] = NO_OVERRIDES
+    ablation_of: str = ""
+
+
+# the table's federated rows in order; the FedMAS job's network is the comparison's VGG with FedMAS's projector head
+FL_JOBS = (
+    FLJob("PRR-FL", PRRFL_JOB, "prrfl_dermoscopy"),
+    FLJob("PRR-FL (mean aggregation)", PRRFL_JOB, "prrfl_mean_dermoscopy", server={"aggregation": "mean"},
+          ablation_of="PRR-FL"),
+    FLJob("PRR-FL (no DET)", PRRFL_JOB, "prrfl_no_det_dermoscopy", train={"transfer": "none"}, ablation_of="PRR-FL"),
+    FLJob("FedMAS", FEDMAS_JOB, "fedmas_dermoscopy"),
+    FLJob("FedMAS (sample weights)", FEDMAS_JOB, "fedmas_avg_dermoscopy", server={"aggregation": "avg"},
+          ablation_of="FedMAS"),
+    FLJob("BSM-FL", FEDAVG_JOB, "bsm_fl_dermoscopy", train={"loss": "bsm"}),  # the FedAvg client, Balanced Softmax
+    FLJob("FedAvg", FEDAVG_JOB, "fedavg_dermoscopy"),
+)
 # the tables, {test metric: its name}: macro-F1 (<work>/results/dermoscopy_results.*, the original's metric, which
 # selects every model) and balanced accuracy (dermoscopy_balanced_accuracy_results.*, FedMAS's)
 METRICS = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy"}
@@ -157,6 +192,18 @@ def fedmas_train(train: Dict, prior: Path) -> Dict:
     return overrides
 
 
+def fl_jobs(ablations: bool) -> List[FLJob]:
+    """The rows of :data:`FL_JOBS` to run: the methods, and their ablations with ``ablations``."""
+    return [fl for fl in FL_JOBS if ablations or not fl.ablation_of]
+
+
+def job_overrides(fl: FLJob, rounds: int, train: Dict, prior: Path) -> Tuple[Dict, Dict]:
+    """``(server, train)`` overrides of a row's job variant: the comparison's rounds and ``train`` (FedMAS's with
+    :func:`fedmas_train`), then the row's own."""
+    job_train = fedmas_train(train, prior) if fl.job == FEDMAS_JOB else train
+    return {"num_rounds": rounds, **fl.server}, {**job_train, **fl.train}
+
+
 def global_model_scores(workspace: Path, data_root: Path, clients: List[str]) -> Dict[str, Dict[str, float]]:
     """``{client: test metrics}`` of a job's validation-selected global model (``best_global_model.pt``)."""
     app = prrfl_results.simulate_job(workspace, "server") / "app_server"
@@ -186,6 +233,9 @@ def main(argv=None) -> Dict[str, Dict[str, List[Dict[str, float]]]]:
     parser.add_argument("--prior-epochs", type=int, default=PRIOR_EPOCHS, help="MoCo-v2 epochs of the FedMAS prior")
     parser.add_argument("--work", type=Path, default=Path("/tmp/compare_dermoscopy"))
     parser.add_argument("--output", type=Path, default=None, help="table and plot folder (default: <work>/results)")
+    parser.add_argument("--ablations", action="store_true", help=(
+        "also run the ablations: PRR-FL with the deputies' mean instead of PFA, PRR-FL without DET, FedMAS with "
+        "sample weights instead of MAS"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the prior and the baselines, as the jobs' num_threads: far faster on shared cores
     data = args.data or demo_dermoscopy(args.work / "data", args.size)
@@ -200,22 +250,21 @@ def main(argv=None) -> Dict[str, Dict[str, List[Dict[str, float]]]]:
         per_epoch = int(config["local_epochs"])
         prior = demo_prior(args.work, data / "prrfl_ham10000", args.clients, int(config["image_size"]),
                            args.prior_epochs)
-        method_train = {"FedMAS": fedmas_train(train, prior), "BSM-FL": {**train, **BSM_FL_TRAIN}}
-        for method, job, folder in FL_JOBS:
-            run = run_job(job, args.work / f"seed{seed}" / folder, args.clients, data, {"num_rounds": args.rounds},
-                          method_train.get(method, train))
-            walls.setdefault(folder, []).append(run.wall_s)
+        for fl in fl_jobs(args.ablations):
+            server, job_train = job_overrides(fl, args.rounds, train, prior)
+            run = run_job(fl.job, args.work / f"seed{seed}" / fl.folder, args.clients, data, server, job_train)
+            walls.setdefault(fl.folder, []).append(run.wall_s)
             with contextlib.redirect_stdout(io.StringIO()):
-                if method == "PRR-FL":
+                if fl.job == PRRFL_JOB:
                     tested = personal_model_scores(run.workspace, data / "prrfl_ham10000")
                 else:
                     tested = global_model_scores(run.workspace, data / "prrfl_ham10000", args.clients)
             for metric, table in scores.items():
-                table.setdefault(method, []).append({client: values[metric] for client, values in tested.items()})
+                table.setdefault(fl.method, []).append({client: values[metric] for client, values in tested.items()})
             if seed == args.seeds[0]:  # what each client holds at the start of round r, after r * local_epochs epochs
-                tag = "val_mean/personal_macro_f1" if method == "PRR-FL" else "val_mean/global"
+                tag = "val_mean/personal_macro_f1" if fl.job == PRRFL_JOB else "val_mean/global"
                 steps, values = server_curve(run.workspace, tag)
-                curves[method] = ([s * per_epoch for s in steps], values)
+                curves[fl.method] = ([s * per_epoch for s in steps], values)
         sites = dermoscopy_sites(config, args.clients)
         recipe = dermoscopy_recipe(config, args.rounds, seed)
         run_baselines(sites, recipe, scores["macro_f1"], curves, keep_curves=seed == args.seeds[0],
@@ -233,6 +282,10 @@ def main(argv=None) -> Dict[str, Dict[str, List[Dict[str, float]]]]:
     f1 = report(scores["macro_f1"], curves, walls, output, "dermoscopy", caption("macro_f1"),
                 "mean validation macro-F1", more)
     accuracy = method_means(scores["balanced_accuracy"])
+    for fl in fl_jobs(args.ablations):
+        if fl.ablation_of:
+            print(f"{fl.method} - {fl.ablation_of}: mean test macro-F1 {f1[fl.method] - f1[fl.ablation_of]:+.4f}, "
+                  f"balanced accuracy {accuracy[fl.method] - accuracy[fl.ablation_of]:+.4f}")
     print(f"BSM-FL mean test macro-F1 - FedAvg: {f1['BSM-FL'] - f1['FedAvg']:+.4f}")
     print(f"FedMAS mean test balanced accuracy - BSM-FL: {accuracy['FedMAS'] - accuracy['BSM-FL']:+.4f}")
     print(f"FedMAS mean test macro-F1 - FedAvg: {f1['FedMAS'] - f1['FedAvg']:+.4f}")

@@ -4,10 +4,17 @@ Scores come as ``{method: [ {site: metric}, ... one dict per seed ]}``. The tabl
 column per site and a ``mean`` column (the unweighted mean over sites); with more than one seed each cell is
 ``mean ± std`` over seeds (sample standard deviation). The CSV holds the same in long form:
 ``method,site,mean,std,seeds``. A comparison reporting several metrics writes one table per metric.
+
+Single-seed runs made apart (e.g. one seed per command) are merged into the multi-seed table with
+
+    python benchmarks/results_table.py combine --name NAME --output DIR --caption TEXT run1.csv run2.csv ...
+
+(each CSV one seed of every method, all over the same sites; scores as the CSVs hold them, 6 decimals).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from pathlib import Path
@@ -21,6 +28,7 @@ import matplotlib.pyplot as plt
 from medfl.common.io import atomic_path
 
 MEAN = "mean"
+CSV_COLUMNS = ["method", "site", "mean", "std", "seeds"]
 Scores = Mapping[str, Sequence[Mapping[str, float]]]
 Curves = Mapping[str, Tuple[Sequence[float], Sequence[float]]]
 
@@ -72,7 +80,7 @@ def write_results(scores: Scores, output_dir: Path, name: str, caption: str = ""
     sites, table = summarise(scores)
     with atomic_path(table_csv) as tmp, open(tmp, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["method", "site", "mean", "std", "seeds"])
+        writer.writerow(CSV_COLUMNS)
         for method, row in table.items():
             for column in sites + [MEAN]:
                 mean, std, seeds = row[column]
@@ -118,3 +126,61 @@ def report(scores: Scores, curves: Curves, walls: Mapping[str, Sequence[float]],
     print("simulator wall time: " + ", ".join(f"{job} {sum(w) / len(w):.0f} s" for job, w in walls.items()))
     print("written: " + ", ".join(map(str, written)))
     return method_means(scores)
+
+
+def read_single_seed(path: Path) -> Dict[str, Dict[str, float]]:
+    """``{method: {site: score}}`` of a single-seed results CSV of :func:`write_results`; its ``mean`` rows are left
+    out (:func:`summarise` computes them again). A row of more than one seed is an error naming the file."""
+    runs: Dict[str, Dict[str, float]] = {}
+    with open(path, newline="") as table:
+        reader = csv.DictReader(table)
+        if reader.fieldnames != CSV_COLUMNS:
+            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {CSV_COLUMNS}")
+        for row in reader:
+            if int(row["seeds"]) != 1:
+                raise ValueError(f"{path}: {row['method']} is a mean over {row['seeds']} seeds; combine merges "
+                                 "single-seed tables only")
+            if row["site"] != MEAN:
+                runs.setdefault(row["method"], {})[row["site"]] = float(row["mean"])
+    if not runs:
+        raise ValueError(f"{path}: no results")
+    return runs
+
+
+def combine(paths: Sequence[Path]) -> Dict[str, List[Dict[str, float]]]:
+    """The :data:`Scores` of single-seed results CSVs, one run per file for each method in it; every method of
+    every file must cover the first file's sites (an error names the file that does not)."""
+    scores: Dict[str, List[Dict[str, float]]] = {}
+    sites: List[str] = []
+    for path in paths:
+        for method, run in read_single_seed(path).items():
+            sites = sites or sorted(run)
+            if sorted(run) != sites:
+                raise ValueError(f"{path}: {method} has the sites {sorted(run)}, {paths[0]} has {sites}")
+            scores.setdefault(method, []).append(run)
+    return scores
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
+    """``combine``: write the multi-seed table (:func:`write_results`) of single-seed results CSVs and print it; a
+    file that cannot be combined exits with status 2 and a message naming it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("combine", help="merge single-seed results CSVs into one multi-seed table")
+    merge.add_argument("--name", required=True, help="the table's file name, without .md / .csv")
+    merge.add_argument("--output", type=Path, required=True, help="the folder of the table")
+    merge.add_argument("--caption", default="", help="the text above the markdown table")
+    merge.add_argument("csvs", type=Path, nargs="+", help="single-seed results CSVs (method,site,mean,std,seeds)")
+    args = parser.parse_args(argv)
+    try:
+        scores = combine(args.csvs)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    written = write_results(scores, args.output, args.name, args.caption)
+    print(markdown_table(scores))
+    print("written: " + ", ".join(map(str, written)))
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -122,6 +122,49 @@ def test_det_client_round_keeps_batchnorm_and_personal_model_local(federation, t
         torch.testing.assert_close(value, personal_before[key])
 
 
+def test_without_det_the_personal_model_is_the_deputy_trained_with_cross_entropy(federation, tmp_path, monkeypatch):
+    """``transfer: "none"``: only the deputy trains, with CE and its own SGD at the round's rate, one epoch per local
+    epoch; no DET stage is decided or trained; the personalised model is then that deputy, BatchNorm included."""
+    import medfl.prrfl.executor as executor
+
+    def no_det(*args, **kwargs):
+        raise AssertionError("DET must not run without DET")
+
+    trained = []
+
+    def recording_epoch(model, loader, loss_fn, optimizer, device, **kwargs):
+        trained.append((model, loss_fn, optimizer))
+        return real_epoch(model, loader, loss_fn, optimizer, device, **kwargs)
+
+    real_epoch = executor.train_epoch
+    monkeypatch.setattr(executor, "decide_det_stage", no_det)
+    monkeypatch.setattr(executor, "det_local_epoch", no_det)
+    monkeypatch.setattr(executor, "train_epoch", recording_epoch)
+    client = make_client(federation, tmp_path, transfer="none", local_epochs=3)
+    initial = shared_params(build_network(NETWORK["name"], **NETWORK["args"]))
+
+    result = task(client, "train", initial, 5)
+    assert len(trained) == 3
+    for model, loss_fn, optimizer in trained:
+        assert model is client.deputy and loss_fn is torch.nn.functional.cross_entropy
+        (group,) = optimizer.param_groups
+        assert group["lr"] == pytest.approx(5e-3)  # round 5: halved once
+        assert [id(p) for p in group["params"]] == [id(p) for p in client.deputy.parameters()]
+    deputy = client.deputy.state_dict()
+    assert any(not torch.equal(deputy[k], torch.as_tensor(v)) for k, v in initial.items())  # it trained
+    for key, value in client.personal.state_dict().items():
+        torch.testing.assert_close(value, deputy[key])
+    sent = unbundle(result.params)[DEPUTY]
+    assert all(np.array_equal(sent[k], deputy[k].numpy()) for k in sent)
+    metrics = result.meta[TRAINED_METRICS]
+    assert metrics["personal_macro_f1"] == metrics["deputy_macro_f1"]
+    last = torch.load(tmp_path / "last_personal_model.pt", weights_only=True)
+    for key, value in last["state_dict"].items():
+        torch.testing.assert_close(value, deputy[key])
+    with pytest.raises(ConfigError, match="transfer"):
+        make_client(federation, tmp_path, transfer="kd")
+
+
 def test_det_client_first_payload_initialises_both_models(federation, tmp_path):
     client = make_client(federation, tmp_path)
     initial = shared_params(build_network(NETWORK["name"], **NETWORK["args"]))
@@ -232,6 +275,28 @@ def test_pfa_gives_each_client_its_own_deputy(weighting):
         assert all(np.allclose(got[k], state[k].numpy()) for k in state)
     key = "layer1.0.conv.weight"
     assert not np.allclose(server.models[deputy_name("clientA")][key], server.models[deputy_name("clientB")][key])
+
+
+@pytest.mark.parametrize("weighting, weights", [("equal", [1, 1, 1]), ("samples", [10, 30, 60])])
+def test_mean_aggregation_gives_every_client_the_weighted_mean_deputy(weighting, weights):
+    """The ablation without PFA: one weighted mean of the deputies for every client, BatchNorm still never sent."""
+    server = make_server(weighting=weighting, aggregation="mean")
+    rng = np.random.default_rng(1)
+    deputies = {c: {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in server.models[deputy_name(c)].items()}
+                for c in CLIENTS}
+    sizes = dict(zip(CLIENTS, [10, 30, 60]))
+    server.aggregate({c: trained_result(d, 3, 0.5, sizes[c]) for c, d in deputies.items()})
+    model = build_network(NETWORK["name"], **NETWORK["args"])
+    shared = set(model.state_dict()) - batchnorm_keys(model)
+    payloads = {c: unbundle(server.payload_for(c))[DEPUTY] for c in CLIENTS}
+    for client, payload in payloads.items():
+        assert set(payload) == shared, client
+        for key, value in payload.items():
+            expected = sum(w * deputies[c][key].astype(np.float64) for w, c in zip(weights, CLIENTS)) / sum(weights)
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+            assert value.dtype == deputies[client][key].dtype
+    with pytest.raises(ConfigError, match="aggregation"):
+        PFAController(aggregation="fedavg", network=NETWORK)
 
 
 def test_selection_of_personalised_models_in_the_last_fifth():

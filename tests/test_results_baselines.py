@@ -6,6 +6,7 @@ import csv
 import pytest
 import torch
 from baselines import Recipe, SiteData, centralised, local_only, run_baselines, train_selected
+from results_table import main as results_table_main
 from results_table import markdown_table, mean_std, plot_curves, report, summarise, write_results
 from torch.utils.data import Dataset
 
@@ -155,6 +156,38 @@ def test_report_writes_one_table_per_metric(tmp_path, capsys):
 def test_runs_over_different_sites_are_an_error():
     with pytest.raises(ValueError, match="local: sites"):
         summarise({"FedAvg": [{"s1": 0.5}], "local": [{"s2": 0.5}]})
+
+
+def single_seed_tables(tmp_path, runs):
+    """One single-seed results CSV per run of ``{method: {site: score}}``, as a comparison writes them."""
+    return [write_results({m: [scores] for m, scores in run.items()}, tmp_path / f"seed{i}", "demo")[1]
+            for i, run in enumerate(runs)]
+
+
+def test_combine_merges_single_seed_tables_into_the_multi_seed_table(tmp_path, capsys):
+    runs = [{"FedAvg": {"s1": 0.5, "s2": 0.7}, "local": {"s1": 0.2, "s2": 0.4}},
+            {"FedAvg": {"s1": 0.7, "s2": 0.9}, "local": {"s1": 0.25, "s2": 0.35}}]
+    markdown, table_csv = results_table_main(["combine", "--name", "both", "--output", str(tmp_path / "out"),
+                                              "--caption", "Two seeds", *map(str, single_seed_tables(tmp_path, runs))])
+    expected = {"FedAvg": [runs[0]["FedAvg"], runs[1]["FedAvg"]], "local": [runs[0]["local"], runs[1]["local"]]}
+    assert markdown.read_text() == "Two seeds\n\n" + markdown_table(expected)
+    assert "| FedAvg | 0.6000 ± 0.1414 | 0.8000 ± 0.1414 | 0.7000 ± 0.1414 |" in markdown.read_text()
+    reference = write_results(expected, tmp_path / "reference", "both", "Two seeds")[1]
+    assert table_csv.read_text() == reference.read_text()
+    assert "written: " in capsys.readouterr().out
+
+
+def test_combine_refuses_multi_seed_tables_and_other_sites_naming_the_file(tmp_path, capsys):
+    good, other_sites = single_seed_tables(tmp_path, [{"FedAvg": {"s1": 0.5, "s2": 0.7}},
+                                                      {"FedAvg": {"s1": 0.5, "s3": 0.7}}])
+    multi = write_results(SCORES, tmp_path / "multi", "three")[1]
+    out = ["combine", "--name", "x", "--output", str(tmp_path / "out")]
+    for bad, message in ((multi, f"{multi}: FedAvg is a mean over 2 seeds"),
+                         (other_sites, f"{other_sites}: FedAvg has the sites ['s1', 's3'], {good} has ['s1', 's2']")):
+        with pytest.raises(SystemExit) as exit_info:
+            results_table_main([*out, str(good), str(bad)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_curves_png(tmp_path):

@@ -4,7 +4,7 @@ the personalised models (which stay on the clients)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from medfl.common.controller import RoundController, ServerSettings, client_weights
 from medfl.common.networks import build_network
-from medfl.common.params import Params, bundle, to_numpy, unbundle
+from medfl.common.params import Params, bundle, to_numpy, unbundle, weighted_mean
 from medfl.common.runtime import seed_everything
 from medfl.common.settings import NetworkSpec
 from medfl.common.validation import ArraySpec, ResultSpec, array_specs, check_metrics
@@ -32,10 +32,14 @@ class PFASettings(ServerSettings):
     """PRR-FL server settings (its workflow ``args`` in ``config_fed_server.json``)."""
 
     network: NetworkSpec = Field(description="the deputy network (the clients' personalised models too)")
+    aggregation: Literal["pfa", "mean"] = Field("pfa", description=(
+        "pfa: Progressive Fourier Aggregation, one deputy per client (the original); mean: the ablation 'PRR-FL "
+        "without PFA', the weighted mean of the deputies' shared (non-BatchNorm) parameters, the same for every "
+        "client (FedBN style); the pfa_ratio_* settings are then unused"))
     pfa_ratio_start: float = Field(0.7, ge=0, le=1, description="PFA's low-frequency box ratio L at round 0")
     pfa_ratio_end: float = Field(0.95, ge=0, le=1, description="the ratio L grows linearly towards this value")
     weighting: Literal["equal", "samples"] = Field("equal", description=(
-        "weights of the amplitude mean: equal (the original) or training-set sizes"))
+        "weights of the amplitude mean (or of the parameter mean): equal (the original) or training-set sizes"))
     selection_start: float = Field(0.8, ge=0, le=1, description=(
         "share of the rounds before the personalised-model selection window opens (0.8: the last 20 %)"))
     selection_metric: str = Field("personal_macro_f1", description="the clients' trained metric to select on")
@@ -59,6 +63,10 @@ class PFAController(RoundController):
     pfa_ratio_end)``: per conv / linear weight the clients' mean amplitude replaces each client's own inside the
     centred low-frequency box, phases and high frequencies stay the client's. BatchNorm parameters and statistics
     never travel: the clients send and receive the deputy without them and keep their own (FedBN style).
+
+    Ablation (``aggregation: "mean"``, PRR-FL without PFA): the deputies' shared parameters are averaged with the
+    same ``weighting`` (:func:`~medfl.common.params.weighted_mean`) and every client receives that one mean;
+    BatchNorm still stays on the clients, so this is FedBN on the deputies, with DET on the clients unchanged.
 
     Selection (the original's): the clients report their personalised model's validation metrics after local
     training; the unweighted client mean of ``selection_metric`` picks the best round among the last
@@ -146,19 +154,37 @@ class PFAController(RoundController):
         if len(rounds) != 1:
             raise ValueError(f"results of one round expected, got rounds {sorted(rounds)}")
         current_round = rounds.pop()
-        ratio = pfa_ratio(current_round, self.num_rounds, self.settings.pfa_ratio_start, self.settings.pfa_ratio_end)
         clients = sorted(results)
-        deputies = []
-        for client in clients:
-            received = unbundle(results[client].params)
-            if DEPUTY not in received:
-                raise ValueError(f"client {client} sent no deputy parameters")
-            deputies.append({key: torch.tensor(value) for key, value in received[DEPUTY].items()})
+        deputies = [self.received_deputy(client, results[client]) for client in clients]
         weights = client_weights({client: results[client] for client in clients}, self.settings.weighting)
-        aggregated = pfa_aggregate_state_dicts(deputies, ratio, weights_k=weights)
-        self.models.update({deputy_name(client): to_numpy(state) for client, state in zip(clients, aggregated)})
+        if self.settings.aggregation == "mean":
+            aggregated = self.mean_deputies(deputies, weights, current_round)
+        else:
+            aggregated = self.pfa_deputies(deputies, weights, current_round)
+        self.models.update({deputy_name(client): state for client, state in zip(clients, aggregated)})
+
+    @staticmethod
+    def received_deputy(client: str, result: FLModel) -> Params:
+        """The deputy's shared parameters in a client's training result."""
+        received = unbundle(result.params)
+        if DEPUTY not in received:
+            raise ValueError(f"client {client} sent no deputy parameters")
+        return received[DEPUTY]
+
+    def pfa_deputies(self, deputies: List[Params], weights: List[float], current_round: int) -> List[Params]:
+        """PFA (Sec. 2.2) at this round's ratio L: one aggregated deputy per client, in the order of ``deputies``."""
+        ratio = pfa_ratio(current_round, self.num_rounds, self.settings.pfa_ratio_start, self.settings.pfa_ratio_end)
+        tensors = [{key: torch.tensor(value) for key, value in deputy.items()} for deputy in deputies]
+        aggregated = pfa_aggregate_state_dicts(tensors, ratio, weights_k=weights)
         self._add_scalar("pfa/ratio", ratio, current_round)
-        self.info(f"round {current_round}: PFA of {len(clients)} deputies with L = {ratio:.3f}")
+        self.info(f"round {current_round}: PFA of {len(deputies)} deputies with L = {ratio:.3f}")
+        return [to_numpy(state) for state in aggregated]
+
+    def mean_deputies(self, deputies: List[Params], weights: List[float], current_round: int) -> List[Params]:
+        """The ablation without PFA: every client gets the same weighted mean of the deputies."""
+        mean = weighted_mean(deputies, weights)
+        self.info(f"round {current_round}: mean of {len(deputies)} deputies ({self.settings.weighting} weights)")
+        return [dict(mean) for _ in deputies]
 
     def extra_state(self) -> dict:
         return {"best_personal_score": self.best_personal_score, "new_best_round": self.new_best_round}

@@ -7,10 +7,11 @@ personalised model and the deputy.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Iterator, List, Literal, Mapping, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
@@ -28,6 +29,7 @@ from medfl.common.executor import RoundExecutor
 from medfl.common.io import atomic_torch_save
 from medfl.common.networks import build_network
 from medfl.common.params import Params, bundle, load_numpy, to_numpy, unbundle
+from medfl.common.train import train_epoch
 from medfl.federations.dermoscopy.client import (
     TRAINED_PREFIX,
     DermoscopySettings,
@@ -67,10 +69,14 @@ def load_shared(model: nn.Module, params: Mapping[str, np.ndarray], site: str) -
 
 
 class DETSettings(DermoscopySettings):
-    """PRR-FL client's ``config_train.json``: the dermoscopy keys and DET's stage thresholds."""
+    """PRR-FL client's ``config_train.json``: the dermoscopy keys, DET's stage thresholds and the ablation switch."""
 
     alpha1: float = Field(0.7, gt=0, le=1, description="Recover -> Exchange when F1_deputy >= alpha1 * F1_personal")
     alpha2: float = Field(0.9, gt=0, le=1, description="Exchange -> Sublimate when F1_deputy >= alpha2 * F1_personal")
+    transfer: Literal["det", "none"] = Field("det", description=(
+        "det: Deputy-Enhanced Transfer between the personalised model and the deputy (the original); none: the "
+        "ablation 'PRR-FL without DET': only the received deputy trains, with cross-entropy, and the personalised "
+        "model is that locally trained deputy (alpha1 and alpha2 are then unused)"))
 
 
 class DETExecutor(RoundExecutor):
@@ -91,6 +97,13 @@ class DETExecutor(RoundExecutor):
     Cross-site evaluation (only when the server asks for it): on ``submit_task`` the client sends its personalised
     model as it is now, BatchNorm included (the one time it leaves the site), and scores every site's personalised
     model on its own data.
+
+    Ablation (``transfer: "none"``, PRR-FL without DET): DET is the only link between the two models, so without it
+    the personalised model is the deputy itself, trained locally: each round the client trains the received deputy
+    (its own BatchNorm kept) for ``local_epochs`` epochs with cross-entropy alone (one SGD optimizer, the same
+    schedule), then copies it, BatchNorm included, into the personalised model; validation, selection, the saved
+    personalised models and the cross-site evaluation are as above. With the server's PFA this is a personalised
+    FL of PFA alone (FedBN with PFA in place of the mean).
 
     Settings: :class:`DETSettings`.
     """
@@ -176,23 +189,43 @@ class DETExecutor(RoundExecutor):
                 **model_metrics(self.deputy, loader, self.device, DEPUTY)}
 
     def train_round(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        opt_personal = optimizer_for_round(self.personal.parameters(), self.settings, self.current_round)
-        opt_deputy = optimizer_for_round(self.deputy.parameters(), self.settings, self.current_round)
-        alpha1, alpha2 = self.settings.alpha1, self.settings.alpha2
+        """``local_epochs`` epochs of DET (or of the deputy alone, ``transfer: "none"``), then validate both models
+        and save the personalised model as the round's last."""
         epochs = self.settings.local_epochs
-        stage = DetStage.START
-        for epoch in range(epochs):
-            stage = decide_det_stage(stage, self.personal, self.deputy, self.train_loader, self.device, alpha1, alpha2)
-            losses = det_local_epoch(self.personal, self.deputy, self.train_loader, opt_personal, opt_deputy, stage,
-                                     self.device, abort_signal)
+        local_epochs = self.det_epochs if self.settings.transfer == "det" else self.deputy_epochs
+        for epoch, (stage, losses) in enumerate(local_epochs(abort_signal)):
             step = self.current_round * epochs + epoch
-            self.log_metrics({PERSONAL: losses["loss_personal"], DEPUTY: losses["loss_deputy"]}, "train_loss", step)
-            self.log_metrics({"stage": int(stage)}, "det", step)
-            self.log_info(fl_ctx, f"round {self.current_round} epoch {epoch + 1}/{epochs} {stage.name}: losses "
-                                  f"personal {losses['loss_personal']:.4f}, deputy {losses['loss_deputy']:.4f}")
+            self.log_metrics(losses, "train_loss", step)
+            self.log_info(fl_ctx, f"round {self.current_round} epoch {epoch + 1}/{epochs} {stage}: losses "
+                                  + ", ".join(f"{model} {loss:.4f}" for model, loss in losses.items()))
         self.trained_metrics = self.evaluate("validation")
         self.log_metrics(self.trained_metrics, TRAINED_PREFIX, self.current_round)
         self.save_personal(personal_model_path(self.app_dir, "last"), self.current_round)
+
+    def det_epochs(self, abort_signal: Signal) -> Iterator[Tuple[str, Dict[str, float]]]:
+        """DET (Sec. 2.3), one ``(stage name, {model: loss})`` per local epoch: both SGD optimizers re-created at
+        the round's rate, the stage reset and then chosen per epoch from both models' train macro-F1 (streamed as
+        ``det/stage``), both models trained with that stage's losses."""
+        opt_personal = optimizer_for_round(self.personal.parameters(), self.settings, self.current_round)
+        opt_deputy = optimizer_for_round(self.deputy.parameters(), self.settings, self.current_round)
+        alpha1, alpha2 = self.settings.alpha1, self.settings.alpha2
+        stage = DetStage.START
+        for epoch in range(self.settings.local_epochs):
+            stage = decide_det_stage(stage, self.personal, self.deputy, self.train_loader, self.device, alpha1, alpha2)
+            losses = det_local_epoch(self.personal, self.deputy, self.train_loader, opt_personal, opt_deputy, stage,
+                                     self.device, abort_signal)
+            self.log_metrics({"stage": int(stage)}, "det", self.current_round * self.settings.local_epochs + epoch)
+            yield stage.name, {PERSONAL: losses["loss_personal"], DEPUTY: losses["loss_deputy"]}
+
+    def deputy_epochs(self, abort_signal: Signal) -> Iterator[Tuple[str, Dict[str, float]]]:
+        """The ablation without DET, one ``("CE", {"deputy": loss})`` per local epoch: the deputy alone trains with
+        cross-entropy (its SGD optimizer re-created at the round's rate); after the last epoch the personalised
+        model becomes a copy of it."""
+        optimizer = optimizer_for_round(self.deputy.parameters(), self.settings, self.current_round)
+        for _ in range(self.settings.local_epochs):
+            yield "CE", {DEPUTY: train_epoch(self.deputy, self.train_loader, F.cross_entropy, optimizer, self.device,
+                                             abort_signal=abort_signal)}
+        self.personal.load_state_dict(self.deputy.state_dict())
 
     def result_meta(self, task_name: str) -> Dict[str, Any]:
         return {TRAINED_METRICS: self.trained_metrics} if task_name == self.train_task else {}

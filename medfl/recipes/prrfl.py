@@ -17,16 +17,16 @@ PRRFL_DERMOSCOPY = JobSpec(
     description="PRR-FL (Chen et al., MICCAI 2021) on HAM10000 by acquisition source (slim VGG-16)",
     controller=PFAController, executor=DETExecutor, workflow_id="prrfl",
     sites=federations.DERMOSCOPY,
-    server={"num_rounds": 50, "pfa_ratio_start": 0.7, "pfa_ratio_end": 0.95, "weighting": "equal",
-            "selection_start": 0.8, "selection_metric": "personal_macro_f1", "min_clients": 0,
+    server={"num_rounds": 50, "aggregation": "pfa", "pfa_ratio_start": 0.7, "pfa_ratio_end": 0.95,
+            "weighting": "equal", "selection_start": 0.8, "selection_metric": "personal_macro_f1", "min_clients": 0,
             "task_check_period": 0.1},
     train={"data_root": "DATASET_ROOT/prrfl_ham10000", "image_size": 128, "num_classes": 3, "augment": True,
            "augmentation": "batched",
            "network": {"name": "medfl.federations.dermoscopy.networks:vgg16_slim",
                        "args": {"num_classes": 3, "in_channels": 3}},
            "optimizer": {"name": "sgd", "lr": 0.01, "weight_decay": 1e-06}, "lr_decay": 0.5, "lr_decay_rounds": 5,
-           "local_epochs": 5, "batch_size": 16, "alpha1": 0.7, "alpha2": 0.9, "val_metric": "macro_f1", "seed": 1,
-           "num_threads": 0, "device": "auto"},
+           "local_epochs": 5, "batch_size": 16, "alpha1": 0.7, "alpha2": 0.9, "transfer": "det",
+           "val_metric": "macro_f1", "seed": 1, "num_threads": 0, "device": "auto"},
 )
 
 
