@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
+from bench_fedsm_client_memory import TRAINED_COPIES
 from compare_dermoscopy import demo_prior
 from compare_prostate import CLIENTS as PROSTATE_CLIENTS
 from compare_prostate import demo_prostate
@@ -64,7 +65,6 @@ MEDMNIST_CLIENTS = ("site-1", "site-2", "site-3")
 FEDSM_GOAL_RATIO = 1.3  # peak RSS / bytes a site must hold
 MACHINE_GB = 24  # the machine the job must fit on with 3 clients
 FEDSM_TRAIN = {"image_size": 64}  # the demo slices' size
-TRAINED_COPIES = 4  # weights, gradients, Adam's exp_avg and exp_avg_sq
 # job -> (data maker(work, args) -> (DATASET_ROOT, clients), config_train overrides)
 Setup = Callable[[Path, argparse.Namespace], Tuple[Path, List[str]]]
 

@@ -72,6 +72,20 @@ def test_flower_benchmark_runs_the_seed_job_on_the_nvflare_side(tmp_path, shared
                          out, re.M), out
 
 
+def test_fedsm_client_memory_benchmark_prints_every_stage_of_each_round(tmp_path):
+    out = run_command("bench_fedsm_client_memory.py", "--selector", "selector_cnn", "--rounds", 2, "--images", 4,
+                      "--work", tmp_path)
+    rows = re.findall(rf"^\s+(\d+) (.+?)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
+    stages = {(round_name, stage.strip()) for round_name, stage, *_ in rows}
+    for round_name in ("0", "1"):
+        for stage in ("receive task (deserialise)", "load_payload", "selector: Adam step", "check_update",
+                      "send result (serialise)", "after send (release)"):
+            assert (round_name, stage) in stages, (round_name, stage, out)
+    assert all(float(peak) >= float(end) > 0 for *_, peak, end, _ in rows), out
+    assert re.fullmatch(rf"FedSM client peak RSS / bytes held: {NUMBER}x in round \d at '.+' \({NUMBER} GiB for "
+                        rf"{NUMBER} GiB; goal <= 1.3x\)", last_line(out)), out
+
+
 def test_memory_benchmark_covers_every_job():
     from bench_memory import JOBS
 
