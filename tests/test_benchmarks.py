@@ -97,7 +97,8 @@ def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
     row = re.search(rf"^fedsm_prostate\s+3\s+\d+\s+({NUMBER})$", out, re.M)
     assert row and 0.2 < float(row[1]) < 24, out  # GiB summed over the process tree; the machine has 24 GB
     for site in ("server", *PROSTATE_CLIENTS):
-        assert re.search(rf"^FedSM {site}\s+peak\s+{NUMBER} GiB, must hold\s+{NUMBER} GiB: {NUMBER}x$", out, re.M), out
+        assert re.search(rf"^FedSM {site}\s+peak\s+{NUMBER} GiB, must hold\s+{NUMBER} GiB: {NUMBER}x "
+                         rf"\(at \d\d:\d\d:\d\d UTC\)$", out, re.M), out
     assert re.fullmatch(rf"FedSM peak RSS / bytes held, 3 clients: {NUMBER}x at most \(\S+; goal <= 1.3x\); sum of "
                         rf"the sites' peaks {NUMBER} GB \(goal <= 24 GB\)", last_line(out)), out
     check_fedsm_default_run(tmp_path / "fedsm_prostate" / "ws" / "fedsm_prostate", tmp_path / "data" / "prostate")
