@@ -5,12 +5,10 @@
 
 The ``fedsm_prostate`` client (its ``config_train.json`` at ``image_size`` 64, the selector ``--selector``, by default
 the job's 129 M-parameter VGG-11) runs ``--rounds`` training tasks through its own ``execute`` on ``--images``
-synthetic prostate slices per split, between the job's two moment filters. The transport is emulated with
-NVFlare's own array serialisation (``ArrayDownloadable.produce_item`` on the sending side, ``ArrayConsumer`` on the
-receiving side, one array per item, as a download moves them): the task's items are read one at a time from files
-(the server's memory is not this process's), and the result's items are written to files, which become the next
-round's task (the server's average of one client is its update). So every round from the second on receives the
-selector's Adam moments.
+synthetic prostate slices per split, between the job's two moment filters. Tasks and results travel through
+NVFlare's cells and download service to a one-client server in a child process (:mod:`cell_transport`): each result
+comes back as the next round's task (the server's average of one client is its update), so every round from the
+second on receives the selector's Adam moments.
 
 After each stage the peak RSS of the stage (``VmHWM`` since the stage began; reset through ``/proc/self/clear_refs``)
 and the RSS at its end are printed, with the peak against the bytes the client must hold: its three models with
@@ -22,12 +20,14 @@ line is the largest peak and its stage.
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Tuple
 
 import torch
+from cell_transport import PeerTransport
 from epoch_cases import PROSTATE_CLIENT, job_config, prostate_federation, set_up
 
 from nvflare.apis.event_type import EventType
@@ -35,11 +35,11 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
-from nvflare.app_common.np.np_downloader import ArrayConsumer, ArrayDownloadable
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 import medfl.common.executor as common_executor
 from medfl.common.params import Params, bundle, to_numpy
+from medfl.common.runtime import freeze_setup_objects
 from medfl.fedsm.executor import FedSMExecutor
 from medfl.fedsm.moments import AdamMomentsReceiver, AdamMomentsSender
 from medfl.fedsm.protocol import SITE_LABEL
@@ -101,39 +101,22 @@ def instrument(client: FedSMExecutor, timeline: Timeline) -> None:
     common_executor.check_update = timeline.around(common_executor.check_update, "execute: other", "check_update")
 
 
-def spool(params: Params, folder: Path) -> List[Path]:
-    """Serialise ``params`` as NVFlare's array download does (one item per array) into files under ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    downloadable = ArrayDownloadable(params, max_chunk_size=0)
-    paths = []
-    for index in range(downloadable.get_item_count()):
-        paths.append(folder / f"{index}.npz")
-        paths[-1].write_bytes(downloadable.produce_item(index))
-    return paths
+def task(params: Params, round_number: int) -> Shareable:
+    """The server's train task of ``round_number`` with ``params``."""
+    return FLModelUtils.to_shareable(FLModel(params=params, current_round=round_number, meta={SITE_LABEL: 0}))
 
 
-def receive(paths: List[Path]) -> Params:
-    """The arrays of spooled items, read and deserialised one item at a time as a download receives them."""
-    consumer = ArrayConsumer(None, {})
-    params = None
-    for path in paths:
-        params = consumer.consume_items([path.read_bytes()], params)
-    return params
-
-
-def initial_task(client: FedSMExecutor) -> Params:
+def initial_task(client: FedSMExecutor) -> Shareable:
     """What the server sends in round 0: the models as the client built them (the server's initial weights)."""
     models = {"global": client.models["global"], "personal": client.models["personal"], "selector": client.selector}
-    return bundle({name: to_numpy(model.state_dict()) for name, model in models.items()})
+    return task(bundle({name: to_numpy(model.state_dict()) for name, model in models.items()}), 0)
 
 
-def run_round(client: FedSMExecutor, task: List[Path], round_number: int, folder: Path,
-              timeline: Timeline) -> List[Path]:
-    """One train task from spooled items to the spooled result (the next round's task); every stage marked."""
+def run_round(client: FedSMExecutor, transport: PeerTransport, round_number: int, timeline: Timeline) -> None:
+    """One train task, from the server's task to the result it received; every stage marked."""
     fl_ctx = FLContext()
-    shareable = FLModelUtils.to_shareable(FLModel(params=receive(task), current_round=round_number,
-                                                  meta={SITE_LABEL: 0}))
-    timeline.mark("receive task (deserialise)")
+    shareable = task(FLModelUtils.from_shareable(transport.receive()).params, round_number)
+    timeline.mark("receive task (download)")
     shareable = AdamMomentsReceiver().process(shareable, fl_ctx)
     timeline.mark("task data filter (moments in)")
     result: Shareable = client.execute(TRAIN_TASK, shareable, fl_ctx, Signal())
@@ -141,12 +124,11 @@ def run_round(client: FedSMExecutor, task: List[Path], round_number: int, folder
     timeline.mark("execute: to_shareable, cleanup")
     result = AdamMomentsSender().process(result, fl_ctx)
     timeline.mark("task result filter (moments out)")
-    sent = spool(FLModelUtils.from_shareable(result).params, folder)
-    timeline.mark("send result (serialise)")
+    transport.send(result)
+    timeline.mark("send result (upload)")
     del result
     client.handle_event(EventType.AFTER_SEND_TASK_RESULT, fl_ctx)
     timeline.mark("after send (release)")
-    return sent
 
 
 def held_bytes(client: FedSMExecutor) -> int:
@@ -170,15 +152,21 @@ def main(argv=None) -> float:
               "device": "cpu", **({"selector_network": SELECTORS[args.selector]} if SELECTORS[args.selector] else {})}
     torch.set_num_threads(args.threads)
     client = set_up(FedSMExecutor(analytic_sender_id=""), config, PROSTATE_CLIENT)
+    freeze_setup_objects()  # as the client's start of run does
     held = held_bytes(client)
-    task = spool(initial_task(client), work / "task_0")
+    transport = PeerTransport()
+    transport.send(initial_task(client))
+    gc.collect()  # what the transfer left
     timeline = Timeline()
     timeline.start()
     timeline.mark("baseline (set up)")
     instrument(client, timeline)
-    for round_number in range(args.rounds):
-        timeline.round = str(round_number)
-        task = run_round(client, task, round_number, work / f"task_{round_number + 1}", timeline)
+    try:
+        for round_number in range(args.rounds):
+            timeline.round = str(round_number)
+            run_round(client, transport, round_number, timeline)
+    finally:
+        transport.close()
     print(f"FedSM client ({args.selector}), {args.rounds} rounds: must hold {held / GIB:.2f} GiB "
           f"({TRAINED_COPIES}x the models' bytes)")
     print(f"{'round':>5s} {'stage':40s} {'peak GiB':>9s} {'end GiB':>8s} {'peak/held':>9s}")

@@ -78,8 +78,8 @@ def test_fedsm_client_memory_benchmark_prints_every_stage_of_each_round(tmp_path
     rows = re.findall(rf"^\s+(\d+) (.+?)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
     stages = {(round_name, stage.strip()) for round_name, stage, *_ in rows}
     for round_name in ("0", "1"):
-        for stage in ("receive task (deserialise)", "load_payload", "selector: Adam step", "check_update",
-                      "send result (serialise)", "after send (release)"):
+        for stage in ("receive task (download)", "load_payload", "selector: Adam step", "check_update",
+                      "send result (upload)", "after send (release)"):
             assert (round_name, stage) in stages, (round_name, stage, out)
     assert all(float(peak) >= float(end) > 0 for *_, peak, end, _ in rows), out
     assert re.fullmatch(rf"FedSM client peak RSS / bytes held: {NUMBER}x in round \d at '.+' \({NUMBER} GiB for "
