@@ -153,6 +153,7 @@ def main(argv=None) -> float:
     torch.set_num_threads(args.threads)
     client = set_up(FedSMExecutor(analytic_sender_id=""), config, PROSTATE_CLIENT)
     freeze_setup_objects()  # as the client's start of run does
+    client.garbage_guard.start()
     held = held_bytes(client)
     transport = PeerTransport()
     transport.send(initial_task(client))
@@ -166,6 +167,7 @@ def main(argv=None) -> float:
             timeline.round = str(round_number)
             run_round(client, transport, round_number, timeline)
     finally:
+        client.garbage_guard.stop()
         transport.close()
     print(f"FedSM client ({args.selector}), {args.rounds} rounds: must hold {held / GIB:.2f} GiB "
           f"({TRAINED_COPIES}x the models' bytes)")

@@ -38,6 +38,7 @@ from .errors import DataError
 from .io import MAX_REASON_CHARS
 from .job_version import loaded_medfl, version_problem
 from .liveness import Heartbeat
+from .memory_guard import GarbageGuard
 from .params import Params, unbundle
 from .protocol import (
     CROSS_SITE_METRIC,
@@ -81,7 +82,8 @@ class RoundExecutor(Executor):
             TensorBoard through it. Empty to disable.
         train_task / validate_task / cross_site_task: task names sent by the server's controller.
         memory_gc: after each task, after loading the received models and after sending a result, collect garbage
-            and release freed memory to the OS (:meth:`release_memory`).
+            and release freed memory to the OS (:meth:`release_memory`); during the run, collect garbage whenever
+            the resident memory grows (:class:`~medfl.common.memory_guard.GarbageGuard`: transfers).
     """
 
     Settings: Type[ClientSettings] = ClientSettings
@@ -112,6 +114,7 @@ class RoundExecutor(Executor):
         self.datasets: Dict[str, Dataset] = {}
         self._setup_error: Optional[str] = None
         self._heartbeat: Optional[Heartbeat] = None
+        self.garbage_guard = GarbageGuard()
         self.state_dir = Path(DEFAULT_STATE_DIR)
         self.run_id = ""
         self._restored = False
@@ -203,12 +206,16 @@ class RoundExecutor(Executor):
             self._heartbeat = Heartbeat(fl_ctx.get_engine())
             self._heartbeat.start()
             self._initialize(fl_ctx)
+            if self.memory_gc:
+                self.garbage_guard.start()
         elif event_type == EventType.AFTER_SEND_TASK_RESULT:
             if self._unsaved_round is not None:
                 self._save_state(fl_ctx)
             self.release_memory()  # the sent result's transfer buffers, which NVFlare leaves in reference cycles
-        elif event_type == EventType.END_RUN and self._heartbeat is not None:
-            self._heartbeat.stop()
+        elif event_type == EventType.END_RUN:
+            self.garbage_guard.stop()
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         self.site = fl_ctx.get_identity_name()
