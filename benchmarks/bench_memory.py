@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
+from bench_fedsm_client_memory import TRAINED_COPIES
 from compare_dermoscopy import demo_prior
 from compare_prostate import CLIENTS as PROSTATE_CLIENTS
 from compare_prostate import demo_prostate
@@ -64,7 +66,6 @@ MEDMNIST_CLIENTS = ("site-1", "site-2", "site-3")
 FEDSM_GOAL_RATIO = 1.3  # peak RSS / bytes a site must hold
 MACHINE_GB = 24  # the machine the job must fit on with 3 clients
 FEDSM_TRAIN = {"image_size": 64}  # the demo slices' size
-TRAINED_COPIES = 4  # weights, gradients, Adam's exp_avg and exp_avg_sq
 # job -> (data maker(work, args) -> (DATASET_ROOT, clients), config_train overrides)
 Setup = Callable[[Path, argparse.Namespace], Tuple[Path, List[str]]]
 
@@ -176,16 +177,18 @@ def fedsm_required_bytes() -> Dict[str, int]:
     return {"server": server, "client": TRAINED_COPIES * payload_bytes(held)}
 
 
-def report_fedsm(by_site: Dict[str, int]) -> None:
-    """Each FedSM site's peak against what it must hold, and the largest ratio."""
+def report_fedsm(by_site: Dict[str, int], peak_times: Dict[str, float]) -> None:
+    """Each FedSM site's peak against what it must hold (and when, to find in the site's log), and the largest
+    ratio."""
     required = fedsm_required_bytes()
     ratios = {}
     for site, peak in sorted(by_site.items()):
         if site == "server" or site.startswith("client_"):
             need = required["server" if site == "server" else "client"]
             ratios[site] = peak / need
+            when = datetime.fromtimestamp(peak_times[site], timezone.utc).strftime("%H:%M:%S")
             print(f"FedSM {site:20s} peak {peak / 2**30:5.2f} GiB, must hold {need / 2**30:5.2f} GiB: "
-                  f"{ratios[site]:.2f}x")
+                  f"{ratios[site]:.2f}x (at {when} UTC)")
     worst = max(ratios, key=ratios.get)
     total = sum(by_site.get(site, 0) for site in ratios)
     print(f"FedSM peak RSS / bytes held, 3 clients: {ratios[worst]:.2f}x at most ({worst}; goal <= "
@@ -199,7 +202,7 @@ def main(argv=None) -> Dict[str, int]:
     parser.add_argument("--shared_data", type=Path, default=SHARED_DATA)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_memory"))
     args = parser.parse_args(argv)
-    peaks, fedsm_sites = {}, {}
+    peaks, fedsm_run = {}, None
     print(f"{'job':24s} {'clients':>7s} {'wall s':>7s} {'peak RSS GiB':>13s}")
     for job in args.jobs:
         setup, server_overrides, overrides = JOBS[job]
@@ -210,10 +213,10 @@ def main(argv=None) -> Dict[str, int]:
         run = run_job(job, args.work / job, clients, data, server, {"num_threads": 1, "local_epochs": 1, **overrides})
         peaks[job] = run.peak_rss_bytes
         if job == "fedsm_prostate":
-            fedsm_sites[job] = run.peak_rss_by_site
+            fedsm_run = run
         print(f"{job:24s} {len(clients):7d} {run.wall_s:7.0f} {run.peak_rss_bytes / 2**30:13.2f}", flush=True)
-    if "fedsm_prostate" in fedsm_sites:
-        report_fedsm(fedsm_sites["fedsm_prostate"])
+    if fedsm_run is not None:
+        report_fedsm(fedsm_run.peak_rss_by_site, fedsm_run.peak_time_by_site)
     return peaks
 
 

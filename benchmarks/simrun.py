@@ -27,6 +27,7 @@ class SimulatorRun:
     wall_s: float
     peak_rss_bytes: int
     peak_rss_by_site: Dict[str, int] = field(default_factory=dict)  # "server" (the simulator) and each client
+    peak_time_by_site: Dict[str, float] = field(default_factory=dict)  # when each site peaked (POSIX seconds)
 
     @property
     def app_server(self) -> Path:
@@ -46,16 +47,20 @@ def site_of(process: psutil.Process) -> str:
     return "server" if " simulator " in f" {command} " else command[:40]
 
 
-def tree_rss(process: psutil.Process, by_site: Optional[Dict[str, int]] = None) -> int:
+def tree_rss(process: psutil.Process, by_site: Optional[Dict[str, int]] = None,
+             peak_times: Optional[Dict[str, float]] = None) -> int:
     """Resident memory of a process and all its descendants, in bytes; ``by_site`` (if given) keeps each site's
-    peak (:func:`site_of`)."""
+    peak (:func:`site_of`), ``peak_times`` (if given) when it was sampled (to find it in the site's log)."""
     total = 0
     for p in [process, *process.children(recursive=True)]:
         try:
             rss = p.memory_info().rss
             if by_site is not None:
                 site = site_of(p)
-                by_site[site] = max(by_site.get(site, 0), rss)
+                if rss > by_site.get(site, 0):
+                    by_site[site] = rss
+                    if peak_times is not None:
+                        peak_times[site] = time.time()
         except psutil.NoSuchProcess:
             continue
         total += rss
@@ -76,18 +81,18 @@ def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, se
     allow_medfl(workspace)
     log = work / f"{job}.log"
     env = {**os.environ, "DATASET_ROOT": str(dataset_root), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    start, peak, by_site = time.perf_counter(), 0, {}
+    start, peak, by_site, peak_times = time.perf_counter(), 0, {}, {}
     with open(log, "w") as out:
         proc = subprocess.Popen(["nvflare", "simulator", str(variant), "-w", str(workspace), "-c", ",".join(clients),
                                  "-t", str(len(clients))], stdout=out, stderr=subprocess.STDOUT, env=env)
         handle = psutil.Process(proc.pid)
         while proc.poll() is None:
-            peak = max(peak, tree_rss(handle, by_site))
+            peak = max(peak, tree_rss(handle, by_site, peak_times))
             time.sleep(poll_s)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"simulator run of {job} failed ({proc.returncode}); see {log}")
-    return SimulatorRun(workspace, wall, peak, by_site)
+    return SimulatorRun(workspace, wall, peak, by_site, peak_times)
 
 
 LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

@@ -72,6 +72,20 @@ def test_flower_benchmark_runs_the_seed_job_on_the_nvflare_side(tmp_path, shared
                          out, re.M), out
 
 
+def test_fedsm_client_memory_benchmark_prints_every_stage_of_each_round(tmp_path):
+    out = run_command("bench_fedsm_client_memory.py", "--selector", "selector_cnn", "--rounds", 2, "--images", 4,
+                      "--work", tmp_path)
+    rows = re.findall(rf"^\s+(\d+) (.+?)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
+    stages = {(round_name, stage.strip()) for round_name, stage, *_ in rows}
+    for round_name in ("0", "1"):
+        for stage in ("receive task (download)", "load_payload", "selector: Adam step", "check_update",
+                      "send result (upload)", "after send (release)"):
+            assert (round_name, stage) in stages, (round_name, stage, out)
+    assert all(float(peak) >= float(end) > 0 for *_, peak, end, _ in rows), out
+    assert re.fullmatch(rf"FedSM client peak RSS / bytes held: {NUMBER}x in round \d at '.+' \({NUMBER} GiB for "
+                        rf"{NUMBER} GiB; goal <= 1.3x\)", last_line(out)), out
+
+
 def test_memory_benchmark_covers_every_job():
     from bench_memory import JOBS
 
@@ -83,7 +97,8 @@ def test_memory_benchmark_reports_the_peak_of_a_three_client_run(tmp_path):
     row = re.search(rf"^fedsm_prostate\s+3\s+\d+\s+({NUMBER})$", out, re.M)
     assert row and 0.2 < float(row[1]) < 24, out  # GiB summed over the process tree; the machine has 24 GB
     for site in ("server", *PROSTATE_CLIENTS):
-        assert re.search(rf"^FedSM {site}\s+peak\s+{NUMBER} GiB, must hold\s+{NUMBER} GiB: {NUMBER}x$", out, re.M), out
+        assert re.search(rf"^FedSM {site}\s+peak\s+{NUMBER} GiB, must hold\s+{NUMBER} GiB: {NUMBER}x "
+                         rf"\(at \d\d:\d\d:\d\d UTC\)$", out, re.M), out
     assert re.fullmatch(rf"FedSM peak RSS / bytes held, 3 clients: {NUMBER}x at most \(\S+; goal <= 1.3x\); sum of "
                         rf"the sites' peaks {NUMBER} GB \(goal <= 24 GB\)", last_line(out)), out
     check_fedsm_default_run(tmp_path / "fedsm_prostate" / "ws" / "fedsm_prostate", tmp_path / "data" / "prostate")

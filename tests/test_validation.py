@@ -9,6 +9,7 @@ import pytest
 
 from nvflare.app_common.abstract.fl_model import FLModel
 
+from medfl.common.params import CHUNK_ELEMENTS
 from medfl.common.validation import (
     DEFAULT_MAX_CLIENT_SAMPLES,
     SCORE,
@@ -21,6 +22,7 @@ from medfl.common.validation import (
     check_result,
     check_sample_count,
     metric_range,
+    non_finite_problem,
     update_norm,
 )
 
@@ -154,3 +156,12 @@ def test_update_norm_is_non_finite_exactly_when_an_entry_is():
     assert math.isnan(update_norm({**params, "b": np.array([np.nan], np.float32)}))
     assert math.isinf(update_norm({**params, "b": np.array([np.inf], np.float32)}))
     assert math.isfinite(update_norm({"w": np.full(4, 3e38, np.float32)}))  # float64 sums do not overflow
+
+
+def test_a_layer_larger_than_a_chunk_is_checked_whole():
+    """The norm and the non-finite count go through a large layer a chunk at a time: every chunk counts."""
+    layer = np.full((2, CHUNK_ELEMENTS // 2 + 3), 0.5, np.float32)
+    assert update_norm({"w": layer}) == pytest.approx(0.5 * math.sqrt(layer.size))
+    layer[-1, -1] = layer[0, 0] = np.inf
+    assert math.isinf(update_norm({"w": layer}))
+    assert non_finite_problem("w", layer) == f"w holds 2 non-finite value(s) (NaN or inf) of {layer.size}"

@@ -20,6 +20,7 @@ final models.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -44,6 +45,7 @@ from .errors import DataError
 from .io import atomic_torch_save
 from .job_version import loaded_medfl, version_problem
 from .liveness import Liveness
+from .memory_guard import GarbageGuard
 from .networks import build_network
 from .params import Params, bundle, to_numpy
 from .protocol import (
@@ -119,7 +121,8 @@ class ServerSettings(Settings):
     task_check_period: float = Field(0.5, gt=0, le=10, description=(
         "seconds between two checks for ended client tasks (timeouts, errors, dead clients)"))
     memory_gc_rounds: int = Field(1, ge=0, description=(
-        "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim); 0: never"))
+        "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim), and collect garbage "
+        "whenever the resident memory grows during the run (transfers); 0: never"))
     seed: int = Field(0, ge=0, description="seed of the initial models")
     network: Optional[NetworkSpec] = Field(None, description="the network of the initial global model")
     max_client_samples: int = Field(DEFAULT_MAX_CLIENT_SAMPLES, ge=1, description=(
@@ -279,6 +282,12 @@ class RoundController(ModelController):
         if self.settings.resume_from and not self._resume(self.settings.resume_from):
             return
         freeze_setup_objects()
+        guard = GarbageGuard() if self.settings.memory_gc_rounds else contextlib.nullcontext()
+        with guard:  # what the transfers of payloads and results leave in reference cycles
+            self.run_rounds()
+
+    def run_rounds(self) -> None:
+        """The rounds, the final validation and the cross-site evaluation (after :meth:`run`'s set-up)."""
         if not self.before_rounds():
             return
         self.server_evaluate(self.start_round)

@@ -7,7 +7,7 @@ Numpy arrays go through NVFlare's DXO and filters without a custom decomposer. A
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -89,13 +89,18 @@ def unbundle(flat: Mapping[str, np.ndarray]) -> Dict[str, Params]:
     return models
 
 
-WEIGHTED_MEAN_CHUNK = 1 << 20  # elements averaged per pass: float64 temporaries of a few MB, not of a whole layer
+CHUNK_ELEMENTS = 1 << 20  # elements per pass over a whole layer: temporaries of a few MB, not of the layer
+
+
+def chunks(size: int) -> Iterator[slice]:
+    """Consecutive slices of :data:`CHUNK_ELEMENTS` covering ``range(size)`` (of a flattened array)."""
+    return (slice(start, start + CHUNK_ELEMENTS) for start in range(0, size, CHUNK_ELEMENTS))
 
 
 def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Params:
     """``sum_k w_k * params_k / sum_k w_k`` for every key; integer entries (e.g. BN counters) are rounded back.
 
-    Accumulated in float64, :data:`WEIGHTED_MEAN_CHUNK` elements at a time, so a layer of 100 M weights (FedSM's
+    Accumulated in float64, :data:`CHUNK_ELEMENTS` elements at a time, so a layer of 100 M weights (FedSM's
     VGG-11 selector) needs no float64 copy of itself. Every entry stays a numpy array, 0-d ones (BN
     ``num_batches_tracked``) included, never a numpy scalar.
     """
@@ -111,8 +116,7 @@ def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         out = np.empty(first.shape, dtype=first.dtype)
         flat_out = out.reshape(-1)
         flats = [np.asarray(p[key]).reshape(-1) for p in params]
-        for start in range(0, flat_out.size, WEIGHTED_MEAN_CHUNK):
-            part = slice(start, start + WEIGHTED_MEAN_CHUNK)
+        for part in chunks(flat_out.size):
             acc = sum(flat[part].astype(np.float64) * (w / total) for flat, w in zip(flats, weights))
             flat_out[part] = np.rint(acc) if integer else acc
         mean[key] = out

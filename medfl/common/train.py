@@ -13,6 +13,7 @@ from monai.metrics import DiceMetric
 
 from nvflare.apis.signal import Signal
 
+from .chunked_adam import ChunkedAdam
 from .data import SAMPLE_ID
 from .settings import OptimizerSpec
 
@@ -21,11 +22,15 @@ MAX_IDS_SHOWN = 16
 StepFn = Callable[[torch.nn.Module, Batch, Callable, torch.optim.Optimizer], torch.Tensor]
 
 
-def build_optimizer(parameters, spec: OptimizerSpec, lr: Optional[float] = None) -> torch.optim.Optimizer:
-    """The torch optimizer of ``spec`` over ``parameters`` (``lr`` overrides ``spec.lr``, e.g. a decayed rate)."""
+def build_optimizer(parameters, spec: OptimizerSpec, lr: Optional[float] = None,
+                    chunked: bool = False) -> torch.optim.Optimizer:
+    """The torch optimizer of ``spec`` over ``parameters`` (``lr`` overrides ``spec.lr``, e.g. a decayed rate);
+    ``chunked``: Adam as :class:`~medfl.common.chunked_adam.ChunkedAdam` (the same steps, temporaries of a chunk:
+    for a model with layers of hundreds of MB)."""
     lr = spec.lr if lr is None else lr
     if spec.name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=spec.weight_decay)
+        adam = ChunkedAdam if chunked else torch.optim.Adam
+        return adam(parameters, lr=lr, weight_decay=spec.weight_decay)
     return torch.optim.SGD(parameters, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .params import chunks
+
 DEFAULT_MAX_CLIENT_SAMPLES = 10_000_000
 MAX_KEYS_LISTED = 3  # keys named in a message about missing or unexpected arrays
 
@@ -118,7 +120,8 @@ def non_finite_problem(key: str, value: np.ndarray) -> Optional[str]:
     """``None`` if ``value`` holds no NaN or infinity (integer arrays never do), else a sentence naming ``key``."""
     if not np.issubdtype(value.dtype, np.floating):
         return None
-    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    flat = value.reshape(-1)
+    bad = value.size - sum(int(np.count_nonzero(np.isfinite(flat[part]))) for part in chunks(flat.size))
     return f"{key} holds {bad} non-finite value(s) (NaN or inf) of {value.size}" if bad else None
 
 
@@ -227,11 +230,12 @@ def check_result(spec: ResultSpec, result: Any) -> Optional[str]:
 
 
 def update_norm(params: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of every floating entry of ``params`` together, accumulated in float64 (NaN or inf when any entry
-    is not finite)."""
+    """L2 norm of every floating entry of ``params`` together, accumulated in float64 a chunk at a time (no float64
+    copy of a whole layer; NaN or inf when any entry is not finite)."""
     total = 0.0
     for value in params.values():
         value = np.asarray(value)
         if np.issubdtype(value.dtype, np.floating):
-            total += float(np.sum(np.square(value, dtype=np.float64)))
+            flat = value.reshape(-1)
+            total += sum(float(np.sum(np.square(flat[part], dtype=np.float64))) for part in chunks(flat.size))
     return math.sqrt(total)

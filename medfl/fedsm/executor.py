@@ -84,7 +84,8 @@ class FedSMExecutor(ProstateSegmentationExecutor):
     The selector (VGG-11: 129 M parameters) is held once: its weights and Adam moments travel back as views of the
     model and the optimizer's state, not copies; once the result is sent they are released (the next task brings
     the server's), and the received weights and moments become the model's and the optimizer's storage without a
-    copy; the gradients are freed after each step.
+    copy; its Adam steps a chunk at a time (:class:`~medfl.common.chunked_adam.ChunkedAdam`: no temporaries the
+    size of its 103 M-weight layer); the gradients are freed after each step.
     """
 
     Settings = FedSMSettings
@@ -95,7 +96,8 @@ class FedSMExecutor(ProstateSegmentationExecutor):
         network = self.settings.selector_network
         self.selector = build_network(network.name, **network.args).to(self.device)
         self.selector_layout = tensor_layout(self.selector)
-        self.selector_optimizer = build_optimizer(self.selector.parameters(), self.settings.selector_optimizer)
+        self.selector_optimizer = build_optimizer(self.selector.parameters(), self.settings.selector_optimizer,
+                                                  chunked=True)
         self.site_label = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:

@@ -1,7 +1,9 @@
 """Selector networks: FedSM's image-to-site classifier.
 
 ``selector_cnn`` is small and fast on a CPU; ``vgg11`` follows the layout of the original FedSM selector
-(VGG-11 configuration "A", one input channel, no batch norm, 4096-wide classifier with dropout).
+(VGG-11 configuration "A", one input channel, no batch norm, 4096-wide classifier with dropout). Its classifier's
+linear layers add their weight gradients in place (:class:`~medfl.common.accumulating_linear.AccumulatingLinear`:
+the same gradients without a second, transient one of the 103 M-weight layer in the full-batch selector epoch).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from medfl.common.accumulating_linear import AccumulatingLinear
 from medfl.common.networks import register_network
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -43,9 +46,9 @@ class VGG11Selector(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(c_in * 49, hidden), nn.ReLU(True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
+            AccumulatingLinear(c_in * 49, hidden), nn.ReLU(True), nn.Dropout(dropout),
+            AccumulatingLinear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout),
+            AccumulatingLinear(hidden, num_classes),
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
