@@ -7,7 +7,8 @@ with the same UNet, seed and budget; writes a test-Dice table (markdown + CSV) a
 Without ``--data`` the synthetic demo federation is made and prepared at ``--size`` (see
 ``data_preparation/make_demo_prostate.py``). The budget is ``--rounds`` rounds of the jobs' ``local_epochs``;
 the baselines train ``rounds * local_epochs`` epochs with the jobs' network, Adam learning rate, batch size and
-augmentation (``--train`` overrides any ``config_train.json`` key for every method alike, e.g. a smaller UNet).
+augmentation (``--train`` overrides any ``config_train.json`` key for every method alike, e.g. a smaller UNet;
+``--job-train JOB JSON`` one job's only, e.g. FedSM's ``selector_network``).
 Every method's model is selected on validation Dice; the table reports foreground Dice on each site's testing
 split (FedSM: the super model, threshold 0.9, and its global model). HarmoFL runs as ``jobs/harmofl_prostate_2d``:
 FedAvg's client with HarmoFL's amplitude exchange, amplitude normalisation and weight-perturbed Adam, and
@@ -61,6 +62,20 @@ def demo_prostate(root: Path, size: int = DEMO_SIZE) -> Path:
 
 def job_train_config(job: str, overrides: Dict) -> Dict:
     return {**json.loads((ROOT / "jobs" / job / "app" / "config" / "config_train.json").read_text()), **overrides}
+
+
+def job_overrides(pairs: Sequence[Sequence[str]]) -> Dict[str, Dict]:
+    """``{job: overrides}`` of ``--job-train JOB JSON`` pairs; an unknown job or a JSON that is no object stops
+    the command with a message naming it."""
+    overrides: Dict[str, Dict] = {}
+    for job, text in pairs:
+        if job not in FL_JOBS:
+            raise SystemExit(f"--job-train: unknown job {job!r}; the jobs compared are {sorted(FL_JOBS)}")
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise SystemExit(f"--job-train {job}: expected a JSON object of config_train.json keys, got {text!r}")
+        overrides.setdefault(job, {}).update(value)
+    return overrides
 
 
 def prostate_sites(data: Path, clients: Sequence[str], augment: bool) -> Dict[str, SiteData]:
@@ -122,12 +137,16 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--size", type=int, default=DEMO_SIZE, help="slice size of the demo federation")
     parser.add_argument("--train", type=json.loads, default={}, help="config_train.json overrides, as JSON")
+    parser.add_argument("--job-train", nargs=2, action="append", default=[], metavar=("JOB", "JSON"),
+                        help="more config_train.json overrides for one job only (e.g. fedsm_prostate and its "
+                             "selector_network); repeatable")
     parser.add_argument("--work", type=Path, default=Path("/tmp/compare_prostate"))
     parser.add_argument("--output", type=Path, default=None, help="table and plot folder (default: <work>/results)")
     args = parser.parse_args(argv)
     data = args.data or demo_prostate(args.work / "data", args.size)
     output = args.output or args.work / "results"
     server = {"num_rounds": args.rounds}
+    job_train = job_overrides(args.job_train)
 
     scores: Dict[str, List[Dict[str, float]]] = {}
     curves, walls = {}, {}
@@ -136,7 +155,8 @@ def main(argv=None) -> Dict[str, List[Dict[str, float]]]:
         config = job_train_config("fedavg_prostate", train)
         per_epoch = int(config["local_epochs"])
         for job, (tester, rows) in FL_JOBS.items():
-            run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, server, train)
+            run = run_job(job, args.work / f"seed{seed}" / job, args.clients, data, server,
+                          {**train, **job_train.get(job, {})})
             walls.setdefault(job, []).append(run.wall_s)
             tested = tester(run.app_server, data)
             for row, key in rows.items():

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from simrun import ROOT
@@ -51,8 +51,9 @@ class OfflineRound:
     results: Dict[str, FLModel]
 
 
-def job_config(job: str, name: str) -> dict:
-    return json.loads((ROOT / "jobs" / job / "app" / "config" / name).read_text())
+def job_config(job: str, name: str, job_dir: Optional[Path] = None) -> dict:
+    """``name`` of ``jobs/<job>/app/config`` (or of the job folder ``job_dir``, e.g. a variant of it)."""
+    return json.loads(((job_dir or ROOT / "jobs" / job) / "app" / "config" / name).read_text())
 
 
 def _silence(controller: RoundController, app_dir: Path, clients: List[str]) -> None:
@@ -79,9 +80,10 @@ def client_update(job: str, controller: RoundController, client: str) -> Params:
     return bundle(update)
 
 
-def offline_round(job: str, round_number: int = 1) -> OfflineRound:
-    """The job's controller with its initial models and one round of results from ``JOB_CLIENTS[job]`` clients."""
-    workflow = job_config(job, "config_fed_server.json")["workflows"][0]
+def offline_round(job: str, round_number: int = 1, job_dir: Optional[Path] = None) -> OfflineRound:
+    """The job's controller with its initial models and one round of results from ``JOB_CLIENTS[job]`` clients;
+    ``job_dir``: a variant folder of ``job`` to read the configuration from instead of ``jobs/<job>``."""
+    workflow = job_config(job, "config_fed_server.json", job_dir)["workflows"][0]
     module, _, name = workflow["path"].rpartition(".")
     # initial weights do not change the cost (and the trunk file is not here)
     args = {k: v for k, v in workflow["args"].items() if k not in ("site_labels", "trunk_checkpoint")}

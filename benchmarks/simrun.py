@@ -28,6 +28,7 @@ class SimulatorRun:
     peak_rss_bytes: int
     peak_rss_by_site: Dict[str, int] = field(default_factory=dict)  # "server" (the simulator) and each client
     peak_time_by_site: Dict[str, float] = field(default_factory=dict)  # when each site peaked (POSIX seconds)
+    variant: Optional[Path] = None  # the job folder that ran (the variant of jobs/<job>)
 
     @property
     def app_server(self) -> Path:
@@ -92,7 +93,7 @@ def run_job(job: str, work: Path, clients: Sequence[str], dataset_root: Path, se
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"simulator run of {job} failed ({proc.returncode}); see {log}")
-    return SimulatorRun(workspace, wall, peak, by_site, peak_times)
+    return SimulatorRun(workspace, wall, peak, by_site, peak_times, variant)
 
 
 LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

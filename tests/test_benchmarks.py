@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROSTATE_CLIENTS
+from conftest import PROSTATE_CLIENTS, SMALL_SELECTOR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,9 @@ def test_ampnorm_benchmark_prints_the_speed_up():
 
 
 def test_aggregation_benchmark_prints_each_share(tmp_path):
-    out = run_command("bench_aggregation.py", "--repeats", 1, "--work", tmp_path)
+    """With the small selector (the VGG-11 default runs end to end in the memory benchmark's test)."""
+    out = run_command("bench_aggregation.py", "--repeats", 1, "--work", tmp_path,
+                      "--fedsm_train", json.dumps({"selector_network": SMALL_SELECTOR}))
     for method in ("SoftPull", "PFA", "MAS"):
         assert re.search(rf"^{method}\b.*?({NUMBER}) ?%", out, re.M), (method, out)
     assert re.search(rf"{NUMBER} ?%", last_line(out)), out
