@@ -1,14 +1,16 @@
 """Peak resident memory of one FedSM client's training rounds in this process, stage by stage (no simulator).
 
     python benchmarks/bench_fedsm_client_memory.py [--rounds 2] [--selector vgg11|selector_cnn] [--images 8]
-        [--threads 1] [--work DIR]
+        [--threads 1] [--piece-bytes 67108864] [--work DIR]
 
 The ``fedsm_prostate`` client (its ``config_train.json`` at ``image_size`` 64, the selector ``--selector``, by default
 the job's 129 M-parameter VGG-11) runs ``--rounds`` training tasks through its own ``execute`` on ``--images``
-synthetic prostate slices per split, between the job's two moment filters. Tasks and results travel through
-NVFlare's cells and download service to a one-client server in a child process (:mod:`cell_transport`): each result
-comes back as the next round's task (the server's average of one client is its update), so every round from the
-second on receives the selector's Adam moments.
+synthetic prostate slices per split, between the job's filters: the moment pair and, with ``--piece-bytes`` N > 0
+(the job's ``array_piece_bytes``, 64 MiB; 0: whole arrays, as before), the piece filters that send arrays above N
+bytes in pieces (:mod:`medfl.common.pieces`). Tasks and results travel through NVFlare's cells and download service
+to a one-client server in a child process (:mod:`cell_transport`, which joins and cuts the pieces as medfl's server
+does): each result comes back as the next round's task (the server's average of one client is its update), so
+every round from the second on receives the selector's Adam moments.
 
 After each stage the peak RSS of the stage (``VmHWM`` since the stage began; reset through ``/proc/self/clear_refs``)
 and the RSS at its end are printed, with the peak against the bytes the client must hold: its three models with
@@ -39,6 +41,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 import medfl.common.executor as common_executor
 from medfl.common.params import Params, bundle, to_numpy
+from medfl.common.pieces import PIECE_BYTES, JoinLargeArrays, SplitLargeArrays
 from medfl.common.runtime import freeze_setup_objects
 from medfl.fedsm.executor import FedSMExecutor
 from medfl.fedsm.moments import AdamMomentsReceiver, AdamMomentsSender
@@ -112,11 +115,16 @@ def initial_task(client: FedSMExecutor) -> Shareable:
     return task(bundle({name: to_numpy(model.state_dict()) for name, model in models.items()}), 0)
 
 
-def run_round(client: FedSMExecutor, transport: PeerTransport, round_number: int, timeline: Timeline) -> None:
+def run_round(client: FedSMExecutor, transport: PeerTransport, round_number: int, timeline: Timeline,
+              piece_bytes: int) -> None:
     """One train task, from the server's task to the result it received; every stage marked."""
     fl_ctx = FLContext()
-    shareable = task(FLModelUtils.from_shareable(transport.receive()).params, round_number)
+    shareable = transport.receive()
     timeline.mark("receive task (download)")
+    if piece_bytes:
+        shareable = JoinLargeArrays().process(shareable, fl_ctx)
+        timeline.mark("task data filter (join pieces)")
+    shareable = task(FLModelUtils.from_shareable(shareable).params, round_number)
     shareable = AdamMomentsReceiver().process(shareable, fl_ctx)
     timeline.mark("task data filter (moments in)")
     result: Shareable = client.execute(TRAIN_TASK, shareable, fl_ctx, Signal())
@@ -124,6 +132,9 @@ def run_round(client: FedSMExecutor, transport: PeerTransport, round_number: int
     timeline.mark("execute: to_shareable, cleanup")
     result = AdamMomentsSender().process(result, fl_ctx)
     timeline.mark("task result filter (moments out)")
+    if piece_bytes:
+        result = SplitLargeArrays(piece_bytes).process(result, fl_ctx)
+        timeline.mark("task result filter (cut pieces)")
     transport.send(result)
     timeline.mark("send result (upload)")
     del result
@@ -143,6 +154,8 @@ def main(argv=None) -> float:
     parser.add_argument("--selector", choices=sorted(SELECTORS), default="vgg11")
     parser.add_argument("--images", type=int, default=8, help="slices per split")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--piece-bytes", type=int, default=PIECE_BYTES,
+                        help="send arrays above this many bytes in pieces (the job's array_piece_bytes; 0: whole)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_fedsm_client_memory_"))
@@ -155,8 +168,10 @@ def main(argv=None) -> float:
     freeze_setup_objects()  # as the client's start of run does
     client.garbage_guard.start()
     held = held_bytes(client)
-    transport = PeerTransport()
-    transport.send(initial_task(client))
+    transport = PeerTransport(piece_bytes=args.piece_bytes)
+    first = initial_task(client)
+    transport.send(SplitLargeArrays(args.piece_bytes).process(first, FLContext()) if args.piece_bytes else first)
+    del first
     gc.collect()  # what the transfer left
     timeline = Timeline()
     timeline.start()
@@ -165,11 +180,12 @@ def main(argv=None) -> float:
     try:
         for round_number in range(args.rounds):
             timeline.round = str(round_number)
-            run_round(client, transport, round_number, timeline)
+            run_round(client, transport, round_number, timeline, args.piece_bytes)
     finally:
         client.garbage_guard.stop()
         transport.close()
-    print(f"FedSM client ({args.selector}), {args.rounds} rounds: must hold {held / GIB:.2f} GiB "
+    pieces = f"arrays above {args.piece_bytes} bytes in pieces" if args.piece_bytes else "whole arrays"
+    print(f"FedSM client ({args.selector}, {pieces}), {args.rounds} rounds: must hold {held / GIB:.2f} GiB "
           f"({TRAINED_COPIES}x the models' bytes)")
     print(f"{'round':>5s} {'stage':40s} {'peak GiB':>9s} {'end GiB':>8s} {'peak/held':>9s}")
     for round_name, stage, peak, end in timeline.stages:

@@ -6,7 +6,10 @@ a script) over TCP on localhost. :meth:`PeerTransport.send` serialises a Shareab
 one item per array) before it replies. The server keeps what it received and :meth:`PeerTransport.receive` gets it
 back as a client's ``getTask`` does: the reply holds references that this process downloads. So the arrays' bytes
 on the wire, their copies and the streaming buffers are NVFlare's, in this process as in a client's; the server's
-memory is the child's.
+memory is the child's, which runs :class:`~medfl.common.memory_guard.GarbageGuard` as medfl's server does. With
+``piece_bytes`` the server does what medfl's server does with results and tasks whose large arrays travel in
+pieces (:mod:`medfl.common.pieces`): it puts a result's pieces back together on arrival and cuts the task's
+arrays again before sending it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import sys
 import threading
 from typing import Optional
 
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.fuel.f3.cellnet.cell import Cell
 from nvflare.fuel.f3.message import Message
 from nvflare.fuel.utils import fobs
 from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
+
+from medfl.common.memory_guard import GarbageGuard
+from medfl.common.pieces import PIECES_META, SplitLargeArrays, join_arrays
 
 SERVER, CLIENT = "server", "site-1"  # the root cell must be called "server"
 CHANNEL, RESULT, TASK = "bench", "result", "task"
@@ -35,18 +43,27 @@ def free_url() -> str:
         return f"tcp://localhost:{probe.getsockname()[1]}"
 
 
-def serve(url: str) -> None:
-    """The server cell: keep the last result received, send it back as the next task."""
+def serve(url: str, piece_bytes: int = 0) -> None:
+    """The server cell: keep the last result received, send it back as the next task (with ``piece_bytes``: join
+    the result's pieces on arrival, cut the task's arrays into pieces of at most that size)."""
     nvflare_fobs_initialize()
+    GarbageGuard().start()
     cell = Cell(fqcn=SERVER, root_url=url, secure=False, credentials={})
     kept = {}
 
     def on_result(message: Message) -> Message:
-        kept[TASK] = fobs.loads(message.payload, fobs_ctx=cell.get_fobs_context())  # downloads every array
+        result = fobs.loads(message.payload, fobs_ctx=cell.get_fobs_context())  # downloads every array
+        dxo = from_shareable(result)
+        if PIECES_META in dxo.meta:
+            join_arrays(dxo.data, dxo.meta.pop(PIECES_META))
+        kept[TASK] = dxo.update_shareable(result)
         return Message({}, b"")
 
     def on_task(message: Message) -> Message:
-        return Message({}, fobs.dumps(kept.pop(TASK), fobs_ctx=cell.get_fobs_context()))
+        task = kept.pop(TASK)
+        if piece_bytes:
+            task = SplitLargeArrays(piece_bytes).process(task, FLContext())
+        return Message({}, fobs.dumps(task, fobs_ctx=cell.get_fobs_context()))
 
     cell.register_request_cb(channel=CHANNEL, topic=RESULT, cb=on_result)
     cell.register_request_cb(channel=CHANNEL, topic=TASK, cb=on_task)
@@ -57,10 +74,10 @@ def serve(url: str) -> None:
 class PeerTransport:
     """A client cell here and the server cell of :func:`serve` in a child process."""
 
-    def __init__(self):
+    def __init__(self, piece_bytes: int = 0):
         nvflare_fobs_initialize()
         url = free_url()
-        self.server = subprocess.Popen([sys.executable, __file__, url], stdout=subprocess.DEVNULL,
+        self.server = subprocess.Popen([sys.executable, __file__, url, str(piece_bytes)], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
         connected = threading.Event()
         self.cell = Cell(fqcn=CLIENT, root_url=url, secure=False, credentials={})
@@ -93,4 +110,4 @@ class PeerTransport:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

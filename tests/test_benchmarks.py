@@ -72,13 +72,19 @@ def test_flower_benchmark_runs_the_seed_job_on_the_nvflare_side(tmp_path, shared
                          out, re.M), out
 
 
+def test_array_transfer_benchmark_prints_both_ends_of_both_directions():
+    out = run_command("bench_array_transfer.py", "--arrays", 2, "--mib", 4, "--piece-mib", 1)
+    assert re.fullmatch(rf"\s*1 MiB(\s+{NUMBER}){{4}}", last_line(out)), out
+
+
 def test_fedsm_client_memory_benchmark_prints_every_stage_of_each_round(tmp_path):
     out = run_command("bench_fedsm_client_memory.py", "--selector", "selector_cnn", "--rounds", 2, "--images", 4,
-                      "--work", tmp_path)
+                      "--piece-bytes", 2 ** 16, "--work", tmp_path)  # the small selector's largest layers in pieces
     rows = re.findall(rf"^\s+(\d+) (.+?)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
     stages = {(round_name, stage.strip()) for round_name, stage, *_ in rows}
     for round_name in ("0", "1"):
-        for stage in ("receive task (download)", "load_payload", "selector: Adam step", "check_update",
+        for stage in ("receive task (download)", "task data filter (join pieces)", "load_payload",
+                      "selector: Adam step", "check_update", "task result filter (cut pieces)",
                       "send result (upload)", "after send (release)"):
             assert (round_name, stage) in stages, (round_name, stage, out)
     assert all(float(peak) >= float(end) > 0 for *_, peak, end, _ in rows), out

@@ -260,11 +260,15 @@ def setting_keys(job: str) -> Set[str]:
             *job_spec(job).options}
 
 
+TRANSFER_FILTERS = "medfl.common.pieces."  # the arrays arrive bit-identical: no part of any method
+
+
 def value_of(pin: Pin) -> Any:
     if pin.side == "meta":
         return read_json(ROOT / "jobs" / pin.job / "meta.json")[pin.key]
-    if pin.side == "filters":
-        return sorted(f["path"] for entry in client_config(pin.job).get(pin.key, []) for f in entry["filters"])
+    if pin.side == "filters":  # the method's filters; medfl.common.pieces' only cut arrays for their transfer
+        return sorted(f["path"] for entry in client_config(pin.job).get(pin.key, []) for f in entry["filters"]
+                      if not f["path"].startswith(TRANSFER_FILTERS))
     if pin.side == "spec":
         return len(getattr(job_spec(pin.job), pin.key))
     value = getattr(settings(pin.job, pin.side), pin.key)

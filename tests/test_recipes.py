@@ -81,13 +81,39 @@ def test_a_setting_lands_on_every_side_that_declares_it(tmp_path):
 
 def test_fedsm_site_labels_and_selector_classes_follow_the_sites(tmp_path):
     sites = ["a", "b"]
-    job = read_export(tmp_path, "fedsm_prostate", sites=sites, sync_selector_moments=False)
+    job = read_export(tmp_path, "fedsm_prostate", sites=sites, sync_selector_moments=False, array_piece_bytes=0)
     args = job["app/config/config_fed_server.json"]["workflows"][0]["args"]
     assert args["site_labels"] == {"a": 0, "b": 1} and args["selector_network"]["args"]["num_classes"] == 2
     assert job["app/config/config_train.json"]["selector_network"]["args"]["num_classes"] == 2
     client = job["app/config/config_fed_client.json"]
     assert client["task_data_filters"] == client["task_result_filters"] == []
+    assert job["app/config/config_fed_server.json"]["task_data_filters"] == []
     assert job["meta.json"]["min_clients"] == 2
+
+
+def filter_chains(config: dict, kind: str):
+    return [(entry["tasks"], [(f["path"].rsplit(".", 1)[1], f["args"]) for f in entry["filters"]])
+            for entry in config[kind]]
+
+
+def test_fedsm_sends_large_arrays_in_pieces_around_the_moment_filters(tmp_path):
+    """The server cuts its task data, each client joins it before its moment filter sees it and cuts its train
+    result after the moments are attached; a piece size of 0 removes the four filters."""
+    job = read_export(tmp_path, "fedsm_prostate", array_piece_bytes=2 ** 20)
+    client, server = job["app/config/config_fed_client.json"], job["app/config/config_fed_server.json"]
+    assert filter_chains(client, "task_data_filters") == [
+        (["train", "validate"], [("JoinLargeArrays", {}), ("AdamMomentsReceiver", {})]),
+        (["cross_evaluate"], [("JoinLargeArrays", {})])]
+    assert filter_chains(client, "task_result_filters") == [
+        (["train"], [("AdamMomentsSender", {}), ("SplitLargeArrays", {"piece_bytes": 2 ** 20})])]
+    assert filter_chains(server, "task_data_filters") == [
+        (["cross_evaluate", "train", "validate"], [("SplitLargeArrays", {"piece_bytes": 2 ** 20})])]
+    off = read_export(tmp_path / "off", "fedsm_prostate", array_piece_bytes=0)
+    assert [name for _, chain in filter_chains(off["app/config/config_fed_client.json"], "task_data_filters")
+            for name, _ in chain] == ["AdamMomentsReceiver"]
+    assert off["app/config/config_fed_server.json"]["task_data_filters"] == []
+    with pytest.raises(ConfigError, match="array_piece_bytes must be a number of bytes >= 0"):
+        recipe_for("fedsm_prostate", array_piece_bytes=-1)
 
 
 def test_a_data_root_replaces_the_placeholder_and_per_site_roots_make_per_site_apps(tmp_path):

@@ -24,6 +24,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from medfl.common.controller import STATE_FILE
 from medfl.common.networks import build_network
 from medfl.common.params import bundle
+from medfl.common.pieces import PIECES_META, split_arrays
 from medfl.common.protocol import NUM_TRAIN_SAMPLES, NUM_TRAIN_STEPS, NUM_VAL_SAMPLES
 from medfl.fedavg.controller import FedAvgController
 from medfl.federations.isic2019.protocol import CLASS_COUNTS, SAMPLES_PER_EPOCH
@@ -124,6 +125,25 @@ def set_metric(value):
     return lambda result: result.metrics.update({sorted(result.metrics)[0]: value})
 
 
+def in_pieces(damage: Callable[[FLModel, str], None] = lambda result, key: None, piece_bytes: int = 64):
+    """The result as a client's ``SplitLargeArrays`` sends it (pieces of ``piece_bytes``), then ``damage(result,
+    key)`` done to the pieces of its first array ``key`` cut into more than two."""
+    def corrupt(result: FLModel) -> None:
+        pieces, manifest = split_arrays(result.params, piece_bytes)
+        key = next(k for k in sorted(manifest) if manifest[k]["pieces"] > 2)
+        result.params.clear()
+        result.params.update(pieces)
+        result.meta[PIECES_META] = manifest
+        damage(result, key)
+    return corrupt
+
+
+def set_piece(index: int, value_of: Callable[[np.ndarray], np.ndarray]):
+    def damage(result: FLModel, key: str) -> None:
+        result.params[f"{key}#piece{index}"] = value_of(result.params[f"{key}#piece{index}"])
+    return damage
+
+
 # (corruption of client_b's training result, the reason the server must give), for every controller
 NON_FINITE = r"\S+ holds 1 non-finite value\(s\) \(NaN or inf\) of \d+"
 BAD_RESULTS = {
@@ -158,6 +178,21 @@ METHOD_BAD_RESULTS = {
         "steps_missing": (lambda r: r.meta.pop(NUM_TRAIN_STEPS), r"the reply has no 'num_train_steps' in its meta"),
         "personal_variable_missing": (lambda r: r.params.pop(next(k for k in sorted(r.params) if k.startswith("personal/"))),
                                       r"missing array\(s\) \['personal/\S+'\]"),
+        # arrays sent in pieces (medfl.common.pieces): each bad piece names its array, before any model is touched
+        "piece_missing": (in_pieces(lambda r, key: r.params.pop(f"{key}#piece1")), r"\S+: piece 1 of \d+ is missing"),
+        "piece_float64": (in_pieces(set_piece(0, lambda a: a.astype(np.float64))),
+                          r"\S+: piece 0 of \d+ is a 1-D float64 array, not a 1-D float32 one"),
+        "piece_2d": (in_pieces(set_piece(0, lambda a: a.reshape(1, -1))),
+                     r"\S+: piece 0 of \d+ is a 2-D float32 array, not a 1-D float32 one"),
+        "piece_short": (in_pieces(set_piece(1, lambda a: a[:-1])),
+                        r"\S+: its \d+ pieces hold \d+ values, its shape \[[\d, ]+\] \d+"),
+        "piece_extra": (in_pieces(lambda r, key: r.params.update({"global/x#piece0": np.zeros(1, np.float32)})),
+                        r"global/x#piece0 is a piece of no array in the piece manifest"),
+        "piece_and_whole": (in_pieces(lambda r, key: r.params.update({key: np.zeros(1, np.float32)})),
+                            r"\S+ was sent both whole and in pieces"),
+        "piece_manifest_dtype": (in_pieces(lambda r, key: r.meta[PIECES_META][key].update(dtype="O")),
+                                 r"\S+: the piece manifest gives dtype 'O', not a numeric dtype"),
+        "piece_nan": (in_pieces(set_piece(1, with_nan)), NON_FINITE),  # joined, then checked as ever
     },
     "prrfl": {
         "trained_metric_1e9": (lambda r: r.meta.update({TRAINED_METRICS: {"personal_macro_f1": 1e9}}),
@@ -266,6 +301,27 @@ def test_a_bad_result_is_rejected_by_name_and_leaves_no_trace(method, bad, tmp_p
     files = saved_files(controller.app_dir)
     assert all_finite(files)
     assert_same(files, saved_files(silent_runs(method)))  # nothing of client_b's result anywhere
+
+
+def test_fedsm_results_sent_in_pieces_give_the_run_of_whole_results(tmp_path, silent_runs):
+    """Every client's training result in pieces of 64 bytes: the saved models and histories are those of the run
+    with whole results (bit-identical reassembly; the algorithm does not see the transfer)."""
+    spec = METHODS["fedsm"]
+
+    def answer(client: str, task: str, sent: FLModel) -> FLModel:
+        result = spec.answer(client, task, sent)
+        if task == "train":
+            in_pieces()(result)
+        return result
+
+    def files(root: Path, reply: Callable) -> Dict[str, object]:
+        controller = spec.build(num_rounds=2, min_clients=0, seed=0, **spec.config)
+        attach(controller, root, CLIENTS, reply, {**spec.config, "seed": 0})
+        controller.run()
+        assert not controller.log["panic"] and not controller.log["error"], controller.log
+        return saved_files(controller.app_dir)
+
+    assert_same(files(tmp_path / "pieces", answer), files(tmp_path / "whole", spec.answer))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -48,6 +48,7 @@ from .liveness import Liveness
 from .memory_guard import GarbageGuard
 from .networks import build_network
 from .params import Params, bundle, to_numpy
+from .pieces import PIECES_META, PieceError, join_arrays
 from .protocol import (
     CROSS_SITE_METRIC,
     CROSS_SITE_SPLIT,
@@ -455,10 +456,13 @@ class RoundController(ModelController):
 
     def _collect(self, result: FLModel) -> bool:
         """NVFlare's callback for each result: keep it if it is what :meth:`expected_result` declared, else reject
-        it (logged; ``False`` tells NVFlare that it was not accepted)."""
+        it (logged; ``False`` tells NVFlare that it was not accepted). Arrays the client's
+        :class:`~medfl.common.pieces.SplitLargeArrays` sent in pieces are put back together first
+        (:func:`joined_problem`): a malformed piece rejects the result."""
         client = result.meta["client_name"]
         expected = self._expected.get(client)
-        problem = "no task was sent to it in this round" if expected is None else check_result(expected, result)
+        problem = "no task was sent to it in this round" if expected is None else \
+            joined_problem(result) or check_result(expected, result)
         if problem:
             self._rejected[client] = problem
             self.error(f"round {self._round}: rejected the result of {client}: {problem}")
@@ -625,6 +629,21 @@ class RoundController(ModelController):
 
 
 WEIGHTINGS = {"samples": NUM_TRAIN_SAMPLES, "steps": NUM_TRAIN_STEPS}
+
+
+def joined_problem(result: FLModel) -> Optional[str]:
+    """Put back together, in ``result.params``, the arrays its sender cut into pieces for the transfer (the manifest
+    in its meta, :mod:`medfl.common.pieces`); ``None``, or what is wrong with the pieces (naming the key)."""
+    meta = result.meta or {}
+    if PIECES_META not in meta:
+        return None
+    if not isinstance(result.params, dict):
+        return f"the reply lists arrays sent in pieces but holds {type(result.params).__name__} parameters"
+    try:
+        join_arrays(result.params, meta.pop(PIECES_META))
+    except PieceError as e:
+        return str(e)
+    return None
 
 
 def client_weights(results: Dict[str, FLModel], weighting: str = "samples") -> List[float]:

@@ -180,12 +180,16 @@ class MedflRecipe(Recipe):
         fed_job.to_server(tracking_receiver(tracking, name or job), id=RECEIVER_IDS[tracking])
         fed_job.to_server(dict(SERVER_RUNTIME))
         super().__init__(fed_job)
+        self.add_server_components()
 
     # ------------------------------------------------------------------ what a method may add
     def site_settings(self, sites: List[str], settings: Mapping[str, Any]) -> Dict[str, Any]:
         """Settings that follow from the federation's sites and the settings given (FedSM: its site labels and
         the selector's number of classes); default none."""
         return {}
+
+    def add_server_components(self) -> None:
+        """Components, filters ... a method adds to the server app; default none."""
 
     def add_client_components(self, target: str) -> None:
         """Components, filters ... a method adds to a client app (``target``: a site or ``@ALL``); default none."""
