@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
-from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+from cell_transport import PeerTransport
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cell_transport import PeerTransport  # noqa: E402
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
 
-from nvflare.apis.dxo import DXO, DataKind, from_shareable  # noqa: E402
-
-from medfl.common.memory_guard import GarbageGuard  # noqa: E402
-from medfl.common.pieces import PIECES_META, join_arrays, split_arrays  # noqa: E402
+from medfl.common.memory_guard import GarbageGuard
+from medfl.common.pieces import PIECES_META, join_arrays, split_arrays
 
 MIB = 2 ** 20
 

@@ -73,9 +73,19 @@ def main(argv=None) -> None:
           f"FedSM peak memory {runs['FedSM'].peak_rss_bytes / 2**30:.2f} GiB (goal <= 3)")
 
 
+MOMENT_FILTERS = "medfl.fedsm.moments."  # the module of the Adam-moment filter pair
+
+
 def remove_moment_filters(client_config: dict) -> None:
-    """The FedSM job without its Adam-moment filter pair: moment sync off, nothing else changed."""
-    client_config["task_data_filters"], client_config["task_result_filters"] = [], []
+    """The FedSM job without its Adam-moment filter pair: moment sync off, nothing else changed (the filters that
+    send large arrays in pieces stay); a filter chain left empty is dropped."""
+    for chains in ("task_data_filters", "task_result_filters"):
+        kept = []
+        for chain in client_config.get(chains, []):
+            filters = [f for f in chain["filters"] if not f["path"].startswith(MOMENT_FILTERS)]
+            if filters:
+                kept.append({**chain, "filters": filters})
+        client_config[chains] = kept
 
 
 if __name__ == "__main__":

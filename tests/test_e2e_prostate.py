@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from bench_fedsm_prostate import remove_moment_filters
 from conftest import PROSTATE_CLIENTS, PROSTATE_TRAIN, SMALL_SELECTOR
 from helpers import BIN, make_job_variant, run, run_in_simenv, run_simulator
 
@@ -66,12 +67,14 @@ def test_fedavg_recipe_in_simenv_with_mlflow_and_tensorboard(tmp_path, demo_pros
 
 
 def test_fedsm_without_moment_filters(tmp_path, demo_prostate):
-    """Removing the filter pair from config_fed_client.json turns the sync off and nothing else."""
+    """Removing the filter pair from config_fed_client.json (as bench_fedsm_prostate.py does) turns the sync off and
+    nothing else."""
     variant = make_job_variant("fedsm_prostate", tmp_path / "jobs" / "fedsm", {"num_rounds": 1},
                                {"num_threads": 1, "selector_network": SMALL_SELECTOR, **PROSTATE_TRAIN})
     client_config = variant / "app" / "config" / "config_fed_client.json"
     config = json.loads(client_config.read_text())
-    config["task_data_filters"], config["task_result_filters"] = [], []
+    remove_moment_filters(config)
+    assert "moments" not in json.dumps(config) and "JoinLargeArrays" in json.dumps(config)
     client_config.write_text(json.dumps(config))
     run_simulator(variant, tmp_path / "ws", PROSTATE_CLIENTS, demo_prostate)
     state = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "server_state.pt",
