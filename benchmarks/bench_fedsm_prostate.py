@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     print(f"FedSM super-model mean Dice - FedAvg global mean Dice: {gain:+.4f} (threshold 0.9), "
           f"{gain_argmax:+.4f} (argmax routing); selector accuracy {means['FedSM']['selector']:.3f} with moment sync, "
           f"{means['FedSM, no moment sync']['selector']:.3f} without; "
-          f"FedSM peak memory {runs['FedSM'].peak_rss_bytes / 2**30:.2f} GiB (goal <= 3)")
+          f"FedSM peak memory {runs['FedSM'].peak_rss_bytes / 2**30:.2f} GiB (all sites together; per-site ratios: bench_memory.py)")
 
 
 MOMENT_FILTERS = "medfl.fedsm.moments."  # the module of the Adam-moment filter pair
