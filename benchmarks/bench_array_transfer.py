@@ -25,6 +25,7 @@ from typing import Tuple
 
 import numpy as np
 from cell_transport import PeerTransport
+from proc_memory import reset_peak, status_kib
 
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 
@@ -32,16 +33,6 @@ from medfl.common.memory_guard import GarbageGuard
 from medfl.common.pieces import PIECES_META, join_arrays, split_arrays
 
 MIB = 2 ** 20
-
-
-def kib(pid: int, name: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return int(next(line for line in status if line.startswith(f"{name}:")).split()[1])
-
-
-def reset_peak(pid: int) -> None:
-    with open(f"/proc/{pid}/clear_refs", "w") as clear:
-        clear.write("5")
 
 
 class Ends:
@@ -52,13 +43,13 @@ class Ends:
 
     def __enter__(self) -> "Ends":
         gc.collect()
-        self.before = [kib(pid, "VmRSS") for pid in self.pids]
+        self.before = [status_kib("VmRSS", pid) for pid in self.pids]
         for pid in self.pids:
             reset_peak(pid)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.peaks = [(kib(pid, "VmHWM") - before) * 1024 for pid, before in zip(self.pids, self.before)]
+        self.peaks = [(status_kib("VmHWM", pid) - before) * 1024 for pid, before in zip(self.pids, self.before)]
 
 
 def payload(arrays: int, mib: int, piece_mib: int) -> DXO:

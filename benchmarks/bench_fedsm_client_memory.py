@@ -31,6 +31,7 @@ from typing import Callable, List, Tuple
 import torch
 from cell_transport import PeerTransport
 from epoch_cases import PROSTATE_CLIENT, job_config, prostate_federation, set_up
+from proc_memory import reset_peak, status_kib
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
@@ -57,13 +58,6 @@ GIB = 2 ** 30
 KIB = 1024
 
 
-def status_kib(field_name: str) -> int:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(f"{field_name}:"))
-    return int(line.split()[1])
-
-
 @dataclass
 class Timeline:
     """Consecutive stages of this process's life: each one's round, name, peak RSS (bytes) and RSS at its end."""
@@ -72,9 +66,8 @@ class Timeline:
     round: str = "-"  # the round the stages marked now belong to
 
     def start(self) -> None:
-        """Reset the process's peak RSS to its current RSS (Linux ``clear_refs`` 5)."""
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
+        """Reset the process's peak RSS to its current RSS."""
+        reset_peak()
 
     def mark(self, stage: str) -> None:
         """The stage that just ended: its peak and its final RSS; the next stage starts now."""
