@@ -1,6 +1,10 @@
-"""GarbageGuard: garbage in reference cycles is collected once the resident memory has grown enough."""
+"""GarbageGuard: garbage in reference cycles is collected once the resident memory has grown enough; a client
+limits the malloc arenas of its process."""
 
 import gc
+import platform
+import subprocess
+import sys
 import time
 import weakref
 
@@ -8,6 +12,7 @@ import numpy as np
 import pytest
 
 from medfl.common.memory_guard import GarbageGuard
+from medfl.common.runtime import MALLOC_ARENAS
 
 MIB = 2 ** 20
 GROWTH = 32 * MIB
@@ -59,3 +64,56 @@ def test_the_thread_collects_until_stopped(no_automatic_collection):
     finally:
         guard.stop()
     guard.stop()  # stopping twice is harmless
+
+
+ARENA_PROBE = """
+import ctypes, sys, threading
+import numpy as np
+from medfl.common.runtime import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    assert limit_malloc_arenas(1)
+def allocate():
+    for _ in range(50):
+        np.ones(1 << 16).sum()
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL("libc.so.6").malloc_stats()
+"""
+
+
+def malloc_arenas_used(mode: str) -> int:
+    """How many malloc arenas a fresh process uses after four threads allocated (glibc's ``malloc_stats``)."""
+    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
+def test_limit_malloc_arenas_keeps_new_threads_in_one_arena():
+    assert malloc_arenas_used("default") > 1  # glibc gives each new allocating thread an arena of its own
+    assert malloc_arenas_used("limit") == 1
+
+
+@pytest.mark.parametrize("memory_gc", [True, False])
+def test_a_client_limits_the_arenas_when_it_manages_memory(monkeypatch, memory_gc):
+    import medfl.common.executor as executor
+    from medfl.federations.prostate2d.client import ProstateSegmentationExecutor
+
+    calls = []
+    monkeypatch.setattr(executor, "limit_malloc_arenas", calls.append)
+    ProstateSegmentationExecutor(memory_gc=memory_gc)
+    assert calls == ([MALLOC_ARENAS] if memory_gc else [])
+
+
+@pytest.mark.parametrize("memory_gc_rounds", [1, 0])
+def test_the_server_limits_the_arenas_unless_memory_gc_is_off(monkeypatch, memory_gc_rounds):
+    import medfl.common.controller as controller
+    from medfl.fedavg.controller import FedAvgController
+
+    calls = []
+    monkeypatch.setattr(controller, "limit_malloc_arenas", calls.append)
+    FedAvgController(num_rounds=1, network={"name": "unet"}, memory_gc_rounds=memory_gc_rounds)
+    assert calls == ([MALLOC_ARENAS] if memory_gc_rounds else [])

@@ -62,7 +62,7 @@ from .protocol import (
     RUN_ID,
 )
 from .resume import read_server_state
-from .runtime import freeze_setup_objects, seed_everything
+from .runtime import MALLOC_ARENAS, freeze_setup_objects, limit_malloc_arenas, seed_everything
 from .settings import ConfigError, NetworkSpec, Settings
 from .validation import (
     DEFAULT_MAX_CLIENT_SAMPLES,
@@ -122,8 +122,9 @@ class ServerSettings(Settings):
     task_check_period: float = Field(0.5, gt=0, le=10, description=(
         "seconds between two checks for ended client tasks (timeouts, errors, dead clients)"))
     memory_gc_rounds: int = Field(1, ge=0, description=(
-        "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim), and collect garbage "
-        "whenever the resident memory grows during the run (transfers); 0: never"))
+        "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim), collect garbage "
+        "whenever the resident memory grows during the run (transfers), and make at most MALLOC_ARENAS malloc "
+        "arenas (medfl.common.runtime.limit_malloc_arenas); 0: none of these"))
     seed: int = Field(0, ge=0, description="seed of the initial models")
     network: Optional[NetworkSpec] = Field(None, description="the network of the initial global model")
     max_client_samples: int = Field(DEFAULT_MAX_CLIENT_SAMPLES, ge=1, description=(
@@ -161,6 +162,8 @@ class RoundController(ModelController):
     def __init__(self, **settings):
         self.settings = self.Settings.load(settings, CONFIG_FED_SERVER, site=SERVER_SITE)
         super().__init__(persistor_id="", task_check_period=self.settings.task_check_period)
+        if self.settings.memory_gc_rounds:  # as early as the server's code runs: arenas made before stay
+            limit_malloc_arenas(MALLOC_ARENAS)
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
         self.train_steps: Dict[str, float] = {}  # each client's local steps in its last training result of this run

@@ -51,7 +51,7 @@ from .protocol import (
     RUN_ID,
 )
 from .random_state import capture_random_state, restore_random_state, seed_random_transforms
-from .runtime import freeze_setup_objects, seed_everything, select_device
+from .runtime import MALLOC_ARENAS, freeze_setup_objects, limit_malloc_arenas, seed_everything, select_device
 from .settings import ClientSettings
 from .train import Batch, TrainingAborted, optimizer_step
 from .validation import non_finite_problem, update_norm
@@ -83,7 +83,9 @@ class RoundExecutor(Executor):
         train_task / validate_task / cross_site_task: task names sent by the server's controller.
         memory_gc: after each task, after loading the received models and after sending a result, collect garbage
             and release freed memory to the OS (:meth:`release_memory`); during the run, collect garbage whenever
-            the resident memory grows (:class:`~medfl.common.memory_guard.GarbageGuard`: transfers).
+            the resident memory grows (:class:`~medfl.common.memory_guard.GarbageGuard`: transfers); from its
+            construction on, the process makes at most :data:`~medfl.common.runtime.MALLOC_ARENAS` malloc arenas
+            (:func:`~medfl.common.runtime.limit_malloc_arenas`).
     """
 
     Settings: Type[ClientSettings] = ClientSettings
@@ -99,6 +101,8 @@ class RoundExecutor(Executor):
     ):
         super().__init__()
         self.memory_gc = memory_gc
+        if memory_gc:  # as early as the client's code runs: arenas made before stay
+            limit_malloc_arenas(MALLOC_ARENAS)
         self.config_train_filename = config_train_filename
         self.analytic_sender_id = analytic_sender_id
         self.train_task = train_task

@@ -1,7 +1,9 @@
-"""Process-level set-up shared by clients and servers: device choice, seeding, and freezing set-up objects for GC."""
+"""Process-level set-up shared by clients and servers: device choice, seeding, freezing set-up objects for GC and
+limiting glibc's malloc arenas."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import random
 
@@ -32,3 +34,21 @@ def freeze_setup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter for the most malloc arenas (malloc.h)
+MALLOC_ARENAS = 1  # clients and server: FedSM's client holds 0.15 GB less than with glibc's 8 per core
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """At most ``arenas`` glibc malloc arenas in this process from now on (``MALLOC_ARENA_MAX``, set at run time);
+    whether it was set (not glibc: no). glibc gives a thread that allocates while another holds the lock an arena
+    of its own, up to 8 per core; each keeps the freed chunks of the tensors and transfer buffers its thread
+    allocated, which ``malloc_trim`` cannot return while a live chunk shares their pages. NVFlare's memory guide
+    recommends 2 for a client and 4 for a server; FedSM's client, one training thread beside NVFlare's transfer
+    threads, held 0.6 GB between rounds with 1 against 0.74 GB with glibc's default (bench_fedsm_client_memory).
+    Arenas made before the call stay."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):  # not Linux, or not glibc (musl)
+        return False
