@@ -1,5 +1,5 @@
-"""GarbageGuard: garbage in reference cycles is collected once the resident memory has grown enough; a client
-limits the malloc arenas of its process."""
+"""GarbageGuard: garbage in reference cycles is collected once the resident memory has grown enough; clients
+and the server limit the malloc arenas of their process."""
 
 import gc
 import platform

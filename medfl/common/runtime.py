@@ -42,8 +42,8 @@ MALLOC_ARENAS = 1  # clients and server: FedSM's client holds 0.15 GB less than 
 
 def limit_malloc_arenas(arenas: int) -> bool:
     """At most ``arenas`` glibc malloc arenas in this process from now on (``MALLOC_ARENA_MAX``, set at run time);
-    whether it was set (not glibc: no). glibc gives a thread that allocates while another holds the lock an arena
-    of its own, up to 8 per core; each keeps the freed chunks of the tensors and transfer buffers its thread
+    whether it was set (not glibc: no). glibc gives each thread that allocates an arena of its own, up to 8 per
+    core; each keeps the freed chunks of the tensors and transfer buffers its thread
     allocated, which ``malloc_trim`` cannot return while a live chunk shares their pages. NVFlare's memory guide
     recommends 2 for a client and 4 for a server; FedSM's client, one training thread beside NVFlare's transfer
     threads, held 0.6 GB between rounds with 1 against 0.74 GB with glibc's default (bench_fedsm_client_memory).
