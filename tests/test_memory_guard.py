@@ -1,5 +1,5 @@
 """GarbageGuard: garbage in reference cycles is collected once the resident memory has grown enough; clients
-and the server limit the malloc arenas of their process."""
+and the server limit the malloc arenas of their process; the server fixes its mmap threshold."""
 
 import gc
 import platform
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medfl.common.memory_guard import GarbageGuard
-from medfl.common.runtime import MALLOC_ARENAS
+from medfl.common.runtime import MALLOC_ARENAS, SERVER_MMAP_THRESHOLD
 
 MIB = 2 ** 20
 GROWTH = 32 * MIB
@@ -97,6 +97,38 @@ def test_limit_malloc_arenas_keeps_new_threads_in_one_arena():
     assert malloc_arenas_used("limit") == 1
 
 
+MMAP_PROBE = """
+import ctypes, sys
+import numpy as np
+from medfl.common.runtime import fix_mmap_threshold
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold(1 << 20)
+block = np.ones(16 << 20, dtype=np.uint8)
+del block  # a mapped block freed: glibc's own threshold rises to 16 MiB
+before = mallinfo2().hblkhd
+kept = [np.ones(2 << 20, dtype=np.uint8) for _ in range(5)]
+print(mallinfo2().hblkhd - before)
+"""
+
+
+def mapped_bytes_of_five_blocks(mode: str) -> int:
+    """Bytes glibc mapped (``mallinfo2().hblkhd``) for five 2 MiB arrays made after a 16 MiB one was freed."""
+    done = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the mmap threshold is glibc's")
+def test_a_fixed_mmap_threshold_stays_where_it_was_set():
+    assert mapped_bytes_of_five_blocks("default") < 2 * MIB  # from the heap: glibc's threshold had moved up
+    assert mapped_bytes_of_five_blocks("fixed") >= 5 * 2 * MIB  # each a mapping of its own
+
+
 @pytest.mark.parametrize("memory_gc", [True, False])
 def test_a_client_limits_the_arenas_when_it_manages_memory(monkeypatch, memory_gc):
     import medfl.common.executor as executor
@@ -109,11 +141,12 @@ def test_a_client_limits_the_arenas_when_it_manages_memory(monkeypatch, memory_g
 
 
 @pytest.mark.parametrize("memory_gc_rounds", [1, 0])
-def test_the_server_limits_the_arenas_unless_memory_gc_is_off(monkeypatch, memory_gc_rounds):
+def test_the_server_sets_its_malloc_options_unless_memory_gc_is_off(monkeypatch, memory_gc_rounds):
     import medfl.common.controller as controller
     from medfl.fedavg.controller import FedAvgController
 
     calls = []
-    monkeypatch.setattr(controller, "limit_malloc_arenas", calls.append)
+    monkeypatch.setattr(controller, "limit_malloc_arenas", lambda n: calls.append(("arenas", n)))
+    monkeypatch.setattr(controller, "fix_mmap_threshold", lambda n: calls.append(("mmap", n)))
     FedAvgController(num_rounds=1, network={"name": "unet"}, memory_gc_rounds=memory_gc_rounds)
-    assert calls == ([MALLOC_ARENAS] if memory_gc_rounds else [])
+    assert calls == ([("arenas", MALLOC_ARENAS), ("mmap", SERVER_MMAP_THRESHOLD)] if memory_gc_rounds else [])

@@ -62,7 +62,14 @@ from .protocol import (
     RUN_ID,
 )
 from .resume import read_server_state
-from .runtime import MALLOC_ARENAS, freeze_setup_objects, limit_malloc_arenas, seed_everything
+from .runtime import (
+    MALLOC_ARENAS,
+    SERVER_MMAP_THRESHOLD,
+    fix_mmap_threshold,
+    freeze_setup_objects,
+    limit_malloc_arenas,
+    seed_everything,
+)
 from .settings import ConfigError, NetworkSpec, Settings
 from .validation import (
     DEFAULT_MAX_CLIENT_SAMPLES,
@@ -123,8 +130,9 @@ class ServerSettings(Settings):
         "seconds between two checks for ended client tasks (timeouts, errors, dead clients)"))
     memory_gc_rounds: int = Field(1, ge=0, description=(
         "every this many rounds, release freed memory to the OS (gc.collect + malloc_trim), collect garbage "
-        "whenever the resident memory grows during the run (transfers), and make at most MALLOC_ARENAS malloc "
-        "arenas (medfl.common.runtime.limit_malloc_arenas); 0: none of these"))
+        "whenever the resident memory grows during the run (transfers), make at most MALLOC_ARENAS malloc "
+        "arenas (medfl.common.runtime.limit_malloc_arenas) and map every block of SERVER_MMAP_THRESHOLD bytes or "
+        "more on its own (fix_mmap_threshold); 0: none of these"))
     seed: int = Field(0, ge=0, description="seed of the initial models")
     network: Optional[NetworkSpec] = Field(None, description="the network of the initial global model")
     max_client_samples: int = Field(DEFAULT_MAX_CLIENT_SAMPLES, ge=1, description=(
@@ -164,6 +172,7 @@ class RoundController(ModelController):
         super().__init__(persistor_id="", task_check_period=self.settings.task_check_period)
         if self.settings.memory_gc_rounds:  # as early as the server's code runs: arenas made before stay
             limit_malloc_arenas(MALLOC_ARENAS)
+            fix_mmap_threshold(SERVER_MMAP_THRESHOLD)
         self.models: Dict[str, Params] = {}
         self.best_scores: Dict[str, float] = {}
         self.train_steps: Dict[str, float] = {}  # each client's local steps in its last training result of this run
