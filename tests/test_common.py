@@ -2,6 +2,7 @@
 
 import copy
 import json
+import tracemalloc
 
 import nibabel as nib
 import numpy as np
@@ -15,7 +16,7 @@ from medfl.common.data import datalist_path, load_segmentation_pairs, read_datal
 from medfl.common.errors import DataError
 from medfl.common.io import atomic_torch_save, atomic_write_json
 from medfl.common.networks import build_network, register_network
-from medfl.common.params import bundle, load_numpy, to_numpy, unbundle, weighted_mean
+from medfl.common.params import CHUNK_ELEMENTS, bundle, load_numpy, to_numpy, unbundle, weighted_mean
 
 
 def test_placeholder_unresolved_names_site_and_path(monkeypatch, tmp_path):
@@ -69,6 +70,24 @@ def test_params_roundtrip_and_weighted_mean():
     assert mean["n"] == 4 and mean["n"].dtype == np.array(2).dtype
     with pytest.raises(KeyError, match="missing"):
         load_numpy(net, {})
+
+
+def test_weighted_mean_sums_in_float64_in_client_order_without_temporaries():
+    """A 3-chunk layer of three clients: the float64 sum of w_k / sum(w) * x_k in client order, rounded once to
+    float32, and no memory beyond the result and the two chunk buffers (numpy reports to tracemalloc)."""
+    rng = np.random.default_rng(0)
+    size = 2 * CHUNK_ELEMENTS + 5
+    params = [{"w": rng.standard_normal(size, dtype=np.float32)} for _ in range(3)]
+    weights = [28, 17, 40]
+    expected = np.zeros(size)
+    for p, w in zip(params, weights):
+        expected = expected + p["w"].astype(np.float64) * (w / sum(weights))
+    tracemalloc.start()
+    mean = weighted_mean(params, weights)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert mean["w"].dtype == np.float32 and np.array_equal(mean["w"], expected.astype(np.float32))
+    assert peak <= mean["w"].nbytes + 2 * CHUNK_ELEMENTS * 8 + 2 ** 20, peak  # sum() of fresh temporaries: 3 chunks
 
 
 def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):

@@ -100,9 +100,10 @@ def chunks(size: int) -> Iterator[slice]:
 def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Params:
     """``sum_k w_k * params_k / sum_k w_k`` for every key; integer entries (e.g. BN counters) are rounded back.
 
-    Accumulated in float64, :data:`CHUNK_ELEMENTS` elements at a time, so a layer of 100 M weights (FedSM's
-    VGG-11 selector) needs no float64 copy of itself. Every entry stays a numpy array, 0-d ones (BN
-    ``num_batches_tracked``) included, never a numpy scalar.
+    Accumulated in float64, :data:`CHUNK_ELEMENTS` elements at a time, into two float64 buffers of a chunk made
+    once per call: a layer of 100 M weights (FedSM's VGG-11 selector) needs no float64 copy of itself, and no pass
+    allocates (fresh temporaries would each be mapped and page-faulted in under the server's fixed mmap threshold).
+    Every entry stays a numpy array, 0-d ones (BN ``num_batches_tracked``) included, never a numpy scalar.
     """
     if len(params) != len(weights) or not params:
         raise ValueError(f"need one weight per model, got {len(params)} models and {len(weights)} weights")
@@ -110,6 +111,7 @@ def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
     if total <= 0:
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
     mean = {}
+    acc_buffer, term_buffer = np.empty(CHUNK_ELEMENTS), np.empty(CHUNK_ELEMENTS)
     for key, first in params[0].items():
         first = np.asarray(first)
         integer = np.issubdtype(first.dtype, np.integer)
@@ -117,7 +119,12 @@ def weighted_mean(params: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         flat_out = out.reshape(-1)
         flats = [np.asarray(p[key]).reshape(-1) for p in params]
         for part in chunks(flat_out.size):
-            acc = sum(flat[part].astype(np.float64) * (w / total) for flat, w in zip(flats, weights))
+            size = len(flat_out[part])
+            acc, term = acc_buffer[:size], term_buffer[:size]
+            acc.fill(0.0)
+            for flat, w in zip(flats, weights):  # the clients' order, as sum() added them before
+                np.multiply(flat[part], w / total, out=term, dtype=np.float64)
+                acc += term
             flat_out[part] = np.rint(acc) if integer else acc
         mean[key] = out
     return mean
