@@ -19,6 +19,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def server_mmap_threshold_stays_in_server_processes(monkeypatch):
+    """Controllers built in this process leave its mmap threshold alone: fixing it is a setting of a server's
+    process (``fix_mmap_threshold``), and the tests' in-process training would take fresh page faults at every
+    step for the rest of the session (test_client_state ran 1.7x slower). Simulator and POC runs set it in their
+    own server processes; ``test_memory_guard.py`` checks the call and its effect in a child process."""
+    import medfl.common.controller as controller
+
+    monkeypatch.setattr(controller, "fix_mmap_threshold", lambda nbytes: False)
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread, as the jobs' clients in the tests (``num_threads`` 1): tiny models on shared cores run much
