@@ -39,7 +39,7 @@ def freeze_setup_objects() -> None:
 M_ARENA_MAX = -8  # glibc's mallopt parameter for the most malloc arenas (malloc.h)
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter for the smallest allocation given a mapping of its own
 MALLOC_ARENAS = 1  # clients and server: FedSM's client holds 0.15 GB less than with glibc's 8 per core
-SERVER_MMAP_THRESHOLD = 2 ** 20  # the server: FedSM's server peaked 0.3-0.5 GB lower than with glibc's moving one
+SERVER_MMAP_THRESHOLD = 2 ** 20  # the server: FedSM's peaked at 7.58 GiB against 8.15 with glibc's moving one
 
 
 def _mallopt(parameter: int, value: int) -> bool:
@@ -64,8 +64,8 @@ def fix_mmap_threshold(nbytes: int) -> bool:
     """Every allocation of at least ``nbytes`` gets a mapping of its own, unmapped when freed
     (``MALLOC_MMAP_THRESHOLD_``, set at run time); whether it was set (not glibc: no). glibc's own threshold moves:
     each freed mapped block below 32 MiB raises it to that block's size, after which blocks up to that size come
-    from the heap, whose freed pages stay resident while a live chunk lies above them. A server receiving three
-    FedSM results at once (NVFlare's transfer buffers of one to a few MiB between the clients' arrays) held a few
-    hundred MB of such pages at its peak. For processes that do not train: with a fixed threshold the activations
+    from the heap, whose freed pages stay resident while a live chunk lies above them. FedSM's server, receiving
+    three results at once through NVFlare's download service, had grown its heap from 0.02 to 0.4 GiB by its
+    peak (bench_memory). For processes that do not train: with a fixed threshold the activations
     and gradients above it take fresh page faults at every step (a FedSM client's selector epoch ran 2-3x slower)."""
     return _mallopt(M_MMAP_THRESHOLD, nbytes)
