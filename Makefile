@@ -59,7 +59,8 @@ demo-fedavg: demo-data
 	$(call run_demo,fedavg_prostate)
 
 # unit tests and the jobs end to end in the simulator, in TEST_WORKERS pytest processes (pytest-xdist): a simulator
-# run keeps 2 cores only ~60 % busy (start-up waits), so 2 workers took 1334 s here against 2514 s in one (that one shared with benchmarks)
+# run keeps 2 cores only ~60 % busy (start-up waits), so 2 workers took 1334 s here against 2514 s in one (that one
+# sharing the machine with benchmarks)
 TEST_WORKERS ?= 2
 test: venv
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not deploy and not bench"

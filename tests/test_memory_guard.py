@@ -84,11 +84,16 @@ ctypes.CDLL("libc.so.6").malloc_stats()
 """
 
 
+def run_probe(code: str, mode: str) -> subprocess.CompletedProcess:
+    """``code`` run in a fresh Python process with ``mode`` as its argument; it must succeed."""
+    done = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def malloc_arenas_used(mode: str) -> int:
     """How many malloc arenas a fresh process uses after four threads allocated (glibc's ``malloc_stats``)."""
-    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+    return sum(line.startswith("Arena ") for line in run_probe(ARENA_PROBE, mode).stderr.splitlines())
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
@@ -118,9 +123,7 @@ print(mallinfo2().hblkhd - before)
 
 def mapped_bytes_of_five_blocks(mode: str) -> int:
     """Bytes glibc mapped (``mallinfo2().hblkhd``) for five 2 MiB arrays made after a 16 MiB one was freed."""
-    done = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return int(done.stdout)
+    return int(run_probe(MMAP_PROBE, mode).stdout)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the mmap threshold is glibc's")
