@@ -70,7 +70,8 @@ test-unit: venv
 
 # the jobs in POC / provisioned deployments on loopback (CI runs this after `make test`), each on its own free ports,
 # in DEPLOY_WORKERS pytest processes: the deployments mostly wait (7.5 min of CPU in 21 min with 2 workers, 1254 s
-# against 2272 s in one beside benchmarks); 4 workers overloaded 2 cores (`nvflare poc start` ran past 300 s, 4 of 17 failed)
+# against 2272 s in one beside benchmarks); 4 workers overloaded 2 cores (`nvflare poc start` ran past 300 s, 4 of
+# 17 failed)
 DEPLOY_WORKERS ?= 2
 test-deploy: venv
 	$(BIN)/python -m pytest -q -n $(DEPLOY_WORKERS) -m deploy
